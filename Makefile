@@ -1,0 +1,42 @@
+# One-command set-up: `make demo` (train the demo model) and `make test` (the test suite) both
+# create .venv and install goalgen into it first.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# On a machine without an NVIDIA driver take the CPU build (from local disk here, seconds);
+# on a GPU node let pip pick the CUDA build that matches the driver.
+TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint bench slurm-up slurm-down clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/python src/train_generative.py --config-name=train_fb_flow_matching experiment=demo $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+slurm-up:
+	bash slurm/dev/start.sh
+
+slurm-down:
+	bash slurm/dev/stop.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
