@@ -1,0 +1,142 @@
+"""Diffusion Transformer (DiT, Peebles & Xie 2023) with adaLN-Zero conditioning on time.
+
+Shapes: input ``x`` (B, in_ch, S, S), time ``t`` (B,) float in [0, 1] (a 0-dim ``t`` is
+broadcast), output (B, out_ch, S, S). ``S`` must be divisible by ``patch_size``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+def sincos_pos_embed_2d(dim: int, grid: int) -> Tensor:
+    """Fixed 2-D sin-cos position embedding, (grid*grid, dim), row-major over patches."""
+    if dim % 4:
+        raise ValueError(f"DiT dim must be divisible by 4 for 2-D sin-cos embeddings, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    coords = torch.arange(grid, dtype=torch.float64)
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+
+    def embed(pos: Tensor) -> Tensor:
+        angles = pos.reshape(-1, 1) * omega
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([embed(yy), embed(xx)], dim=1).float()
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal features of ``t * 1000`` followed by a 2-layer MLP."""
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
+        angles = (t.float() * 1000.0)[:, None] * freqs[None]
+        return self.mlp(torch.cat([angles.cos(), angles.sin()], dim=-1))
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)
+        )
+        self.ada_ln = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada_ln(c).chunk(6, dim=-1)
+        b, n, d = x.shape
+        h = _modulate(self.norm1(x), shift1, scale1)
+        q, k, v = self.qkv(h).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+        x = x + gate1.unsqueeze(1) * self.proj(attn)
+        h = _modulate(self.norm2(x), shift2, scale2)
+        return x + gate2.unsqueeze(1) * self.mlp(h)
+
+
+class DiT(nn.Module):
+    """DiT backbone.
+
+    Args:
+        in_ch: input channels (8 = 5 context + 2 coordinate + 1 noisy target).
+        out_ch: output channels (1: velocity, epsilon or sample of the goal mask).
+        image_size: side ``S`` of the square input.
+        patch_size: side of each patch token.
+        dim, depth, heads, mlp_ratio: transformer width, blocks, attention heads, MLP ratio.
+    """
+
+    def __init__(
+        self,
+        in_ch: int = 8,
+        out_ch: int = 1,
+        image_size: int = 64,
+        patch_size: int = 4,
+        dim: int = 256,
+        depth: int = 8,
+        heads: int = 8,
+        mlp_ratio: float = 4.0,
+    ):
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"image_size {image_size} not divisible by patch_size {patch_size}")
+        if dim % heads:
+            raise ValueError(f"DiT dim {dim} not divisible by heads {heads}")
+        self.in_ch, self.out_ch, self.patch = in_ch, out_ch, patch_size
+        self.grid = image_size // patch_size
+        self.patch_embed = nn.Conv2d(in_ch, dim, patch_size, stride=patch_size)
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(dim, self.grid), persistent=False)
+        self.t_embed = TimestepEmbedder(dim)
+        self.blocks = nn.ModuleList(DiTBlock(dim, heads, mlp_ratio) for _ in range(depth))
+        self.final_norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.final_ada_ln = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.final_linear = nn.Linear(dim, patch_size * patch_size * out_ch)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        w = self.patch_embed.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.patch_embed.bias)
+        nn.init.normal_(self.t_embed.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embed.mlp[2].weight, std=0.02)
+        # adaLN-Zero: every residual branch and the output start at zero.
+        for block in self.blocks:
+            nn.init.zeros_(block.ada_ln[-1].weight)
+            nn.init.zeros_(block.ada_ln[-1].bias)
+        for layer in (self.final_ada_ln[-1], self.final_linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        b = x.shape[0]
+        t = t.expand(b) if t.dim() == 0 else t
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
+        c = self.t_embed(t)
+        for block in self.blocks:
+            tokens = block(tokens, c)
+        shift, scale = self.final_ada_ln(c).chunk(2, dim=-1)
+        out = self.final_linear(_modulate(self.final_norm(tokens), shift, scale))
+        p, g = self.patch, self.grid
+        out = out.view(b, g, g, p, p, self.out_ch).permute(0, 5, 1, 3, 2, 4)
+        return out.reshape(b, self.out_ch, g * p, g * p)

@@ -1,0 +1,93 @@
+"""GenerativeModel = DiT backbone + probability path + sampler.
+
+Tensors: ``context`` (B, 5, S, S) in [-1, 1] (robot, goal, movable, static, target_object),
+``x_1`` (B, 1, S, S) goal mask in [-1, 1]. The network sees
+``cat([context, coord_y, coord_x, x_t])`` = 8 channels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from goalgen.model.paths import FBFlowMatchingPath, HFDiffusionPath
+from goalgen.model.samplers import FBODESampler, HFDiffusionSampler
+
+
+def coordinate_grid(batch: int, size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(B, 2, S, S) row and column coordinates in [-1, 1]."""
+    axis = torch.linspace(-1.0, 1.0, size, device=device, dtype=dtype)
+    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+    return torch.stack([yy, xx]).expand(batch, 2, size, size)
+
+
+def soft_dice_loss(x_1_hat: Tensor, x_1: Tensor, eps: float = 1.0) -> Tensor:
+    """1 - Dice between masks in [-1, 1] (prediction clamped), averaged over the batch."""
+    p = (x_1_hat.float().clamp(-1, 1) + 1) / 2
+    g = (x_1.float() + 1) / 2
+    inter = (p * g).flatten(1).sum(1)
+    total = p.flatten(1).sum(1) + g.flatten(1).sum(1)
+    return (1 - (2 * inter + eps) / (total + eps)).mean()
+
+
+class GenerativeModel(nn.Module):
+    """Conditional generative model of goal masks.
+
+    ``forward(context, x_1, noise, t)`` returns the training losses (so DDP wraps it whole);
+    ``sample(context, steps, generator)`` draws goal masks (B, 1, S, S) in [-1, 1].
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        path: FBFlowMatchingPath | HFDiffusionPath,
+        sampler: FBODESampler | HFDiffusionSampler,
+        aux_loss_weight: float = 0.0,
+    ):
+        super().__init__()
+        sampler.attach(path)
+        self.network, self.path, self.sampler = network, path, sampler
+        self.aux_loss_weight = aux_loss_weight
+
+    @property
+    def family(self) -> str:
+        return self.path.family
+
+    def predict(self, x_t: Tensor, t: Tensor, context: Tensor, network: nn.Module | None = None
+                ) -> Tensor:
+        """Network output for noisy target ``x_t`` (B, 1, S, S) at times ``t`` (B,)."""
+        net = network if network is not None else self.network
+        coords = coordinate_grid(x_t.shape[0], x_t.shape[-1], x_t.device, x_t.dtype)
+        return net(torch.cat([context.to(x_t.dtype), coords, x_t], dim=1), t)
+
+    def forward(self, context: Tensor, x_1: Tensor, noise: Tensor, t: Tensor) -> dict[str, Tensor]:
+        x_t, t_net, target = self.path.sample(x_1, noise, t)
+        prediction = self.predict(x_t, t_net, context)
+        mse = torch.mean((prediction.float() - target.float()) ** 2)
+        losses = {"mse": mse, "loss": mse}
+        if self.aux_loss_weight > 0:
+            dice = soft_dice_loss(self.path.to_x1(prediction.float(), x_t.float(), t_net), x_1)
+            losses["dice"] = dice
+            losses["loss"] = mse + self.aux_loss_weight * dice
+        return losses
+
+    @torch.no_grad()
+    def sample(
+        self,
+        context: Tensor,
+        steps: int,
+        generator: torch.Generator | None = None,
+        network: nn.Module | None = None,
+    ) -> Tensor:
+        """Goal masks for each context row: (B, 1, S, S), values in [-1, 1] (clamped).
+
+        ``network`` overrides the weights used (e.g. the EMA copy). To draw K samples per
+        scene in one batched call, repeat the context rows (``context.repeat_interleave(K, 0)``).
+        """
+        b, _, s, _ = context.shape
+        x_init = torch.randn((b, 1, s, s), generator=generator, device=context.device)
+
+        def model_fn(x: Tensor, t: Tensor) -> Tensor:
+            return self.predict(x, t, context, network).float()
+
+        return self.sampler.sample(model_fn, x_init, steps, generator=generator).clamp(-1, 1)

@@ -1,0 +1,173 @@
+"""Probability paths: how a clean goal mask ``x_1`` is noised for training.
+
+Every path exposes the same contract (time ``t`` is float in [0, 1], ``t = 1`` is data for
+both families, so noise level falls as ``t`` rises):
+
+- ``draw(x_1, generator) -> (noise, t)``: noise like ``x_1``, ``t`` shape (B,).
+- ``sample(x_1, noise, t) -> (x_t, t, target)``: the noisy input, the time the network sees,
+  and the regression target for the network output.
+- ``to_x1(prediction, x_t, t) -> x_1_hat``: reconstruct the clean sample from a network output
+  with the library's own conversions (used by the auxiliary dice loss).
+
+The maths lives in Meta's ``flow_matching`` and HuggingFace ``diffusers``; this module is glue.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DDPMScheduler
+from flow_matching.path import AffineProbPath
+from flow_matching.path.scheduler import (
+    CondOTScheduler,
+    CosineScheduler,
+    LinearVPScheduler,
+    PolynomialConvexScheduler,
+    Scheduler,
+    VPScheduler,
+)
+from torch import Tensor
+
+FLOW_SCHEDULERS = ("condot", "cosine", "vp", "linear_vp", "polynomial")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+
+
+def _bcast(t: Tensor, like: Tensor) -> Tensor:
+    return t.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+class FBFlowMatchingPath:
+    """Affine flow-matching path over ``flow_matching.path.AffineProbPath``; target = velocity.
+
+    Args:
+        scheduler: one of ``condot``, ``cosine``, ``vp``, ``linear_vp``, ``polynomial``.
+        vp_beta_min, vp_beta_max: parameters of the ``vp`` scheduler.
+        polynomial_n: exponent of the ``polynomial`` scheduler.
+        t_max: training times are drawn from U(0, t_max); the VP schedulers' velocity is
+            singular at exactly t = 1.
+    """
+
+    family = "flow"
+
+    def __init__(
+        self,
+        scheduler: str = "condot",
+        vp_beta_min: float = 0.1,
+        vp_beta_max: float = 20.0,
+        polynomial_n: float = 2.0,
+        t_max: float = 0.999,
+    ):
+        self.scheduler_name = scheduler
+        self.t_max = t_max
+        self.path = AffineProbPath(self._make_scheduler(scheduler, vp_beta_min, vp_beta_max,
+                                                        polynomial_n))
+
+    @staticmethod
+    def _make_scheduler(name: str, beta_min: float, beta_max: float, n: float) -> Scheduler:
+        if name == "condot":
+            return CondOTScheduler()
+        if name == "cosine":
+            return CosineScheduler()
+        if name == "vp":
+            return VPScheduler(beta_min=beta_min, beta_max=beta_max)
+        if name == "linear_vp":
+            return LinearVPScheduler()
+        if name == "polynomial":
+            return PolynomialConvexScheduler(n=n)
+        raise ValueError(
+            f"model.path.scheduler={name!r} is not a flow-matching scheduler; "
+            f"choose one of {', '.join(FLOW_SCHEDULERS)}"
+        )
+
+    def draw(self, x_1: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        noise = torch.randn(x_1.shape, generator=generator, device=x_1.device)
+        t = torch.rand(x_1.shape[0], generator=generator, device=x_1.device) * self.t_max
+        return noise, t
+
+    def sample(self, x_1: Tensor, noise: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        ps = self.path.sample(x_0=noise, x_1=x_1, t=t)
+        return ps.x_t, t, ps.dx_t
+
+    def to_x1(self, prediction: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        return self.path.velocity_to_target(velocity=prediction, x_t=x_t, t=_bcast(t, x_t))
+
+
+class HFDiffusionPath:
+    """Discrete-time diffusion path over ``diffusers.DDPMScheduler``.
+
+    Discrete timestep ``k`` in [0, num_train_timesteps) maps to ``t = 1 - k / T``.
+
+    Args:
+        num_train_timesteps, beta_schedule, beta_start, beta_end, prediction_type,
+        clip_sample, timestep_spacing: passed to ``DDPMScheduler`` as given (set
+        ``clip_sample`` and ``timestep_spacing`` on purpose: diffusers' defaults are
+        ``True`` and ``'leading'``).
+    """
+
+    family = "diffusion"
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_schedule: str = "squaredcos_cap_v2",
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        prediction_type: str = "epsilon",
+        clip_sample: bool = True,
+        timestep_spacing: str = "trailing",
+    ):
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"model.path.prediction_type={prediction_type!r}; choose one of "
+                f"{', '.join(PREDICTION_TYPES)}"
+            )
+        if beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(
+                f"model.path.beta_schedule={beta_schedule!r}; choose one of "
+                f"{', '.join(BETA_SCHEDULES)}"
+            )
+        self.scheduler = DDPMScheduler(
+            num_train_timesteps=num_train_timesteps,
+            beta_schedule=beta_schedule,
+            beta_start=beta_start,
+            beta_end=beta_end,
+            prediction_type=prediction_type,
+            clip_sample=clip_sample,
+            timestep_spacing=timestep_spacing,
+        )
+        self.num_train_timesteps = num_train_timesteps
+        self.prediction_type = prediction_type
+
+    def timestep_to_t(self, k: Tensor) -> Tensor:
+        return 1.0 - k.float() / self.num_train_timesteps
+
+    def t_to_timestep(self, t: Tensor) -> Tensor:
+        k = torch.round((1.0 - t) * self.num_train_timesteps).long()
+        return k.clamp(0, self.num_train_timesteps - 1)
+
+    def draw(self, x_1: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        noise = torch.randn(x_1.shape, generator=generator, device=x_1.device)
+        k = torch.randint(0, self.num_train_timesteps, (x_1.shape[0],), generator=generator,
+                          device=x_1.device)
+        return noise, self.timestep_to_t(k)
+
+    def sample(self, x_1: Tensor, noise: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        k = self.t_to_timestep(t)
+        x_t = self.scheduler.add_noise(x_1, noise, k)
+        if self.prediction_type == "epsilon":
+            target = noise
+        elif self.prediction_type == "v_prediction":
+            target = self.scheduler.get_velocity(x_1, noise, k)
+        else:
+            target = x_1
+        return x_t, self.timestep_to_t(k), target
+
+    def to_x1(self, prediction: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        k = self.t_to_timestep(t)
+        alpha_bar = self.scheduler.alphas_cumprod.to(x_t.device)[k]
+        a, s = _bcast(alpha_bar.sqrt(), x_t), _bcast((1 - alpha_bar).sqrt(), x_t)
+        if self.prediction_type == "epsilon":
+            return (x_t - s * prediction) / a
+        if self.prediction_type == "v_prediction":
+            return a * x_t - s * prediction
+        return prediction

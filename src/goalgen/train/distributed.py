@@ -1,0 +1,164 @@
+"""Where this process sits in the job: rank, world, device and backend, decided once.
+
+Launchers, in order of precedence:
+1. torchrun / TorchX (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``);
+2. ``srun`` tasks (``SLURM_PROCID`` trusted only inside a step, i.e. with ``SLURM_STEP_ID``);
+3. a single process.
+The loop only sees the resulting :class:`DistContext`; nothing else reads these variables.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    """Rank layout read from the environment (no side effects)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    local_world_size: int = 1
+    master_addr: str | None = None
+    master_port: int | None = None
+    launcher: str = "single"
+
+
+def _first_host(nodelist: str) -> str:
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
+                             text=True, check=True, timeout=30)
+        return out.stdout.split()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        # "n[1-2],m3" -> "n1" without scontrol
+        head = nodelist.split(",")[0]
+        if "[" in head:
+            prefix, rest = head.split("[", 1)
+            head = prefix + rest.split("-")[0].split(",")[0].rstrip("]")
+        return head
+
+
+def detect_launch(env: Mapping[str, str] | None = None) -> LaunchEnv:
+    """Read the rank layout of whichever launcher started this process."""
+    env = os.environ if env is None else env
+    if "RANK" in env and "WORLD_SIZE" in env:
+        world = int(env["WORLD_SIZE"])
+        return LaunchEnv(
+            rank=int(env["RANK"]),
+            local_rank=int(env.get("LOCAL_RANK", 0)),
+            world_size=world,
+            local_world_size=int(env.get("LOCAL_WORLD_SIZE", world)),
+            master_addr=env.get("MASTER_ADDR"),
+            master_port=int(env["MASTER_PORT"]) if "MASTER_PORT" in env else None,
+            launcher="torchrun",
+        )
+    if "SLURM_STEP_ID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        job_id = int(env.get("SLURM_JOB_ID", "0"))
+        tasks_per_node = env.get("SLURM_NTASKS_PER_NODE", env.get("SLURM_TASKS_PER_NODE", "1"))
+        return LaunchEnv(
+            rank=int(env["SLURM_PROCID"]),
+            local_rank=int(env.get("SLURM_LOCALID", 0)),
+            world_size=int(env["SLURM_NTASKS"]),
+            local_world_size=int(tasks_per_node.split("(")[0].split(",")[0]),
+            master_addr=_first_host(env.get("SLURM_JOB_NODELIST", "localhost")),
+            master_port=20000 + job_id % 20000,
+            launcher="srun",
+        )
+    return LaunchEnv()
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in the job and the device it owns."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    local_world_size: int
+    device: torch.device
+    backend: str | None  # None: not distributed
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.backend is not None
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def all_reduce_max(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise max over ranks (how ranks agree on a flag)."""
+        if self.distributed:
+            values = values.to(self.device)
+            dist.all_reduce(values, op=dist.ReduceOp.MAX)
+        return values.cpu()
+
+    def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            values = values.to(self.device)
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return values.cpu()
+
+
+def pick_device(accelerator: str, local_rank: int) -> torch.device:
+    """``cuda:<local_rank>`` when a GPU is wanted and present, else CPU.
+
+    A task that sees a single GPU (Slurm binding each task to its own device through
+    ``CUDA_VISIBLE_DEVICES``) uses index 0 whatever its local rank.
+    """
+    if accelerator not in ("auto", "cpu", "gpu", "cuda"):
+        raise ValueError(f"trainer.accelerator={accelerator!r}; choose auto, cpu or gpu")
+    if accelerator == "cpu" or not torch.cuda.is_available():
+        if accelerator in ("gpu", "cuda"):
+            raise RuntimeError("trainer.accelerator=gpu but no CUDA device is visible")
+        return torch.device("cpu")
+    count = torch.cuda.device_count()
+    index = 0 if count == 1 else local_rank % count
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def init_distributed(accelerator: str = "auto", timeout_s: float = 1800.0,
+                     env: LaunchEnv | None = None) -> DistContext:
+    """Create the process group if the launcher started several processes."""
+    env = env or detect_launch()
+    device = pick_device(accelerator, env.local_rank)
+    if env.world_size == 1:
+        return DistContext(0, 0, 1, 1, device, None)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if env.master_addr:
+        os.environ.setdefault("MASTER_ADDR", env.master_addr)
+    if env.master_port:
+        os.environ.setdefault("MASTER_PORT", str(env.master_port))
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend=backend,
+            rank=env.rank,
+            world_size=env.world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            device_id=device if device.type == "cuda" else None,
+        )
+    log.info("rank %d/%d (local %d) on %s via %s, backend %s", env.rank, env.world_size,
+             env.local_rank, device, env.launcher, backend)
+    return DistContext(env.rank, env.local_rank, env.world_size, env.local_world_size, device,
+                       backend)
+
+
+def shutdown_distributed(ctx: DistContext) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()

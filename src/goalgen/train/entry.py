@@ -1,0 +1,153 @@
+"""Training entry point: Hydra config in, one run directory, one or more training processes.
+
+``python src/train_generative.py --config-name=train_fb_flow_matching [overrides]`` calls
+:func:`main`; launchers that cannot use ``@hydra.main`` (submitit, spawned workers) call
+:func:`run` with an already composed config and the run directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+import torch.multiprocessing as mp
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from goalgen.paths import config_dir
+from goalgen.train.distributed import detect_launch, init_distributed, shutdown_distributed
+from goalgen.train.loop import TrainResult, train
+
+log = logging.getLogger("goalgen")
+
+# Overrides that do not change what is trained: they must not move the run directory.
+RUN_NAME_IGNORED = {"ckpt_path", "resume", "output_dir", "run_name", "num_workers",
+                    "data.pack_workers", "data.cache_dir", "trainer.progress_log_every_s"}
+
+
+def run_name_for(config_name: str, overrides: list[str]) -> str:
+    """A folder-safe run name that is a pure function of the command.
+
+    ``config_name[-experiment][-hash of the other run-changing overrides]``: the same on every
+    rank and every requeue, different when a hyper-parameter differs.
+    """
+    parts, hashed = [config_name], []
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key in RUN_NAME_IGNORED or key.startswith("hydra."):
+            continue
+        if key == "experiment":
+            parts.append(value)
+        else:
+            hashed.append(override)
+    if hashed:
+        parts.append(hashlib.sha1("\n".join(sorted(hashed)).encode()).hexdigest()[:8])
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts))
+
+
+def _run_name_resolver() -> str:
+    if not HydraConfig.initialized():
+        raise ValueError("run_name is derived from the Hydra command line; outside "
+                         "@hydra.main set it explicitly (run_name=NAME)")
+    hc = HydraConfig.get()
+    return run_name_for(hc.job.config_name or "train", list(hc.overrides.task))
+
+
+OmegaConf.register_new_resolver("goalgen_run_name", _run_name_resolver, replace=True)
+
+
+def _ensure_synthetic_data(cfg: DictConfig, is_local_main: bool, barrier) -> None:
+    synth = cfg.data.get("synthetic")
+    if not synth or cfg.data.data_dir is None:
+        return
+    if is_local_main:
+        from goalgen.data.synthetic import generate_dataset
+
+        generate_dataset(Path(cfg.data.data_dir), int(synth.num_scenes), seed=int(synth.seed),
+                         workers=max(1, min(4, os.cpu_count() or 1)))
+    barrier()
+
+
+def _set_threads(local_world_size: int) -> None:
+    """torchrun sets OMP_NUM_THREADS=1; our own spawn and srun paths split the cores here."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) * local_world_size or os.cpu_count() or 1
+    torch.set_num_threads(max(1, cpus // local_world_size))
+
+
+def run(cfg: DictConfig, run_dir: Path) -> TrainResult:
+    """Train in ``run_dir`` as the process(es) the environment describes."""
+    ctx = init_distributed(cfg.trainer.accelerator, cfg.trainer.process_group_timeout_s)
+    _set_threads(ctx.local_world_size)
+    try:
+        _ensure_synthetic_data(cfg, ctx.local_rank == 0, ctx.barrier)
+        return train(cfg, run_dir, ctx)
+    finally:
+        shutdown_distributed(ctx)
+
+
+def requested_devices(cfg: DictConfig) -> int:
+    """Processes to start on this node for ``trainer.devices`` (auto = every visible GPU)."""
+    devices = cfg.trainer.devices
+    if str(devices) == "auto":
+        use_gpu = cfg.trainer.accelerator != "cpu" and torch.cuda.is_available()
+        return torch.cuda.device_count() if use_gpu else 1
+    if isinstance(devices, int) and devices >= 1:
+        return devices
+    raise ValueError(f"trainer.devices={devices!r}; use auto or a positive integer")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawned_worker(local_rank: int, world: int, port: int, config: dict[str, Any],
+                    run_dir: str) -> None:
+    os.environ.update({"RANK": str(local_rank), "LOCAL_RANK": str(local_rank),
+                       "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    run(OmegaConf.create(config), Path(run_dir))
+
+
+def launch(cfg: DictConfig, run_dir: Path) -> TrainResult | None:
+    """Run here, or start ``trainer.devices`` local workers when no launcher did."""
+    n = requested_devices(cfg)
+    if n == 1 or detect_launch().launcher != "single":
+        return run(cfg, run_dir)
+    # Workers get the resolved config and the run dir as plain values: HydraConfig is not
+    # set in spawned processes.
+    config = OmegaConf.to_container(cfg, resolve=True)
+    log.info("starting %d local worker processes (effective batch %d)", n, cfg.batch_size * n)
+    mp.spawn(_spawned_worker, args=(n, _free_port(), config, str(run_dir)), nprocs=n)
+    return None
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train_fb_flow_matching")
+def hydra_main(cfg: DictConfig) -> float | None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        result = launch(cfg, run_dir)
+    except (ValueError, RuntimeError, OSError) as exc:
+        if os.environ.get("GOALGEN_TRACEBACK"):
+            raise
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    # the returned value is what hydra sweepers optimise
+    return result.val_loss_best if result is not None else None
+
+
+def main() -> None:
+    hydra_main()

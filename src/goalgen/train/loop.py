@@ -1,0 +1,385 @@
+"""The training loop, top to bottom: data, model, optimizer, resume, epochs, validation.
+
+``train(cfg, run_dir, ctx)`` takes a resolved config (a DictConfig or a plain dict), the run
+directory chosen once by the entry point, and this process's :class:`DistContext`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from goalgen.data.dataset import ResumableDistributedSampler, build_datasets, collate_batch
+from goalgen.eval.visualize import sample_grid, save_png
+from goalgen.model.generative import GenerativeModel
+from goalgen.train import checkpoint as ckpt
+from goalgen.train.distributed import DistContext
+from goalgen.train.logger import Progress, RunLogger
+from goalgen.train.precision import resolve_precision
+from goalgen.train.state import batch_generator, lr_factor, make_ema, rng_state, set_rng_state
+
+log = logging.getLogger("goalgen")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after too many consecutive NaN/inf training steps."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    epoch: int
+    val_loss: float
+    val_loss_best: float
+    best_checkpoint: Path | None
+
+
+def build_model(cfg: DictConfig) -> GenerativeModel:
+    """Instantiate the model from ``cfg.model`` (``_target_`` classes), checking its shape."""
+    model = hydra.utils.instantiate(cfg.model, _convert_="all")
+    if getattr(model.network, "in_ch", 8) != 8:
+        raise ValueError(f"model.network.in_ch={model.network.in_ch}; it must be 8 "
+                         "(5 context + 2 coordinate + 1 noisy channels)")
+    return model
+
+
+def resolve_compile(setting: Any, device: torch.device) -> bool:
+    """``trainer.compile``: true/false, or auto = on for CUDA only (slower than eager on CPU)."""
+    if isinstance(setting, bool):
+        return setting
+    if str(setting).lower() == "auto":
+        return device.type == "cuda"
+    raise ValueError(f"trainer.compile={setting!r}; choose auto, true or false")
+
+
+def val_noise(path, x_1: torch.Tensor, positions: torch.Tensor, seed: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise and time for validation samples, fixed per sample position (not per batch)."""
+    noises, times = [], []
+    for i, position in enumerate(positions.tolist()):
+        g = torch.Generator(device=x_1.device).manual_seed(seed * 1_000_003 + position)
+        noise, t = path.draw(x_1[i : i + 1], g)
+        noises.append(noise)
+        times.append(t)
+    return torch.cat(noises), torch.cat(times)
+
+
+def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of masks in [-1, 1] thresholded at 0; a, b: (N, 1, S, S) -> (N,)."""
+    a, b = a > 0, b > 0
+    inter = (a & b).flatten(1).sum(1).float()
+    union = (a | b).flatten(1).sum(1).float()
+    return inter / union.clamp(min=1)
+
+
+class Trainer:
+    """Holds the objects of one run; ``fit()`` runs it."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, ctx: DistContext):
+        self.cfg, self.run_dir, self.ctx = cfg, Path(run_dir), ctx
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        tc = cfg.trainer
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.train_set, self.val_set = build_datasets(
+            cfg.data.data_dir, cfg.image_size, val_dir=cfg.data.val_dir,
+            train_split=cfg.data.train_split, seed=cfg.seed, cache_dir=cfg.data.cache_dir,
+            on_bad_file=cfg.data.on_bad_file, workers=cfg.data.pack_workers,
+            local_rank=ctx.local_rank, barrier=ctx.barrier if ctx.distributed else None,
+        )
+        self.sampler = ResumableDistributedSampler(
+            len(self.train_set), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+            seed=cfg.seed, drop_last=True,
+        )
+        self.batches_per_epoch = len(self.sampler) // cfg.batch_size
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"batch_size={cfg.batch_size} x {ctx.world_size} process(es) exceeds the "
+                f"{len(self.train_set)} training scenes; lower batch_size or add data"
+            )
+        self.model = build_model(cfg).to(ctx.device)
+        self.ema = make_ema(self.model, cfg.ema.decay, cfg.ema.warmup)
+        self.precision = resolve_precision(tc.precision, ctx.device)
+        self.scaler = self.precision.grad_scaler()
+        self.train_model: torch.nn.Module = self.model
+        self.compiled = resolve_compile(tc.compile, ctx.device)
+        if self.compiled:
+            # compile the network, then wrap in DDP: torch.compile(DDP(m)) compiles nothing
+            self.model.network = torch.compile(self.model.network)
+        if ctx.distributed:
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                static_graph=tc.static_graph, find_unused_parameters=tc.find_unused_parameters,
+            )
+        lr = cfg.base_lr * (ctx.world_size if cfg.optim.scale_lr_with_world_size else 1)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=lr, betas=tuple(cfg.optim.betas),
+            weight_decay=cfg.optim.weight_decay,
+        )
+        self.total_steps = self._planned_steps()
+        warmup = cfg.optim.warmup_steps
+        decay = cfg.optim.decay_steps or max(0, self.total_steps - warmup)
+        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: lr_factor(s, warmup, decay, cfg.optim.end_lr / lr if lr > 0 else 0.0),
+        )
+        self.top_k = ckpt.TopK(self.ckpt_dir, cfg.checkpoint.save_top_k)
+        self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
+        self.nonfinite_total, self.val_loss = 0, float("nan")
+        self._last_save = time.monotonic()
+        self._maybe_resume()
+        if ctx.is_main:
+            log.info(
+                "%s: %d train / %d val scenes, %d batches/epoch, effective batch %d "
+                "(%d x %d), lr %.3g, precision %s, compile %s, device %s",
+                self.model.family, len(self.train_set), len(self.val_set),
+                self.batches_per_epoch, cfg.batch_size * ctx.world_size, cfg.batch_size,
+                ctx.world_size, lr, self.precision.name, self.compiled, ctx.device,
+            )
+        self.logger = RunLogger(self.run_dir / "tensorboard", ctx.is_main,
+                                purge_step=self.step + 1 if self.step > 0 else None)
+        self.progress = Progress(ctx.is_main, tc.progress_log_every_s)
+
+    # ---------------------------------------------------------------- bookkeeping
+    def _planned_steps(self) -> int:
+        by_epochs = self.cfg.max_epochs * self.batches_per_epoch
+        return min(by_epochs, self.cfg.max_steps) if self.cfg.max_steps > 0 else by_epochs
+
+    def _raw_network(self) -> torch.nn.Module:
+        net = self.model.network
+        return getattr(net, "_orig_mod", net)
+
+    def state_dict(self) -> dict[str, Any]:
+        model_state = {f"network.{k}": v for k, v in self._raw_network().state_dict().items()}
+        return {
+            "model": model_state,
+            "ema": self.ema.module.state_dict(),
+            "ema_n_averaged": int(self.ema.n_averaged.item()),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": self.lr_schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "batch_in_epoch": self.batch_in_epoch,
+            "rng": rng_state(),
+            "top_k": self.top_k.state_dict(),
+            "val_loss": self.val_loss,
+            "val_loss_best": self.top_k.best,
+            "nonfinite_total": self.nonfinite_total,
+            "family": self.model.family,
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "versions": {"torch": str(torch.__version__), "goalgen": "0.1.0"},
+        }
+
+    def _maybe_resume(self) -> None:
+        path = self.cfg.ckpt_path
+        if path is None and self.cfg.resume and (self.ckpt_dir / ckpt.LAST).exists():
+            path = self.ckpt_dir / ckpt.LAST
+        if path is None:
+            return
+        state = ckpt.load_checkpoint(path)
+        self._raw_network().load_state_dict(
+            {k.removeprefix("network."): v for k, v in state["model"].items()})
+        self.ema.module.load_state_dict(state["ema"])
+        self.ema.n_averaged.fill_(state.get("ema_n_averaged", 1))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.batch_in_epoch = state["batch_in_epoch"]
+        self.top_k.load_state_dict(state.get("top_k", []))
+        self.val_loss = state.get("val_loss", float("nan"))
+        self.nonfinite_total = state.get("nonfinite_total", 0)
+        set_rng_state(state["rng"])
+        if self.ctx.is_main:
+            log.info("Resuming from %s at epoch %d step %d", path, self.epoch, self.step)
+
+    def save_last(self) -> None:
+        """Every rank calls this; rank 0 writes; the barrier keeps ranks together."""
+        if self.ctx.is_main:
+            ckpt.save_atomic(self.state_dict(), self.ckpt_dir / ckpt.LAST)
+        self._last_save = time.monotonic()
+        self.ctx.barrier()
+
+    def _save_due(self) -> bool:
+        """Periodic ``last.ckpt``: ranks agree (one all-reduce) so the save barrier never splits."""
+        due = time.monotonic() - self._last_save >= self.cfg.checkpoint.every_minutes * 60
+        return bool(self.ctx.all_reduce_max(torch.tensor([float(due)]))[0] > 0)
+
+    # ---------------------------------------------------------------- training
+    def _done(self) -> bool:
+        return self.epoch >= self.cfg.max_epochs or (
+            self.cfg.max_steps > 0 and self.step >= self.cfg.max_steps)
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        if self._done():
+            if self.ctx.is_main:
+                log.info("Run already complete (epoch %d, step %d): nothing to do",
+                         self.epoch, self.step)
+            return self._result()
+        loader = DataLoader(
+            self.train_set, batch_size=cfg.batch_size, sampler=self.sampler,
+            collate_fn=collate_batch, num_workers=cfg.num_workers, drop_last=True,
+            pin_memory=self.ctx.device.type == "cuda",
+            persistent_workers=cfg.num_workers > 0,
+        )
+        while not self._done():
+            self.sampler.set_epoch(self.epoch)
+            self.sampler.set_start_index(self.batch_in_epoch * cfg.batch_size)
+            label = self.epoch
+            self._train_epoch(loader)
+            finished = self.batch_in_epoch >= self.batches_per_epoch
+            if finished:  # ``epoch`` counts completed epochs: a resume starts the next one
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            if self._done() or (finished and self.epoch % cfg.trainer.check_val_every_n_epoch == 0):
+                self.validate(label)
+            self.save_last()
+        self.logger.close()
+        return self._result()
+
+    def _result(self) -> TrainResult:
+        return TrainResult(self.step, self.epoch, self.val_loss, self.top_k.best,
+                           self.top_k.folder / self.top_k.entries[0][2]
+                           if self.top_k.entries else None)
+
+    def _train_epoch(self, loader: DataLoader) -> None:
+        cfg, tc, ctx = self.cfg, self.cfg.trainer, self.ctx
+        self.train_model.train()
+        self.progress.start_epoch(self.epoch, self.batches_per_epoch, self.batch_in_epoch)
+        consecutive_bad, window_t0, window_samples = 0, time.perf_counter(), 0
+        for batch in loader:
+            if self.batch_in_epoch >= self.batches_per_epoch or (
+                    cfg.max_steps > 0 and self.step >= cfg.max_steps):
+                break
+            context = batch["context"].to(ctx.device, non_blocking=True)
+            x_1 = batch["target"].to(ctx.device, non_blocking=True)
+            g = batch_generator(cfg.seed, ctx.rank, self.epoch, self.batch_in_epoch, ctx.device)
+            noise, t = self.model.path.draw(x_1, g)
+            with self.precision.autocast():
+                losses = self.train_model(context, x_1, noise, t)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(losses["loss"]).backward()
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                       tc.gradient_clip_val)
+            self.batch_in_epoch += 1
+            window_samples += x_1.shape[0] * ctx.world_size
+            # grads are all-reduced, so every rank sees the same grad_norm and skips together
+            if not torch.isfinite(losses["loss"]) or not torch.isfinite(grad_norm):
+                if self.precision.use_scaler and torch.isfinite(losses["loss"]):
+                    self.scaler.step(self.optimizer)  # fp16 overflow: the scaler skips & backs off
+                    self.scaler.update()
+                    continue
+                consecutive_bad += 1
+                self.nonfinite_total += 1
+                self.logger.scalars({"nonfinite_steps": self.nonfinite_total}, self.step)
+                log.warning("non-finite loss/gradient at epoch %d batch %d (step %d): step "
+                            "skipped (%d in a row)", self.epoch, self.batch_in_epoch, self.step,
+                            consecutive_bad)
+                if consecutive_bad >= tc.max_consecutive_nonfinite:
+                    raise NonFiniteLossError(
+                        f"loss was NaN/inf for {consecutive_bad} steps in a row (step "
+                        f"{self.step}, lr {self.lr_schedule.get_last_lr()[0]:.3g}). Lower "
+                        "base_lr (e.g. base_lr=5e-5), check the data (goalgen-pack validates "
+                        "every file), or try trainer.precision=32. last.ckpt holds the last "
+                        "good state."
+                    )
+                continue
+            consecutive_bad = 0
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.lr_schedule.step()
+            self.ema.update_parameters(self.model)
+            self.step += 1
+            if self._save_due():
+                self.save_last()
+            if self.step % tc.log_every_n_steps == 0:
+                elapsed = time.perf_counter() - window_t0
+                info = {"train_loss": losses["loss"].item(), "lr": self.lr_schedule.get_last_lr()[0],
+                        "grad_norm": grad_norm.item(), "samples_per_s": window_samples / elapsed}
+                extra = {f"train_{k}": v.item() for k, v in losses.items() if k != "loss"}
+                self.logger.scalars({**info, **extra, "epoch": self.epoch}, self.step)
+                self.progress.update(self.batch_in_epoch, self.step, info)
+                window_t0, window_samples = time.perf_counter(), 0
+        self.progress.end_epoch()
+
+    # ---------------------------------------------------------------- validation
+    @torch.no_grad()
+    def validate(self, epoch_label: int) -> float:
+        """Deterministic val loss with EMA weights; top-k update; sample grid. All ranks call."""
+        cfg, ctx = self.cfg, self.ctx
+        ema_model = self.ema.module
+        ema_model.eval()
+        positions = list(range(ctx.rank, len(self.val_set), ctx.world_size))
+        loader = DataLoader(self.val_set, batch_size=cfg.batch_size, sampler=positions,
+                            collate_fn=collate_batch, num_workers=0)
+        totals = torch.zeros(2, dtype=torch.float64)
+        offset = 0
+        for batch in loader:
+            context = batch["context"].to(ctx.device)
+            x_1 = batch["target"].to(ctx.device)
+            pos = torch.tensor(positions[offset : offset + x_1.shape[0]])
+            offset += x_1.shape[0]
+            noise, t = val_noise(ema_model.path, x_1, pos, cfg.val.seed)
+            with self.precision.autocast():
+                losses = ema_model(context, x_1, noise, t)
+            totals += torch.tensor([losses["loss"].item() * x_1.shape[0], x_1.shape[0]],
+                                   dtype=torch.float64)
+        totals = ctx.all_reduce_sum(totals)
+        self.val_loss = float(totals[0] / totals[1])
+        metrics = {"val_loss": self.val_loss}
+        metrics.update(self._log_samples(ema_model, epoch_label) if ctx.is_main else {})
+        if ctx.is_main:
+            self.top_k.update(self.val_loss, epoch_label, self.state_dict())
+            metrics["val_loss_best"] = self.top_k.best
+            self.logger.scalars(metrics, self.step)
+            self.logger.flush()
+            log.info("epoch %d step %d: %s", self.epoch, self.step,
+                     " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        ctx.barrier()
+        return self.val_loss
+
+    def _log_samples(self, ema_model: GenerativeModel, epoch_label: int) -> dict[str, float]:
+        """Sample goal masks for the first validation scenes; log the grid and sample IoU."""
+        cfg = self.cfg
+        n = min(cfg.val.num_images, len(self.val_set))
+        k = cfg.val.samples_per_scene
+        if n == 0 or k == 0:
+            return {}
+        batch = self.val_set.__getitems__(list(range(n)))
+        context = batch["context"].to(self.ctx.device)
+        truth = batch["target"].to(self.ctx.device)
+        g = torch.Generator(device=self.ctx.device).manual_seed(cfg.val.seed)
+        with self.precision.autocast():
+            samples = ema_model.sample(context.repeat_interleave(k, 0), cfg.sampling_steps, g)
+        samples = samples.float().view(n, k, 1, *samples.shape[-2:])
+        iou = mask_iou(samples.flatten(0, 1), truth.repeat_interleave(k, 0))
+        grid = sample_grid(context.cpu(), truth.cpu(), samples.cpu())
+        tag = "Validation_Samples_" + ("flow_matching" if ema_model.family == "flow"
+                                       else "diffusion")
+        self.logger.image(tag, grid, self.step)
+        save_png(grid, self.run_dir / "samples" / f"epoch{epoch_label:03d}.png")
+        return {"val_sample_iou": float(iou.mean()),
+                "val_sample_best_iou": float(iou.view(n, k).max(1).values.mean())}
+
+
+def train(cfg: DictConfig | dict, run_dir: Path, ctx: DistContext) -> TrainResult:
+    """Run (or resume) one training job in ``run_dir``."""
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    trainer = Trainer(cfg, run_dir, ctx)
+    result = trainer.fit()
+    if not math.isnan(result.val_loss) and ctx.is_main:
+        log.info("done: step %d, val_loss %.4f, best %.4f (%s)", result.step, result.val_loss,
+                 result.val_loss_best, result.best_checkpoint)
+    return result

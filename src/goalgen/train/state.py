@@ -1,0 +1,84 @@
+"""Pieces of training state that are not the model: LR schedule, EMA, RNG snapshots."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel
+
+
+def lr_factor(step: int, warmup_steps: int, decay_steps: int, end_ratio: float) -> float:
+    """Multiplier of ``base_lr`` at optimizer step ``step``.
+
+    Linear warmup from 0 over ``warmup_steps``, then cosine decay from 1 to ``end_ratio`` over
+    ``decay_steps``, then flat at ``end_ratio``.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if decay_steps <= 0:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return end_ratio + (1 - end_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_ema(model: torch.nn.Module, decay: float, warmup: bool) -> AveragedModel:
+    """Exponential moving average of ``model``'s parameters and buffers (torch's AveragedModel).
+
+    With ``warmup`` the effective decay is ``min(decay, (1 + n) / (10 + n))`` after ``n``
+    updates, so the average is not dominated by the initial weights in short runs.
+    """
+
+    @torch.no_grad()
+    def ema_update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor
+                   ) -> None:
+        d = min(decay, (1 + int(n)) / (10 + int(n))) if warmup else decay
+        torch._foreach_lerp_(averaged, current, 1 - d)
+
+    return AveragedModel(model, multi_avg_fn=ema_update, use_buffers=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states as tensors and primitives (``weights_only``-loadable)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": _to_plain(random.getstate()),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_to_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_plain(value: Any) -> Any:
+    return [_to_plain(v) for v in value] if isinstance(value, tuple) else value
+
+
+def _to_tuple(value: Any) -> Any:
+    return tuple(_to_tuple(v) for v in value) if isinstance(value, list) else value
+
+
+def batch_generator(seed: int, rank: int, epoch: int, batch: int, device: torch.device
+                    ) -> torch.Generator:
+    """Generator for one training batch's noise and times.
+
+    Seeded from (seed, rank, epoch, batch) so a resumed run draws exactly what an uninterrupted
+    one would, without saving any generator state.
+    """
+    mixed = np.random.SeedSequence([seed, rank, epoch, batch]).generate_state(1, np.uint64)[0]
+    return torch.Generator(device=device).manual_seed(int(mixed) & ((1 << 63) - 1))

@@ -1,0 +1,182 @@
+"""DiT, paths and samplers: shapes, library conventions, and config mismatch errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from goalgen.model.dit import DiT
+from goalgen.model.generative import GenerativeModel, soft_dice_loss
+from goalgen.model.paths import FLOW_SCHEDULERS, FBFlowMatchingPath, HFDiffusionPath
+from goalgen.model.samplers import FBODESampler, HFDiffusionSampler
+
+S = 16
+
+
+def tiny_net() -> DiT:
+    return DiT(in_ch=8, out_ch=1, image_size=S, patch_size=4, dim=32, depth=1, heads=2)
+
+
+def masks(b: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    context = (torch.rand(b, 5, S, S, generator=g) > 0.7).float() * 2 - 1
+    x_1 = -torch.ones(b, 1, S, S)
+    x_1[:, :, 4:9, 5:11] = 1
+    return context, x_1
+
+
+def test_dit_shapes_and_zero_init_output():
+    net = tiny_net()
+    x = torch.randn(2, 8, S, S)
+    out = net(x, torch.tensor([0.1, 0.9]))
+    assert out.shape == (2, 1, S, S)
+    assert torch.all(out == 0), "adaLN-Zero: the untrained network outputs zeros"
+    assert net(x, torch.tensor(0.5)).shape == (2, 1, S, S), "0-dim t is broadcast"
+
+
+def test_dit_rejects_bad_geometry():
+    with pytest.raises(ValueError, match="divisible by patch_size"):
+        DiT(image_size=30, patch_size=4)
+    with pytest.raises(ValueError, match="heads"):
+        DiT(dim=30, heads=4)
+
+
+def test_dit_patches_are_position_aware():
+    net = tiny_net()
+    torch.nn.init.normal_(net.final_linear.weight)
+    torch.nn.init.normal_(net.final_ada_ln[-1].weight)
+    out = net(torch.zeros(1, 8, S, S), torch.tensor([0.5]))
+    # same (zero) input everywhere: only position embeddings can make patches differ
+    assert out[0, 0, :4, :4].sub(out[0, 0, 8:12, 8:12]).abs().max() > 0
+
+
+@pytest.mark.parametrize("scheduler", FLOW_SCHEDULERS)
+def test_flow_path_reconstructs_x1_from_true_velocity(scheduler):
+    path = FBFlowMatchingPath(scheduler=scheduler)
+    _, x_1 = masks()
+    noise, t = path.draw(x_1, torch.Generator().manual_seed(1))
+    assert t.min() >= 0 and t.max() < 1
+    x_t, t_net, velocity = path.sample(x_1, noise, t)
+    assert torch.equal(t_net, t)
+    torch.testing.assert_close(path.to_x1(velocity, x_t, t), x_1, atol=2e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_diffusion_path_reconstructs_x1_from_true_target(prediction_type):
+    path = HFDiffusionPath(prediction_type=prediction_type, beta_schedule="linear")
+    _, x_1 = masks()
+    noise = torch.randn_like(x_1)
+    t = torch.tensor([0.9, 0.5, 0.2])  # k = 100, 500, 800
+    x_t, t_net, target = path.sample(x_1, noise, t)
+    torch.testing.assert_close(t_net, t)
+    torch.testing.assert_close(path.to_x1(target, x_t, t), x_1, atol=1e-3, rtol=1e-3)
+    if prediction_type == "epsilon":
+        assert torch.equal(target, noise)
+
+
+def test_diffusion_time_maps_data_to_t1():
+    path = HFDiffusionPath()
+    k = torch.tensor([0, 999])
+    assert path.timestep_to_t(k).tolist() == pytest.approx([1.0, 0.001], abs=1e-6)
+    assert torch.equal(path.t_to_timestep(path.timestep_to_t(k)), k)
+
+
+def test_unknown_names_are_refused_with_the_config_key():
+    with pytest.raises(ValueError, match="model.path.scheduler"):
+        FBFlowMatchingPath(scheduler="karras")
+    with pytest.raises(ValueError, match="model.sampler.method"):
+        FBODESampler(method="leapfrog")
+    with pytest.raises(ValueError, match="model.path.beta_schedule"):
+        HFDiffusionPath(beta_schedule="cosine")
+    with pytest.raises(ValueError, match="sampler_type"):
+        HFDiffusionSampler(sampler_type="dpm")
+
+
+def test_mismatched_sampler_and_path_fail_at_build():
+    with pytest.raises(ValueError, match="beta_schedule"):
+        GenerativeModel(tiny_net(), HFDiffusionPath(beta_schedule="linear"),
+                        HFDiffusionSampler(beta_schedule="squaredcos_cap_v2"))
+    with pytest.raises(ValueError, match="flow path"):
+        GenerativeModel(tiny_net(), FBFlowMatchingPath(), HFDiffusionSampler())
+    with pytest.raises(ValueError, match="diffusion path"):
+        GenerativeModel(tiny_net(), HFDiffusionPath(), FBODESampler())
+    with pytest.raises(ValueError, match="DDIM only"):
+        HFDiffusionSampler(sampler_type="ddpm", eta=1.0)
+
+
+class ConstantVelocity:
+    """model_fn with a known flow: x(t) = x0 + t * (target - noise-free offset)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x, t):
+        assert t.shape == (x.shape[0],), "the solver's 0-dim t must reach us as (B,)"
+        self.calls += 1
+        return torch.ones_like(x) * 2 * t.view(-1, 1, 1, 1)  # dx/dt = 2t -> x1 = x0 + 1
+
+
+@pytest.mark.parametrize("method,expected_calls", [("euler", 8), ("midpoint", 16), ("rk4", 32),
+                                                   ("dopri5", None)])
+def test_ode_sampler_integrates_known_flow(method, expected_calls):
+    fn = ConstantVelocity()
+    x0 = torch.zeros(2, 1, 4, 4)
+    x1 = FBODESampler(method=method).sample(fn, x0, steps=8)
+    atol = 0.13 if method == "euler" else 1e-4  # euler is first order: error = 1/steps
+    torch.testing.assert_close(x1, torch.ones_like(x1), atol=atol, rtol=0)
+    if expected_calls is not None:
+        assert fn.calls == expected_calls
+
+
+@pytest.mark.parametrize("sampler_type", ["ddim", "ddpm"])
+def test_diffusion_sampler_with_oracle_recovers_x1(sampler_type):
+    path = HFDiffusionPath()
+    sampler = HFDiffusionSampler(sampler_type=sampler_type)
+    sampler.attach(path)
+    _, x_1 = masks(2)
+
+    def oracle_eps(x, t):  # the exact epsilon for a point mass at x_1
+        k = path.t_to_timestep(t)
+        a = path.scheduler.alphas_cumprod[k].view(-1, 1, 1, 1)
+        return (x - a.sqrt() * x_1) / (1 - a).sqrt()
+
+    g = torch.Generator().manual_seed(0)
+    out = sampler.sample(oracle_eps, torch.randn(x_1.shape, generator=g), steps=10, generator=g)
+    torch.testing.assert_close(out, x_1, atol=0.05, rtol=0)
+
+
+def test_ddim_eta0_is_deterministic_and_ddpm_is_not():
+    path = HFDiffusionPath()
+    _, x_1 = masks(1)
+    x_init = torch.randn(x_1.shape, generator=torch.Generator().manual_seed(0))
+
+    def run(kind, seed):
+        sampler = HFDiffusionSampler(sampler_type=kind)
+        sampler.attach(path)
+        return sampler.sample(lambda x, t: torch.zeros_like(x) + 0.1, x_init.clone(), 5,
+                              generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(run("ddim", 1), run("ddim", 2))
+    assert not torch.equal(run("ddpm", 1), run("ddpm", 2))
+
+
+@pytest.mark.parametrize("family", ["flow", "diffusion"])
+def test_generative_model_loss_and_sample(family):
+    path = FBFlowMatchingPath() if family == "flow" else HFDiffusionPath()
+    sampler = FBODESampler(method="euler") if family == "flow" else HFDiffusionSampler()
+    model = GenerativeModel(tiny_net(), path, sampler, aux_loss_weight=0.5)
+    context, x_1 = masks()
+    noise, t = path.draw(x_1, torch.Generator().manual_seed(0))
+    losses = model(context, x_1, noise, t)
+    assert set(losses) == {"loss", "mse", "dice"}
+    torch.testing.assert_close(losses["loss"], losses["mse"] + 0.5 * losses["dice"])
+    losses["loss"].backward()
+    assert model.network.final_linear.weight.grad.abs().sum() > 0
+    out = model.sample(context, steps=3, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x_1.shape and out.abs().max() <= 1
+
+
+def test_soft_dice_loss_values():
+    _, x_1 = masks(1)
+    assert soft_dice_loss(x_1, x_1).item() == pytest.approx(0.0, abs=1e-6)
+    assert soft_dice_loss(-torch.ones_like(x_1), x_1).item() > 0.95
