@@ -1,0 +1,236 @@
+"""The training loop on tiny CPU models: schedule, EMA, precision, NaN policy, checkpoints,
+resume, and that a short run actually learns."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from goalgen.data.dataset import build_datasets
+from goalgen.model.generative import GenerativeModel
+from goalgen.train import checkpoint as ckpt
+from goalgen.train.distributed import DistContext
+from goalgen.train.loop import NonFiniteLossError, Trainer, mask_iou, train
+from goalgen.train.precision import resolve_precision
+from goalgen.train.state import lr_factor, make_ema
+
+CPU = DistContext(0, 0, 1, 1, torch.device("cpu"), None)
+
+
+def run_dir_of(cfg) -> Path:
+    return Path(cfg.output_dir) / cfg.run_name
+
+
+def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    acc = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_lr_schedule_values():
+    assert lr_factor(0, 10, 100, 0.01) == pytest.approx(0.1)
+    assert lr_factor(9, 10, 100, 0.01) == pytest.approx(1.0)
+    assert lr_factor(10, 10, 100, 0.01) == pytest.approx(1.0)
+    assert lr_factor(60, 10, 100, 0.01) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert lr_factor(110, 10, 100, 0.01) == pytest.approx(0.01)
+    assert lr_factor(10_000, 10, 100, 0.01) == pytest.approx(0.01)
+
+
+def test_ema_follows_the_warmed_up_decay():
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = make_ema(model, decay=0.9, warmup=True)
+    expected = 0.0
+    for n, value in enumerate([1.0, 2.0, 3.0, 4.0]):
+        model.weight.data.fill_(value)
+        ema.update_parameters(model)
+        if n == 0:
+            expected = value  # AveragedModel copies the weights on the first update
+        else:
+            d = min(0.9, (1 + n) / (10 + n))
+            expected = d * expected + (1 - d) * value
+        assert ema.module.weight.item() == pytest.approx(expected)
+
+
+def test_precision_names(caplog):
+    cpu = torch.device("cpu")
+    assert resolve_precision("32", cpu).dtype is None
+    assert resolve_precision(32, cpu).dtype is None
+    assert resolve_precision("bf16-mixed", cpu).dtype is torch.bfloat16
+    with caplog.at_level(logging.WARNING):
+        p = resolve_precision("16-mixed", cpu)
+    assert p.dtype is torch.bfloat16 and not p.use_scaler and "bf16" in caplog.text
+    with pytest.raises(ValueError, match="trainer.precision"):
+        resolve_precision("fp8", cpu)
+
+
+def test_topk_keeps_the_best_k_and_names_them(tmp_path):
+    top = ckpt.TopK(tmp_path, k=2)
+    state = {"x": torch.zeros(1)}
+    for epoch, loss in enumerate([0.5, 0.4, 0.6, 0.3, float("nan")]):
+        top.update(loss, epoch, state)
+    names = sorted(p.name for p in tmp_path.glob("*.ckpt"))
+    assert names == ["epoch001-val_loss0.4000.ckpt", "epoch003-val_loss0.3000.ckpt"]
+    assert top.best == pytest.approx(0.3)
+    assert torch.load(tmp_path / names[1], weights_only=True)["top_k"][0][0] == pytest.approx(0.3)
+
+
+def test_atomic_save_keeps_the_old_file_when_a_write_dies(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    ckpt.save_atomic({"v": torch.tensor([1.0])}, path)
+
+    def dying_save(obj, f):
+        f.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_atomic({"v": torch.tensor([2.0])}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["v"].item() == 1.0
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"], "no temp file left behind"
+
+
+def test_load_checkpoint_reports_bad_files(tmp_path):
+    truncated = tmp_path / "t.ckpt"
+    ckpt.save_atomic({"v": torch.zeros(1000)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    with pytest.raises(ckpt.CheckpointError, match="t.ckpt cannot be read"):
+        ckpt.load_checkpoint(truncated)
+    foreign = tmp_path / "f.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(ckpt.CheckpointError, match=r"lacks keys .*'model'.*found \['state_dict'\]"):
+        ckpt.load_checkpoint(foreign)
+
+
+@pytest.mark.parametrize("config_name", ["train_fb_flow_matching", "train_hf_diffusion"])
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed", "16-mixed"])
+def test_train_run_leaves_the_guide_output_tree(tiny_cfg, config_name, precision):
+    cfg = tiny_cfg(config_name, "max_epochs=2", f"trainer.precision={precision}")
+    result = train(cfg, run_dir_of(cfg), CPU)
+    run = run_dir_of(cfg)
+    assert result.step == 2 * 5 and result.epoch == 2  # 43 train scenes / batch 8
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    best = sorted((run / "checkpoints").glob("epoch*-val_loss*.ckpt"))
+    assert 1 <= len(best) <= 3 and all(math.isfinite(float(p.stem.split("val_loss")[1]))
+                                       for p in best)
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(run / "tensorboard")).Reload()
+    for tag in ("train_loss", "val_loss", "val_loss_best", "lr", "grad_norm", "samples_per_s"):
+        assert tag in acc.Tags()["scalars"], tag
+    assert any(t.startswith("Validation_Samples_") for t in acc.Tags()["images"])
+    assert list((run / "samples").glob("epoch*.png"))
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert {"model", "ema", "optimizer", "epoch", "step", "batch_in_epoch", "config"} <= set(state)
+    assert not any("_orig_mod" in k for k in state["model"])
+    assert state["config"]["model"]["network"]["dim"] == 32
+
+
+def test_compiled_network_saves_plain_keys(tiny_cfg):
+    cfg = tiny_cfg("train_fb_flow_matching", "max_steps=1", "trainer.compile=true",
+                   "val.num_images=0")
+    train(cfg, run_dir_of(cfg), CPU)
+    state = torch.load(run_dir_of(cfg) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["model"] and not any("_orig_mod" in k for k in state["model"])
+
+
+def test_resume_continues_the_same_curve_bitwise(tiny_cfg, tmp_path):
+    common = ("optim.decay_steps=100", "max_epochs=2", "trainer.precision=bf16-mixed")
+    full = tiny_cfg("train_fb_flow_matching", *common, "run_name=full")
+    train(full, run_dir_of(full), CPU)
+
+    part = tiny_cfg("train_fb_flow_matching", *common, "run_name=part", "max_steps=3")
+    assert train(part, run_dir_of(part), CPU).step == 3
+    last = run_dir_of(part) / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["batch_in_epoch"] == 3  # stopped mid-epoch
+    # resume elsewhere through ckpt_path, as the guide's command does
+    resumed = tiny_cfg("train_fb_flow_matching", *common, "run_name=part2", f"ckpt_path={last}")
+    train(resumed, run_dir_of(resumed), CPU)
+
+    a = torch.load(run_dir_of(full) / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(run_dir_of(resumed) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["step"] == b["step"] == 10
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+        assert torch.equal(a["ema"][key], b["ema"][key]), key
+    full_curve = dict(scalars(run_dir_of(full), "train_loss"))
+    resumed_curve = dict(scalars(run_dir_of(part), "train_loss")) | dict(
+        scalars(run_dir_of(resumed), "train_loss"))
+    assert resumed_curve == full_curve
+
+
+def test_auto_resume_and_finished_run_exits_at_once(tiny_cfg, caplog):
+    cfg = tiny_cfg("train_fb_flow_matching", "max_epochs=1")
+    train(cfg, run_dir_of(cfg), CPU)
+    mtime = (run_dir_of(cfg) / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="goalgen"):
+        result = train(cfg, run_dir_of(cfg), CPU)
+    assert "Resuming from" in caplog.text and "already complete" in caplog.text
+    assert result.step == 5
+    assert (run_dir_of(cfg) / "checkpoints" / "last.ckpt").stat().st_mtime_ns == mtime
+    longer = tiny_cfg("train_fb_flow_matching", "max_epochs=2")
+    assert train(longer, run_dir_of(longer), CPU).step == 10
+
+
+def test_nonfinite_steps_are_skipped_then_abort(tiny_cfg, monkeypatch, caplog):
+    real_forward = GenerativeModel.forward
+    calls = {"n": 0}
+
+    def flaky(self, *args):
+        calls["n"] += 1
+        losses = real_forward(self, *args)
+        if self.training and calls["n"] in (2, 3):
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(GenerativeModel, "forward", flaky)
+    cfg = tiny_cfg("train_fb_flow_matching", "max_epochs=1")
+    with caplog.at_level(logging.WARNING):
+        result = train(cfg, run_dir_of(cfg), CPU)
+    assert result.step == 5 - 2 and "non-finite" in caplog.text
+    assert dict(scalars(run_dir_of(cfg), "nonfinite_steps"))
+    state = torch.load(run_dir_of(cfg) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["nonfinite_total"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+    def always_nan(self, *args):
+        losses = real_forward(self, *args)
+        if self.training:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(GenerativeModel, "forward", always_nan)
+    cfg = tiny_cfg("train_fb_flow_matching", "trainer.max_consecutive_nonfinite=3",
+                   "run_name=always_nan")
+    with pytest.raises(NonFiniteLossError, match="3 steps in a row.*base_lr"):
+        train(cfg, run_dir_of(cfg), CPU)
+
+
+def test_validation_loss_is_deterministic(tiny_cfg):
+    cfg = tiny_cfg("train_hf_diffusion", "max_steps=1")
+    trainer = Trainer(cfg, run_dir_of(cfg), CPU)
+    assert trainer.validate(0) == trainer.validate(0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config_name", ["train_fb_flow_matching", "train_hf_diffusion"])
+def test_short_training_learns(tiny_cfg, config_name):
+    """Val loss drops clearly, and samples overlap the ground truth better than noise."""
+    cfg = tiny_cfg(config_name, "max_epochs=25", "base_lr=2e-3", "model.network.dim=64",
+                   "model.network.depth=2", "trainer.precision=bf16-mixed",
+                   "val.num_images=5", "val.samples_per_scene=4", "sampling_steps=10",
+                   "trainer.check_val_every_n_epoch=24", "ema.decay=0.9")
+    train(cfg, run_dir_of(cfg), CPU)
+    val = [v for _, v in scalars(run_dir_of(cfg), "val_loss")]
+    assert val[-1] < 0.7 * val[0], val
+    iou = scalars(run_dir_of(cfg), "val_sample_iou")[-1][1]
+    _, val_set = build_datasets(cfg.data.data_dir, cfg.image_size, cache_dir=cfg.data.cache_dir,
+                                seed=cfg.seed, train_split=cfg.data.train_split)
+    truth = val_set.__getitems__(list(range(5)))["target"]
+    noise = torch.randn(truth.shape, generator=torch.Generator().manual_seed(0))
+    noise_iou = mask_iou(noise, truth).mean().item()
+    assert iou > noise_iou + 0.1, (iou, noise_iou)
