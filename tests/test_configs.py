@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config
 from omegaconf import OmegaConf
 
+from conftest import compose_config
 from goalgen.train.entry import requested_devices, run_name_for
 from goalgen.train.loop import build_model
 from goalgen.train.precision import resolve_precision
@@ -54,9 +54,10 @@ def test_guide_command_composes_and_builds(config_name, overrides):
                                                    "model.network.depth=1"])
     for override in overrides:  # each value override really landed in the config
         key, value = override.split("=", 1)
+        if key in ("trainer", "experiment"):  # config groups, not values
+            continue
         node = OmegaConf.select(cfg, key)
-        if not OmegaConf.is_config(node):
-            assert str(node) == value or float(node) == float(value), override
+        assert str(node) == value or float(node) == float(value), override
     model = build_model(cfg)
     assert model.family == ("flow" if config_name == FM else "diffusion")
     resolve_precision(cfg.trainer.precision, torch.device("cpu"))
@@ -111,7 +112,8 @@ def test_cli_cfg_job_prints_the_composed_config(config_name, overrides):
     out = run_cli(f"--config-name={config_name}", *overrides, "--cfg", "job")
     assert out.returncode == 0, out.stderr
     for override in overrides:
-        assert override.rsplit(".", 1)[-1].replace("=", ": ") in out.stdout
+        if "." in override:
+            assert override.rsplit(".", 1)[-1].replace("=", ": ") in out.stdout
 
 
 def test_bare_command_without_data_names_the_fix(tmp_path):

@@ -15,6 +15,7 @@ from typing import Any
 
 import hydra
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -46,7 +47,10 @@ class TrainResult:
 
 def build_model(cfg: DictConfig) -> GenerativeModel:
     """Instantiate the model from ``cfg.model`` (``_target_`` classes), checking its shape."""
-    model = hydra.utils.instantiate(cfg.model, _convert_="all")
+    try:
+        model = hydra.utils.instantiate(cfg.model, _convert_="all")
+    except InstantiationException as exc:  # surface our own message, not Hydra's wrapper
+        raise ValueError(str(exc.__cause__ or exc)) from exc
     if getattr(model.network, "in_ch", 8) != 8:
         raise ValueError(f"model.network.in_ch={model.network.in_ch}; it must be 8 "
                          "(5 context + 2 coordinate + 1 noisy channels)")
