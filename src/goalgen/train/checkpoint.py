@@ -76,6 +76,25 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     return state
 
 
+def latest_good_checkpoint(folder: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint in ``folder`` that loads: ``last.ckpt``, else (reported) the
+    others by modification time. Leftover temp files of killed writes are removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    for stale in folder.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    others = sorted((p for p in folder.glob("*.ckpt") if p.name != LAST),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    candidates = ([folder / LAST] if (folder / LAST).exists() else []) + others
+    for path in candidates:
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as exc:
+            log.error("%s; trying the previous checkpoint", exc)
+    return None
+
+
 class TopK:
     """Keeps the ``k`` best checkpoints by validation loss (lower is better) in ``folder``.
 

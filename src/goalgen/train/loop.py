@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,8 @@ from goalgen.train import checkpoint as ckpt
 from goalgen.train.distributed import DistContext
 from goalgen.train.logger import Progress, RunLogger
 from goalgen.train.precision import resolve_precision
-from goalgen.train.state import batch_generator, lr_factor, make_ema, rng_state, set_rng_state
+from goalgen.train.preemption import StopFlag, ignore_stop_signals, requeue_job
+from goalgen.train.state import lr_factor, make_ema, per_sample_noise, rng_state, set_rng_state
 
 log = logging.getLogger("goalgen")
 
@@ -43,6 +45,8 @@ class TrainResult:
     val_loss: float
     val_loss_best: float
     best_checkpoint: Path | None
+    stopped: bool = False  # a stop signal ended the run early (last.ckpt saved)
+    requeued: bool = False  # ... and the Slurm job was requeued to resume
 
 
 def build_model(cfg: DictConfig) -> GenerativeModel:
@@ -64,18 +68,6 @@ def resolve_compile(setting: Any, device: torch.device) -> bool:
     if str(setting).lower() == "auto":
         return device.type == "cuda"
     raise ValueError(f"trainer.compile={setting!r}; choose auto, true or false")
-
-
-def val_noise(path, x_1: torch.Tensor, positions: torch.Tensor, seed: int
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noise and time for validation samples, fixed per sample position (not per batch)."""
-    noises, times = [], []
-    for i, position in enumerate(positions.tolist()):
-        g = torch.Generator(device=x_1.device).manual_seed(seed * 1_000_003 + position)
-        noise, t = path.draw(x_1[i : i + 1], g)
-        noises.append(noise)
-        times.append(t)
-    return torch.cat(noises), torch.cat(times)
 
 
 def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -140,6 +132,7 @@ class Trainer:
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         self.nonfinite_total, self.val_loss = 0, float("nan")
         self._last_save = time.monotonic()
+        self.stopped, self.requeued = False, False
         self._maybe_resume()
         if ctx.is_main:
             log.info(
@@ -185,12 +178,15 @@ class Trainer:
         }
 
     def _maybe_resume(self) -> None:
-        path = self.cfg.ckpt_path
-        if path is None and self.cfg.resume and (self.ckpt_dir / ckpt.LAST).exists():
-            path = self.ckpt_dir / ckpt.LAST
-        if path is None:
+        if self.cfg.ckpt_path is not None:
+            path, state = self.cfg.ckpt_path, ckpt.load_checkpoint(self.cfg.ckpt_path)
+        elif self.cfg.resume:
+            found = ckpt.latest_good_checkpoint(self.ckpt_dir)
+            if found is None:
+                return
+            path, state = found
+        else:
             return
-        state = ckpt.load_checkpoint(path)
         self._raw_network().load_state_dict(
             {k.removeprefix("network."): v for k, v in state["model"].items()})
         self.ema.module.load_state_dict(state["ema"])
@@ -212,13 +208,17 @@ class Trainer:
         """Every rank calls this; rank 0 writes; the barrier keeps ranks together."""
         if self.ctx.is_main:
             ckpt.save_atomic(self.state_dict(), self.ckpt_dir / ckpt.LAST)
+            self.logger.flush()  # events up to the saved step survive a hard kill
         self._last_save = time.monotonic()
         self.ctx.barrier()
 
-    def _save_due(self) -> bool:
-        """Periodic ``last.ckpt``: ranks agree (one all-reduce) so the save barrier never splits."""
+    def _agree_on_stop_and_save(self) -> tuple[bool, bool]:
+        """(stop requested, periodic save due) on any rank: one all-reduce per step, so every
+        rank reaches the save barrier together (a per-rank decision would deadlock it)."""
         due = time.monotonic() - self._last_save >= self.cfg.checkpoint.every_minutes * 60
-        return bool(self.ctx.all_reduce_max(torch.tensor([float(due)]))[0] > 0)
+        flags = torch.tensor([float(self.stop_flag.requested), float(due)])
+        stop, due = (self.ctx.all_reduce_max(flags) > 0).tolist()
+        return stop, due
 
     # ---------------------------------------------------------------- training
     def _done(self) -> bool:
@@ -235,27 +235,39 @@ class Trainer:
         loader = DataLoader(
             self.train_set, batch_size=cfg.batch_size, sampler=self.sampler,
             collate_fn=collate_batch, num_workers=cfg.num_workers, drop_last=True,
-            pin_memory=self.ctx.device.type == "cuda",
+            worker_init_fn=ignore_stop_signals, pin_memory=self.ctx.device.type == "cuda",
             persistent_workers=cfg.num_workers > 0,
         )
-        while not self._done():
-            self.sampler.set_epoch(self.epoch)
-            self.sampler.set_start_index(self.batch_in_epoch * cfg.batch_size)
-            label = self.epoch
-            self._train_epoch(loader)
-            finished = self.batch_in_epoch >= self.batches_per_epoch
-            if finished:  # ``epoch`` counts completed epochs: a resume starts the next one
-                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-            if self._done() or (finished and self.epoch % cfg.trainer.check_val_every_n_epoch == 0):
-                self.validate(label)
-            self.save_last()
-        self.logger.close()
+        self.stop_flag = StopFlag()
+        try:
+            while not self._done():
+                self.sampler.set_epoch(self.epoch)
+                self.sampler.set_start_index(self.batch_in_epoch * cfg.batch_size)
+                label = self.epoch
+                self._train_epoch(loader)
+                if self.stopped:  # last.ckpt is already saved
+                    break
+                finished = self.batch_in_epoch >= self.batches_per_epoch
+                if finished:  # ``epoch`` counts completed epochs: a resume starts the next one
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                every = cfg.trainer.check_val_every_n_epoch
+                if self._done() or (finished and self.epoch % every == 0):
+                    self.validate(label)
+                self.save_last()
+        finally:
+            self.stop_flag.restore()
+            self.logger.close()
+        if self.stopped:
+            log.info("stopped by %s at epoch %d step %d; last.ckpt saved",
+                     signal.Signals(self.stop_flag.signum).name, self.epoch, self.step)
+            if self.ctx.is_main:
+                self.requeued = requeue_job()
         return self._result()
 
     def _result(self) -> TrainResult:
-        return TrainResult(self.step, self.epoch, self.val_loss, self.top_k.best,
-                           self.top_k.folder / self.top_k.entries[0][2]
-                           if self.top_k.entries else None)
+        best = self.top_k.folder / self.top_k.entries[0][2] if self.top_k.entries else None
+        return TrainResult(self.step, self.epoch, self.val_loss, self.top_k.best, best,
+                           self.stopped, self.requeued)
 
     def _train_epoch(self, loader: DataLoader) -> None:
         cfg, tc, ctx = self.cfg, self.cfg.trainer, self.ctx
@@ -268,8 +280,9 @@ class Trainer:
                 break
             context = batch["context"].to(ctx.device, non_blocking=True)
             x_1 = batch["target"].to(ctx.device, non_blocking=True)
-            g = batch_generator(cfg.seed, ctx.rank, self.epoch, self.batch_in_epoch, ctx.device)
-            noise, t = self.model.path.draw(x_1, g)
+            noise, t = per_sample_noise(self.model.path, x_1.shape[1:], batch["index"], cfg.seed,
+                                        self.epoch)
+            noise, t = noise.to(ctx.device), t.to(ctx.device)
             with self.precision.autocast():
                 losses = self.train_model(context, x_1, noise, t)
             self.optimizer.zero_grad(set_to_none=True)
@@ -306,16 +319,25 @@ class Trainer:
             self.lr_schedule.step()
             self.ema.update_parameters(self.model)
             self.step += 1
-            if self._save_due():
-                self.save_last()
             if self.step % tc.log_every_n_steps == 0:
                 elapsed = time.perf_counter() - window_t0
-                info = {"train_loss": losses["loss"].item(), "lr": self.lr_schedule.get_last_lr()[0],
+                # mean over ranks (every rank takes part in the all-reduce)
+                names = sorted(losses)
+                means = ctx.all_reduce_sum(torch.stack([losses[k].detach().float().cpu()
+                                                        for k in names])) / ctx.world_size
+                mean = dict(zip(names, means.tolist(), strict=True))
+                info = {"train_loss": mean["loss"], "lr": self.lr_schedule.get_last_lr()[0],
                         "grad_norm": grad_norm.item(), "samples_per_s": window_samples / elapsed}
-                extra = {f"train_{k}": v.item() for k, v in losses.items() if k != "loss"}
+                extra = {f"train_{k}": v for k, v in mean.items() if k != "loss"}
                 self.logger.scalars({**info, **extra, "epoch": self.epoch}, self.step)
                 self.progress.update(self.batch_in_epoch, self.step, info)
                 window_t0, window_samples = time.perf_counter(), 0
+            stop, due = self._agree_on_stop_and_save()
+            if stop or due:
+                self.save_last()
+            if stop:
+                self.stopped = True
+                break
         self.progress.end_epoch()
 
     # ---------------------------------------------------------------- validation
@@ -329,13 +351,13 @@ class Trainer:
         loader = DataLoader(self.val_set, batch_size=cfg.batch_size, sampler=positions,
                             collate_fn=collate_batch, num_workers=0)
         totals = torch.zeros(2, dtype=torch.float64)
-        offset = 0
         for batch in loader:
             context = batch["context"].to(ctx.device)
             x_1 = batch["target"].to(ctx.device)
-            pos = torch.tensor(positions[offset : offset + x_1.shape[0]])
-            offset += x_1.shape[0]
-            noise, t = val_noise(ema_model.path, x_1, pos, cfg.val.seed)
+            # fixed per validation sample (epoch -1 never occurs in training)
+            noise, t = per_sample_noise(ema_model.path, x_1.shape[1:], batch["index"],
+                                        cfg.val.seed, epoch=-1)
+            noise, t = noise.to(ctx.device), t.to(ctx.device)
             with self.precision.autocast():
                 losses = ema_model(context, x_1, noise, t)
             totals += torch.tensor([losses["loss"].item() * x_1.shape[0], x_1.shape[0]],

@@ -73,12 +73,20 @@ def _to_tuple(value: Any) -> Any:
     return tuple(_to_tuple(v) for v in value) if isinstance(value, list) else value
 
 
-def batch_generator(seed: int, rank: int, epoch: int, batch: int, device: torch.device
-                    ) -> torch.Generator:
-    """Generator for one training batch's noise and times.
+def per_sample_noise(path, shape: tuple[int, ...], indices: torch.Tensor, seed: int, epoch: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise (B, *shape) and time (B,) for the samples ``indices`` of one epoch, on the CPU.
 
-    Seeded from (seed, rank, epoch, batch) so a resumed run draws exactly what an uninterrupted
-    one would, without saving any generator state.
+    Each sample's draw depends only on (seed, epoch, sample index): a resumed run draws exactly
+    what an uninterrupted one would without saving generator state, and N-process DDP draws
+    what one process with the same global batch draws.
     """
-    mixed = np.random.SeedSequence([seed, rank, epoch, batch]).generate_state(1, np.uint64)[0]
-    return torch.Generator(device=device).manual_seed(int(mixed) & ((1 << 63) - 1))
+    template = torch.empty((1, *shape))
+    noises, times = [], []
+    for index in indices.tolist():
+        mixed = np.random.SeedSequence([seed, epoch + 1, index]).generate_state(1, np.uint64)[0]
+        g = torch.Generator().manual_seed(int(mixed) & ((1 << 63) - 1))
+        noise, t = path.draw(template, g)
+        noises.append(noise)
+        times.append(t)
+    return torch.cat(noises), torch.cat(times)

@@ -1,0 +1,404 @@
+"""Evaluate a trained run on scene files: are its goals valid, right, diverse, and useful?
+
+``goalgen-eval RUN_DIR --data DIR --samples K --out report.json`` samples K goals per scene
+(at the model's ``image_size``) and scores them with :mod:`goalgen.eval.metrics`, next to three
+reference rows scored the same way, so every number has a floor and a ceiling:
+
+- ``random_valid``: the selected object moved to a random collision-free pose (random
+  translation and rotation of its mask, rejection-sampled with a seeded rng);
+- ``leave_in_place``: the object left where it is (its own mask, K times);
+- ``ground_truth``: the recorded goal (one sample): what the checks make of a perfect answer
+  at this resolution.
+
+``goalgen-eval --compare A B ...`` prints a side-by-side table of reports (``.json``) or runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from goalgen.data.dataset import split_indices
+from goalgen.data.scenes import find_scene_files
+from goalgen.eval.metrics import (
+    AREA_TOLERANCE,
+    HIT_IOU,
+    STATIC_THRESHOLD,
+    THRESHOLD,
+    SceneMasks,
+    aggregate,
+    invalid_reason,
+    score_samples,
+)
+from goalgen.eval.predict import (
+    USER_ERRORS,
+    GoalPredictor,
+    OneLineParser,
+    SceneInput,
+    one_line,
+    prepare_scene,
+)
+from goalgen.model.samplers import ADAPTIVE_METHODS
+
+REPORT_VERSION = 1
+METHODS = ("model", "random_valid", "leave_in_place", "ground_truth")
+DEFAULT_REPORT = Path("eval") / "report.json"  # inside the run dir
+RANDOM_TRIES = 200  # rejection-sampling attempts per random placement
+SPLITS = ("auto", "all", "val", "train")
+TABLE_ROWS = (  # (report key, label)
+    ("validity", "validity"),
+    ("iou_mean", "IoU mean"),
+    ("dice_mean", "Dice mean"),
+    ("best_iou", "IoU best-of-K"),
+    ("best_dice", "Dice best-of-K"),
+    ("hit_at_k", f"hit@K (IoU>={HIT_IOU})"),
+    ("diversity", "diversity (1-IoU)"),
+    ("success_rate", "success rate"),
+    ("success_at_1", "success@1"),
+    ("success_at_k", "success@K"),
+    ("displacement_px", "move of valid (px)"),
+    ("nfe", "NFE / sample"),
+    ("seconds_per_scene", "s / scene (K samples)"),
+)
+
+
+# ----------------------------------------------------------------------------- data
+def _same_files(a: Any, b: Any) -> bool:
+    try:
+        return find_scene_files(a) == find_scene_files(b)
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def choose_files(
+    data: Any, split: str, config: Mapping[str, Any]
+) -> tuple[list[Path], str]:
+    """Scene files of ``data`` for ``split`` (``all``, ``val``, ``train`` or ``auto``).
+
+    ``val``/``train`` repeat the training split (:func:`goalgen.data.dataset.split_indices`
+    with the run's ``data.train_split`` and ``seed`` over the sorted files; exact unless
+    training skipped bad files). ``auto`` is ``val`` when ``data`` is the run's own
+    ``data.data_dir`` (and it had no ``val_dir``), else ``all``.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}; choose one of {', '.join(SPLITS)}")
+    files = find_scene_files(data)
+    data_cfg = config.get("data") or {}
+    if split == "auto":
+        own = data_cfg.get("data_dir")
+        split = "val" if own and not data_cfg.get("val_dir") and _same_files(own, data) else "all"
+    if split != "all":
+        train, val = split_indices(len(files), float(data_cfg.get("train_split", 0.9)),
+                                   int(config.get("seed", 42)))
+        files = [files[i] for i in (val if split == "val" else train)]
+    if not files:
+        raise ValueError(f"the {split} split of {data} is empty")
+    return files, split
+
+
+# ----------------------------------------------------------------------------- baselines
+def random_valid_placements(
+    scene: SceneMasks, soft_object: np.ndarray, k: int, rng: np.random.Generator,
+    tries: int = RANDOM_TRIES,
+) -> tuple[np.ndarray, int]:
+    """``k`` random valid placements ``(k, S, S)`` of the selected object and how many fell
+    back to an invalid one (no valid pose found in ``tries`` attempts).
+
+    Each attempt rotates the object's soft mask ``soft_object`` ``(S, S)`` by a uniform angle
+    about its centroid, moves it to a uniform free pixel of the map (bilinear resampling,
+    threshold 0.5) and keeps it if :func:`goalgen.eval.metrics.invalid_reason` finds nothing.
+    """
+    size = soft_object.shape[-1]
+    out = np.zeros((k, size, size), dtype=bool)
+    c0 = np.array(ndimage.center_of_mass(soft_object))
+    free = np.argwhere(scene.interior & ~scene.static & ~scene.others)
+    if len(free) == 0:
+        return np.repeat(scene.target_object[None], k, 0), k
+    failed = 0
+    for i in range(k):
+        candidate = scene.target_object
+        for _ in range(tries):
+            phi = rng.uniform(0, np.pi)
+            c1 = free[rng.integers(len(free))] + rng.uniform(-0.5, 0.5, 2)
+            rot = np.array([[np.cos(phi), -np.sin(phi)], [np.sin(phi), np.cos(phi)]])
+            moved = ndimage.affine_transform(soft_object, rot, offset=c0 - rot @ c1, order=1,
+                                             mode="constant", cval=0.0)
+            candidate = moved >= THRESHOLD
+            if invalid_reason(candidate, scene) is None:
+                break
+        else:
+            failed += 1
+        out[i] = candidate
+    return out, failed
+
+
+# ----------------------------------------------------------------------------- evaluation
+def _clean(value: Any) -> Any:
+    """NaN/inf -> None, numpy scalars -> Python, recursively (strict JSON)."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return None if not math.isfinite(float(value)) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def score_scene(
+    scene: SceneInput, model_masks: np.ndarray, index: int, seed: int,
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """Metrics of the model's masks ``(K, S, S)`` and of the three reference rows for one
+    scene; returns ``({method: metrics}, random placements that found no valid pose)``."""
+    masks = SceneMasks.from_soft(scene.context, scene.truth, scene.geometry)
+    k = len(model_masks)
+    rng = np.random.default_rng([seed, index])
+    random, failed = random_valid_placements(masks, scene.context[4], k, rng)
+    rows = {
+        "model": score_samples(model_masks, masks),
+        "random_valid": score_samples(random, masks),
+        "leave_in_place": score_samples(np.repeat(masks.target_object[None], k, 0), masks),
+    }
+    if masks.truth is not None:
+        rows["ground_truth"] = score_samples(masks.truth[None], masks)
+    return rows, failed
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    data: Any = None,
+    num_samples: int = 16,
+    max_scenes: int | None = None,
+    steps: int | None = None,
+    method: str | None = None,
+    seed: int = 0,
+    checkpoint: str = "best",
+    device: str | None = None,
+    batch_size: int | None = None,
+    split: str = "auto",
+    per_scene: bool = True,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Evaluate ``run_dir``'s checkpoint on ``data`` (default: the run's own data, val split);
+    returns the report (see the module docstring; JSON-ready)."""
+    predictor = GoalPredictor.from_run(run_dir, checkpoint, device)
+    config = predictor.config
+    if data is None:
+        data_cfg = config.get("data") or {}
+        data = data_cfg.get("val_dir") or data_cfg.get("data_dir")
+        if not data:
+            raise ValueError(f"{run_dir}: its config names no data; pass --data DIR")
+    files, split_used = choose_files(data, split, config)
+    if max_scenes is not None:
+        files = files[:max_scenes]
+    scenes = [prepare_scene(f, predictor.image_size) for f in files]
+    if not all(s.truth is not None for s in scenes):
+        missing = next(s.name for s in scenes if s.truth is None)
+        raise ValueError(f"scene {missing} has no target_goal: evaluation needs ground truth")
+    predictions = predictor.predict_inputs(scenes, num_samples, steps, method, seed, batch_size)
+    cost = predictor.last_cost
+    records, failed_total = [], 0
+    for i, (scene, pred) in enumerate(zip(scenes, predictions, strict=True)):
+        rows, failed = score_scene(scene, pred.masks, i, seed)
+        failed_total += failed
+        records.append({"scene": scene.name, **rows})
+        if progress and (i + 1) % max(1, len(scenes) // 10) == 0:
+            print(f"scored {i + 1}/{len(scenes)} scenes", file=sys.stderr)
+    methods = {m: aggregate([r[m] for r in records if m in r]) for m in METHODS}
+    methods["random_valid"]["placements_without_valid_pose"] = failed_total
+    adaptive = predictor.family == "flow" and (method or predictor.method) in ADAPTIVE_METHODS
+    report = {
+        "goalgen_eval": REPORT_VERSION,
+        "run_dir": str(Path(run_dir).resolve()),
+        "run_name": config.get("run_name") or Path(run_dir).resolve().name,
+        "checkpoint": str(predictor.checkpoint_path),
+        "checkpoint_info": predictor.checkpoint_info,
+        "family": predictor.family,
+        "method": method or predictor.method,
+        "steps": None if adaptive else (steps or predictor.sampling_steps),
+        "image_size": predictor.image_size,
+        "num_samples": num_samples,
+        "seed": seed,
+        "device": str(predictor.device),
+        "data": str(data),
+        "split": split_used,
+        "num_scenes": len(scenes),
+        "scenes_with_world_geometry": sum(1 for s in scenes if s.geometry),
+        "settings": {"threshold": THRESHOLD, "static_threshold": STATIC_THRESHOLD,
+                     "area_tolerance": AREA_TOLERANCE, "hit_iou": HIT_IOU},
+        "methods": methods,
+        "cost": cost.to_dict(),
+    }
+    if per_scene:
+        report["per_scene"] = records
+    return _clean(report)
+
+
+# ----------------------------------------------------------------------------- tables
+def _signature(report: Mapping[str, Any]) -> tuple:
+    return tuple(report.get(k) for k in ("data", "split", "image_size", "num_samples",
+                                         "num_scenes", "seed"))
+
+
+def _value(report: Mapping[str, Any], method: str, key: str) -> Any:
+    if key in ("nfe", "seconds_per_scene"):
+        return report.get("cost", {}).get(key) if method == "model" else None
+    return report["methods"].get(method, {}).get(key)
+
+
+def _fmt(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key == "nfe":
+        return f"{value:.0f}"
+    return f"{value:.3f}"
+
+
+def format_table(
+    reports: Sequence[Mapping[str, Any]], names: Sequence[str] | None = None,
+    markdown: bool = False,
+) -> str:
+    """Metrics (rows) side by side: one column per report's model, then the reference rows
+    once per distinct evaluation setting (data, split, resolution, K, scenes, seed)."""
+    names = list(names or [r.get("run_name") or f"run{i}" for i, r in enumerate(reports)])
+    columns: list[tuple[str, Mapping[str, Any], str]] = [
+        (name, r, "model") for name, r in zip(names, reports, strict=True)]
+    settings: dict[tuple, str] = {}
+    for name, r in zip(names, reports, strict=True):
+        settings.setdefault(_signature(r), name)
+    for sig, name in settings.items():
+        r = next(r for r in reports if _signature(r) == sig)
+        suffix = f" [{name}]" if len(settings) > 1 else ""
+        columns += [(m + suffix, r, m) for m in METHODS[1:] if m in r["methods"]]
+    header = ["metric"] + [c[0] for c in columns]
+    body = [[label] + [_fmt(key, _value(r, m, key)) for _, r, m in columns]
+            for key, label in TABLE_ROWS]
+    lines = []
+    for r, name in zip(reports, names, strict=True):
+        lines.append(f"{name}: {r.get('family')} {r.get('method')} steps={r.get('steps')} "
+                     f"K={r.get('num_samples')} scenes={r.get('num_scenes')} "
+                     f"({r.get('split')} of {r.get('data')}) at {r.get('image_size')}px, "
+                     f"checkpoint {Path(str(r.get('checkpoint'))).name}")
+    if markdown:
+        lines = [f"- {line}" for line in lines] + [""]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+    else:
+        widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+        lines.append("")
+        for row in [header, *body]:
+            lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                   for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+    return "\n".join(lines)
+
+
+def load_report(path: str | os.PathLike) -> dict[str, Any]:
+    """A report written by ``goalgen-eval`` (checked for its version marker)."""
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable JSON report ({one_line(error)})") from error
+    if not isinstance(report, dict) or "goalgen_eval" not in report or "methods" not in report:
+        raise ValueError(f"{path} is not a goalgen-eval report")
+    return report
+
+
+def write_report(report: Mapping[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    """``goalgen-eval``: evaluate a run (or compare runs/reports)."""
+    parser = OneLineParser(
+        prog="goalgen-eval",
+        description="Score a run's sampled goals (validity, IoU/Dice vs ground truth, "
+                    "diversity, path-opening success, cost) next to random-valid, "
+                    "leave-in-place and ground-truth rows; or compare runs/reports.",
+    )
+    parser.add_argument("run_dir", nargs="?", help="training run directory")
+    parser.add_argument("--data", help="scene folder or .npz (default: the run's own data)")
+    parser.add_argument("--samples", type=int, default=16, help="samples per scene K (16)")
+    parser.add_argument("--max-scenes", type=int, help="evaluate the first N scenes")
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the run's)")
+    parser.add_argument("--method", help="ODE method (flow) or ddim/ddpm (diffusion)")
+    parser.add_argument("--checkpoint", default="best", help="best (default), last or a path")
+    parser.add_argument("--seed", type=int, default=0, help="noise and baseline seed (0)")
+    parser.add_argument("--split", choices=SPLITS, default="auto",
+                        help="auto (default): the run's val split when --data is its data")
+    parser.add_argument("--batch-size", type=int, help="scenes per sampling call")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    parser.add_argument("--out", type=Path,
+                        help=f"report path (default: RUN_DIR/{DEFAULT_REPORT})")
+    parser.add_argument("--no-per-scene", action="store_true", help="omit per-scene records")
+    parser.add_argument("--compare", nargs="+", metavar="RUN_OR_REPORT",
+                        help="runs (their saved report, or evaluated now with --data) or "
+                             "report .json files to print side by side")
+    parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    args = parser.parse_args(argv)
+    if (args.run_dir is None) == (args.compare is None):
+        parser.error("give either RUN_DIR or --compare RUN_OR_REPORT ...")
+    for name in ("samples", "max_scenes", "steps", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+
+    def run_eval(run_dir: str) -> dict[str, Any]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "no best checkpoint": said below
+            report = evaluate_run(
+                run_dir, args.data, args.samples, args.max_scenes, args.steps, args.method,
+                args.seed, args.checkpoint, args.device, args.batch_size, args.split,
+                per_scene=not args.no_per_scene, progress=sys.stderr.isatty())
+        return report
+
+    try:
+        if args.compare is None:
+            report = run_eval(args.run_dir)
+            out = args.out or Path(args.run_dir) / DEFAULT_REPORT
+            write_report(report, out)
+            print(format_table([report], markdown=args.markdown))
+            print(f"\nreport: {out}")
+            return 0
+        reports, names = [], []
+        for entry in args.compare:
+            path = Path(entry)
+            if path.is_file():
+                report = load_report(path)
+            elif not path.is_dir():
+                raise FileNotFoundError(f"{entry} is neither a report nor a run directory")
+            elif args.data is None and (path / DEFAULT_REPORT).is_file():
+                report = load_report(path / DEFAULT_REPORT)
+                print(f"{entry}: using its saved report {path / DEFAULT_REPORT}",
+                      file=sys.stderr)
+            else:
+                report = run_eval(entry)
+            reports.append(report)
+            names.append(report.get("run_name") or path.stem)
+        names = [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
+        print(format_table(reports, names, markdown=args.markdown))
+        return 0
+    except USER_ERRORS as error:
+        print(f"goalgen-eval: error: {one_line(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
