@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from goalgen.paths import config_dir
 
-# pytest_plugins = ["slurm_cluster"]  # TODO restore
+pytest_plugins = ["slurm_cluster"]
 
 TINY = [
     "image_size=16",
