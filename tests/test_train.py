@@ -130,6 +130,11 @@ def test_train_run_leaves_the_guide_output_tree(tiny_cfg, config_name, precision
     assert state["config"]["model"]["network"]["dim"] == 32
 
 
+def test_loader_worker_processes(tiny_cfg):
+    cfg = tiny_cfg("train_fb_flow_matching", "max_epochs=1", "num_workers=2")
+    assert train(cfg, run_dir_of(cfg), CPU).step == 5
+
+
 def test_compiled_network_saves_plain_keys(tiny_cfg):
     cfg = tiny_cfg("train_fb_flow_matching", "max_steps=1", "trainer.compile=true",
                    "val.num_images=0")

@@ -112,6 +112,8 @@ class Trainer:
             # compile the network, then wrap in DDP: torch.compile(DDP(m)) compiles nothing
             self.model.network = torch.compile(self.model.network)
         if ctx.distributed:
+            if tc.sync_batchnorm:  # a no-op for the DiT (LayerNorm only); kept for BN networks
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.train_model = DistributedDataParallel(
                 self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
                 static_graph=tc.static_graph, find_unused_parameters=tc.find_unused_parameters,
