@@ -56,6 +56,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tiny_cfg
     a = torch.load(runs["one"] / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(runs["two"] / "checkpoints" / "last.ckpt", weights_only=True)
     assert a["step"] == b["step"] == 4
+    assert len(a["rng"]) == 1 and len(b["rng"]) == 2  # every rank's RNG states
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], atol=2e-5, rtol=1e-4)
     loss_a, loss_b = curve(runs["one"], "train_loss"), curve(runs["two"], "train_loss")

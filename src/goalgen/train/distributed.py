@@ -108,6 +108,14 @@ class DistContext:
             dist.all_reduce(values, op=dist.ReduceOp.MAX)
         return values.cpu()
 
+    def all_gather_object(self, obj: object) -> list:
+        """``obj`` from every rank, in rank order."""
+        if not self.distributed:
+            return [obj]
+        gathered: list = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
         if self.distributed:
             values = values.to(self.device)

@@ -23,8 +23,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from goalgen.paths import config_dir
+from goalgen.train.checkpoint import CheckpointError
 from goalgen.train.distributed import detect_launch, init_distributed, shutdown_distributed
-from goalgen.train.loop import TrainResult, train
+from goalgen.train.loop import NonFiniteLossError, TrainResult, train
 
 log = logging.getLogger("goalgen")
 
@@ -139,7 +140,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         result = launch(cfg, run_dir)
-    except (ValueError, RuntimeError, OSError) as exc:
+    except (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError) as exc:
         if os.environ.get("GOALGEN_TRACEBACK"):
             raise
         log.error("%s", exc)

@@ -157,7 +157,8 @@ class Trainer:
         net = self.model.network
         return getattr(net, "_orig_mod", net)
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, rng_per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+        """Everything a resume needs; ``rng_per_rank`` from :meth:`gather_rng` (a collective)."""
         model_state = {f"network.{k}": v for k, v in self._raw_network().state_dict().items()}
         return {
             "model": model_state,
@@ -169,7 +170,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "batch_in_epoch": self.batch_in_epoch,
-            "rng": rng_state(),
+            "rng": rng_per_rank,
             "top_k": self.top_k.state_dict(),
             "val_loss": self.val_loss,
             "val_loss_best": self.top_k.best,
@@ -202,14 +203,20 @@ class Trainer:
         self.top_k.load_state_dict(state.get("top_k", []))
         self.val_loss = state.get("val_loss", float("nan"))
         self.nonfinite_total = state.get("nonfinite_total", 0)
-        set_rng_state(state["rng"])
+        rngs = state["rng"]
+        set_rng_state(rngs[self.ctx.rank] if len(rngs) == self.ctx.world_size else rngs[0])
         if self.ctx.is_main:
             log.info("Resuming from %s at epoch %d step %d", path, self.epoch, self.step)
 
+    def gather_rng(self) -> list[dict[str, Any]]:
+        """Every rank's RNG states, in rank order (all ranks must call: it is a collective)."""
+        return self.ctx.all_gather_object(rng_state())
+
     def save_last(self) -> None:
         """Every rank calls this; rank 0 writes; the barrier keeps ranks together."""
+        rngs = self.gather_rng()
         if self.ctx.is_main:
-            ckpt.save_atomic(self.state_dict(), self.ckpt_dir / ckpt.LAST)
+            ckpt.save_atomic(self.state_dict(rngs), self.ckpt_dir / ckpt.LAST)
             self.logger.flush()  # events up to the saved step survive a hard kill
         self._last_save = time.monotonic()
         self.ctx.barrier()
@@ -365,11 +372,12 @@ class Trainer:
             totals += torch.tensor([losses["loss"].item() * x_1.shape[0], x_1.shape[0]],
                                    dtype=torch.float64)
         totals = ctx.all_reduce_sum(totals)
+        rngs = self.gather_rng()
         self.val_loss = float(totals[0] / totals[1])
         metrics = {"val_loss": self.val_loss}
         metrics.update(self._log_samples(ema_model, epoch_label) if ctx.is_main else {})
         if ctx.is_main:
-            self.top_k.update(self.val_loss, epoch_label, self.state_dict())
+            self.top_k.update(self.val_loss, epoch_label, self.state_dict(rngs))
             metrics["val_loss_best"] = self.top_k.best
             self.logger.scalars(metrics, self.step)
             self.logger.flush()

@@ -1,0 +1,372 @@
+"""``goalgen-submit``: submit the guide's training command to Slurm with submitit.
+
+    goalgen-submit --config-name=train_fb_flow_matching --gpus-per-node 4 --time 1440 \\
+        --partition gpu experiment=demo max_epochs=100
+
+The positional arguments are the same Hydra overrides as for ``src/train_generative.py``. The
+run name (hence the run directory ``output_dir/run_name``) is computed here, in the submitting
+process, from the config name and the overrides (:func:`goalgen.train.entry.run_name_for`, the
+same function ``@hydra.main`` uses) and passed to the job explicitly, with an absolute
+``output_dir``: every task and every requeue of the job trains in the same folder and resumes
+from its ``last.ckpt``.
+
+In the job ``@hydra.main`` cannot run (Hydra would parse submitit's arguments), so
+:class:`TrainJob` composes the config with ``hydra.compose`` and calls
+:func:`goalgen.train.entry.run`. One task per GPU: Slurm's step variables give each task its
+rank (:func:`goalgen.train.distributed.detect_launch`).
+
+Preemption: submitit installs its own USR2 handler before the job function runs (it calls
+:meth:`TrainJob.checkpoint` on rank 0 and requeues). The training loop replaces the USR1/USR2/
+SIGTERM handlers while it trains: a signal then only sets a flag, the ranks agree, save
+``last.ckpt``, rank 0 runs ``scontrol requeue`` and submitit runs the same pickle again, which
+resumes. A task whose run stopped for a requeue exits without writing a submitit result, so
+``job.result()`` waits for the run that really finishes.
+
+This module also holds the Hydra launchers named by ``configs/hydra/launcher/{slurm,local}.yaml``
+(:class:`SlurmSweepLauncher`, :class:`LocalSweepLauncher`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("goalgen")
+
+CLUSTERS = ("slurm", "local", "debug")
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+
+
+# --------------------------------------------------------------------------- the job
+def _setup_logging(run_dir: Path, is_main: bool) -> None:
+    """What ``@hydra.main`` would do: INFO to stderr, and ``train.log`` in the run dir."""
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    fmt = logging.Formatter(LOG_FORMAT)
+    if not any(getattr(h, "_goalgen", False) for h in root.handlers):
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(fmt)
+        stream._goalgen = True  # type: ignore[attr-defined]
+        root.addHandler(stream)
+        if is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            file = logging.FileHandler(run_dir / "train.log", mode="a")
+            file.setFormatter(fmt)
+            file._goalgen = True  # type: ignore[attr-defined]
+            root.addHandler(file)
+
+
+def compose(config_name: str, overrides: list[str]):
+    """The primary config with ``overrides``, composed without ``@hydra.main``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from goalgen.paths import config_dir
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+def _will_be_requeued(env: dict[str, str] | None = None) -> bool:
+    """A run that stopped early under Slurm is requeued by rank 0 (unless disabled)."""
+    env = os.environ if env is None else env
+    return "SLURM_JOB_ID" in env and not env.get("GOALGEN_NO_REQUEUE")
+
+
+class TrainJob:
+    """The callable submitit pickles: compose the config, train in ``run_dir``.
+
+    ``overrides`` already hold the explicit ``run_name`` and absolute ``output_dir``.
+    """
+
+    def __init__(self, config_name: str, overrides: list[str], run_dir: str):
+        self.config_name = config_name
+        self.overrides = list(overrides)
+        self.run_dir = str(run_dir)
+
+    def __call__(self) -> dict[str, Any]:
+        import submitit
+        from omegaconf import OmegaConf
+
+        from goalgen.train.distributed import detect_launch
+        from goalgen.train.entry import run
+
+        env = submitit.JobEnvironment()
+        if "SLURM_JOB_ID" not in os.environ and env.num_tasks > 1 and "RANK" not in os.environ:
+            # submitit's local executor: no Slurm step variables; export torch's instead
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        run_dir = Path(self.run_dir)
+        is_main = detect_launch().rank == 0
+        _setup_logging(run_dir, is_main)
+        cfg = compose(self.config_name, self.overrides)
+        if is_main:
+            hydra_dir = run_dir / ".hydra"
+            hydra_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(cfg, hydra_dir / "config.yaml")
+            OmegaConf.save(OmegaConf.create(self.overrides), hydra_dir / "overrides.yaml")
+        log.info("%s: run dir %s (restart %s)", env, run_dir,
+                 os.environ.get("SLURM_RESTART_COUNT", "0"))
+        result = run(cfg, run_dir)
+        if result.stopped and _will_be_requeued():
+            # the job is being requeued (rank 0 ran `scontrol requeue`): no submitit result
+            # for this attempt; the requeued run writes the real one
+            log.info("stopped at step %d for a requeue; exiting without a result", result.step)
+            logging.shutdown()
+            sys.exit(0)
+        if result.stopped:
+            raise RuntimeError(f"training stopped by a signal at step {result.step} and was not "
+                               "requeued; submit the same command again to resume")
+        return {
+            "run_dir": str(run_dir),
+            "step": result.step,
+            "epoch": result.epoch,
+            "val_loss": result.val_loss,
+            "val_loss_best": result.val_loss_best,
+            "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
+        }
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        """Called by submitit (rank 0) on its USR2 before the loop's own handlers are in place
+        (start-up, data packing): requeue the same call; it resumes from ``last.ckpt``."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"TrainJob({self.config_name!r}, run_dir={self.run_dir!r})"
+
+
+# --------------------------------------------------------------------------- the CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="goalgen-submit",
+        description="Submit goalgen training (src/train_generative.py's Hydra overrides) to "
+        "Slurm with submitit: one task per GPU, requeue on preemption/time limit, auto-resume "
+        "from the run directory's last.ckpt.",
+        epilog="example: goalgen-submit --config-name=train_fb_flow_matching --gpus-per-node 4 "
+        "--partition gpu --time 1440 experiment=demo max_epochs=100",
+    )
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, as for src/train_generative.py")
+    p.add_argument("--config-name", default="train_fb_flow_matching",
+                   help="primary config (train_fb_flow_matching | train_hf_diffusion)")
+    p.add_argument("--cluster", choices=CLUSTERS, default="slurm",
+                   help="slurm (sbatch), local (subprocesses here), debug (in this process)")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=1, help="0 on CPU-only partitions")
+    p.add_argument("--tasks-per-node", type=int, default=None,
+                   help="training processes per node (default: one per GPU, at least 1)")
+    p.add_argument("--cpus-per-task", type=int, default=8)
+    p.add_argument("--mem-gb", type=int, default=None, help="memory per node (default: Slurm's)")
+    p.add_argument("--partition", default=None)
+    p.add_argument("--account", default=None)
+    p.add_argument("--qos", default=None)
+    p.add_argument("--time", type=int, default=24 * 60, help="time limit in minutes")
+    p.add_argument("--signal-delay-s", type=int, default=120,
+                   help="USR2 this many seconds before the time limit (save, requeue)")
+    p.add_argument("--max-requeues", type=int, default=20,
+                   help="requeues submitit itself may do on time-outs (submitit's "
+                   "max_num_timeout; stops inside training requeue through Slurm)")
+    p.add_argument("--folder", default=None,
+                   help="submitit folder for pickles and logs (default: RUN_DIR/submitit)")
+    p.add_argument("--name", default=None, help="Slurm job name (default: the run name)")
+    p.add_argument("--slurm-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra sbatch option, e.g. --slurm-arg constraint=a100 (repeatable)")
+    p.add_argument("--setup", action="append", default=[], metavar="CMD",
+                   help="shell line run in the batch script before srun (repeatable)")
+    p.add_argument("--wait", action="store_true",
+                   help="wait for the job and print its result (always on for local/debug)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the sbatch script and the run directory; submit nothing")
+    return p
+
+
+def _override_value(overrides: list[str], key: str) -> str | None:
+    value = None
+    for o in overrides:
+        k, sep, v = o.lstrip("+~").partition("=")
+        if sep and k == key:
+            value = v
+    return value
+
+
+def plan(args: argparse.Namespace) -> tuple[list[str], Path]:
+    """(overrides for the job, run dir) — every task and requeue uses exactly these."""
+    from goalgen.train.entry import run_name_for
+
+    overrides = [o for o in args.overrides if o.partition("=")[0].lstrip("+~") not in
+                 ("run_name", "output_dir")]
+    run_name = _override_value(args.overrides, "run_name") or run_name_for(args.config_name,
+                                                                           args.overrides)
+    output_dir = _override_value(args.overrides, "output_dir")
+    if output_dir is None:
+        output_dir = str(compose(args.config_name, overrides + [f"run_name={run_name}"])
+                         .output_dir)
+    output = Path(output_dir).expanduser().absolute()
+    overrides += [f"output_dir={output}", f"run_name={run_name}"]
+    return overrides, output / run_name
+
+
+def executor_parameters(args: argparse.Namespace, run_name: str) -> dict[str, Any]:
+    """Parameters for ``AutoExecutor.update_parameters`` (generic names + ``slurm_*``)."""
+    tasks = args.tasks_per_node if args.tasks_per_node is not None else max(1, args.gpus_per_node)
+    params: dict[str, Any] = {
+        "name": args.name or run_name,
+        "timeout_min": int(args.time),
+        "nodes": args.nodes,
+        "tasks_per_node": tasks,
+        "cpus_per_task": args.cpus_per_task,
+    }
+    if args.gpus_per_node > 0:
+        params["gpus_per_node"] = args.gpus_per_node
+    if args.mem_gb is not None:
+        params["mem_gb"] = args.mem_gb
+    if args.cluster == "slurm":
+        params["slurm_signal_delay_s"] = args.signal_delay_s
+        for key in ("partition", "account", "qos"):
+            if getattr(args, key):
+                params[f"slurm_{key}"] = getattr(args, key)
+        extra = {}
+        for item in args.slurm_arg:
+            key, sep, value = item.partition("=")
+            extra[key.lstrip("-")] = value if sep else True
+        if extra:
+            params["slurm_additional_parameters"] = extra
+        if args.setup:
+            params["slurm_setup"] = list(args.setup)
+    return params
+
+
+def _check(args: argparse.Namespace) -> None:
+    positive = {"--nodes": args.nodes, "--cpus-per-task": args.cpus_per_task,
+                "--time": args.time}
+    for flag, value in positive.items():
+        if value < 1:
+            raise ValueError(f"{flag}={value}; it must be >= 1")
+    if args.gpus_per_node < 0 or (args.tasks_per_node is not None and args.tasks_per_node < 1):
+        raise ValueError("--gpus-per-node must be >= 0 and --tasks-per-node >= 1")
+    if args.signal_delay_s < 0 or args.max_requeues < 0:
+        raise ValueError("--signal-delay-s and --max-requeues must be >= 0")
+    if args.cluster == "debug" and (args.nodes > 1 or (args.tasks_per_node or 1) > 1):
+        raise ValueError("--cluster debug runs one process here: use --cluster local for "
+                         "several tasks")
+    if args.cluster == "local" and args.nodes > 1:
+        raise ValueError("--cluster local runs on this machine: --nodes must be 1")
+    for item in args.slurm_arg:
+        if not item.partition("=")[0].lstrip("-"):
+            raise ValueError(f"--slurm-arg {item!r}; use KEY=VALUE")
+
+
+def make_executor(args: argparse.Namespace, folder: str, run_name: str):
+    import submitit
+
+    kwargs = {"slurm_max_num_timeout": args.max_requeues} if args.cluster == "slurm" else {}
+    executor = submitit.AutoExecutor(folder=folder, cluster=args.cluster, **kwargs)
+    executor.update_parameters(**executor_parameters(args, run_name))
+    return executor
+
+
+def sbatch_script(executor) -> str:
+    """The sbatch file submitit would write for ``executor`` (Slurm only)."""
+    inner = executor._executor
+    return inner._make_submission_file_text(inner._submitit_command_str, "dryrun")
+
+
+def submit(args: argparse.Namespace):
+    """Validate, then submit; returns the submitit job (None for a dry run)."""
+    _check(args)
+    overrides, run_dir = plan(args)
+    compose(args.config_name, overrides)  # fail here, not in the queue, on a bad override
+    folder = args.folder or str(run_dir / "submitit")
+    executor = make_executor(args, folder, run_dir.name)
+    job_cmd = " ".join(shlex.quote(o) for o in overrides)
+    if args.dry_run:
+        print(f"run dir: {run_dir}")
+        print(f"overrides: --config-name={args.config_name} {job_cmd}")
+        if args.cluster == "slurm":
+            print(sbatch_script(executor))
+        return None
+    job = executor.submit(TrainJob(args.config_name, overrides, str(run_dir)))
+    print(f"submitted job {job.job_id} ({args.cluster})")
+    print(f"run dir: {run_dir}")
+    print(f"logs: {job.paths.stdout} {job.paths.stderr}")
+    return job
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        job = submit(args)
+        if job is None:
+            return
+        if args.wait or args.cluster in ("local", "debug"):
+            result = job.results()[0]  # rank 0's
+            print(f"done: {result}")
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # one line, not a traceback (GOALGEN_TRACEBACK=1 for the rest)
+        if os.environ.get("GOALGEN_TRACEBACK"):
+            raise
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"goalgen-submit: error: {msg[:500]}", file=sys.stderr)
+        sys.exit(1)
+
+
+# --------------------------------------------------------------------------- Hydra launchers
+def _run_incomplete(ret) -> bool:
+    """Whether a finished Hydra job's run stopped early (a signal) instead of completing."""
+    import torch
+
+    try:
+        cfg = ret.cfg
+        last = Path(ret.hydra_cfg.hydra.runtime.output_dir) / "checkpoints" / "last.ckpt"
+        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # no run dir, no checkpoint, a failed job: nothing to hold back
+        return False
+    epoch, step = int(state["epoch"]), int(state["step"])
+    return not (epoch >= cfg.max_epochs or (cfg.max_steps > 0 and step >= cfg.max_steps))
+
+
+def _hydra_plugin():
+    from hydra_plugins.hydra_submitit_launcher import submitit_launcher
+
+    return submitit_launcher
+
+
+class SlurmSweepLauncher(_hydra_plugin().SlurmLauncher):
+    """hydra-submitit-launcher's Slurm launcher, aware of the loop's own requeue.
+
+    A sweep point stopped by a signal saves, requeues itself (``scontrol requeue`` of its array
+    element) and returns; the plugin would then write a submitit result and the ``-m`` process
+    would report a half-trained point. Here the task exits without a result instead, and the
+    requeued element (same pickle, same ``hydra.job.num``, same run dir) writes the real one.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        ret = super().__call__(*args, **kwargs)
+        if _will_be_requeued() and _run_incomplete(ret):
+            logging.getLogger(__name__).info("sweep point stopped for a requeue; no result")
+            logging.shutdown()
+            sys.exit(0)
+        return ret
+
+
+class LocalSweepLauncher(_hydra_plugin().LocalLauncher):
+    """hydra-submitit-launcher's local launcher; several tasks per point become DDP ranks."""
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        import submitit
+
+        if submitit.JobEnvironment().num_tasks > 1 and "RANK" not in os.environ:
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        return super().__call__(*args, **kwargs)
+
+
+if __name__ == "__main__":
+    main()
