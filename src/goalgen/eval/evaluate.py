@@ -19,7 +19,6 @@ import json
 import math
 import os
 import sys
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from goalgen.eval.predict import (
     SceneInput,
     one_line,
     prepare_scene,
+    warnings_as_lines,
 )
 from goalgen.model.samplers import ADAPTIVE_METHODS
 
@@ -359,8 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
 
     def run_eval(run_dir: str) -> dict[str, Any]:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "no best checkpoint": said below
+        with warnings_as_lines("goalgen-eval"):
             report = evaluate_run(
                 run_dir, args.data, args.samples, args.max_scenes, args.steps, args.method,
                 args.seed, args.checkpoint, args.device, args.batch_size, args.split,

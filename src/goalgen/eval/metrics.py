@@ -95,13 +95,15 @@ def _binary(soft: np.ndarray, threshold: float, fallback: bool = False) -> np.nd
 
 def map_interior(static: np.ndarray) -> np.ndarray:
     """Pixels inside the map: everything but the free space connected to the image border
-    (8-connected), when the walls enclose some free space; else every pixel."""
+    (8-connected), when walls enclose most of the free space (outer walls inset from the
+    image edge); else every pixel (no outer walls, or walls on the image edge: the border
+    test of :func:`invalid_reason` covers those)."""
     static = np.asarray(static) != 0
     labels, _ = ndimage.label(~static, structure=_EIGHT_CONNECTED)
     border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     outside = np.isin(labels, border[border > 0])
     enclosed = (~static) & ~outside
-    if not enclosed.any():
+    if np.count_nonzero(enclosed) <= np.count_nonzero(outside):  # e.g. a hollow obstacle
         return np.ones_like(static)
     return ~outside
 

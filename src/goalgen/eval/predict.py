@@ -559,6 +559,18 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or error.__class__.__name__
 
 
+@contextlib.contextmanager
+def warnings_as_lines(prog: str) -> Iterator[None]:
+    """Print each warning raised inside as one ``<prog>: warning: ...`` line on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            yield
+        finally:
+            for w in caught:
+                print(f"{prog}: warning: {one_line(w.message)}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``goalgen-predict``: goal proposals (masks, poses, PNG grid) for scene files."""
     parser = OneLineParser(
@@ -584,9 +596,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
     try:
-        predictor = GoalPredictor.from_run(args.run_dir, args.checkpoint, args.device)
-        results = predictor.predict(args.scenes, args.samples, args.steps, args.method,
-                                    args.seed, args.batch_size)
+        with warnings_as_lines("goalgen-predict"):
+            predictor = GoalPredictor.from_run(args.run_dir, args.checkpoint, args.device)
+            results = predictor.predict(args.scenes, args.samples, args.steps, args.method,
+                                        args.seed, args.batch_size)
         stems = unique_stems([r.name for r in results])
         for result, stem in zip(results, stems, strict=True):
             write_prediction(result, args.out, stem)

@@ -190,9 +190,17 @@ class Trainer:
             path, state = found
         else:
             return
-        self._raw_network().load_state_dict(
-            {k.removeprefix("network."): v for k, v in state["model"].items()})
-        self.ema.module.load_state_dict(state["ema"])
+        try:
+            self._raw_network().load_state_dict(
+                {k.removeprefix("network."): v for k, v in state["model"].items()})
+            self.ema.module.load_state_dict(state["ema"])
+        except RuntimeError as exc:
+            raise ValueError(
+                f"checkpoint {path} was written by a model of another shape than "
+                f"model.network={dict(self.cfg.model.network)} ({str(exc).splitlines()[0]}). "
+                "Give this run its own run_name, set resume=false, or point ckpt_path at a "
+                "matching checkpoint."
+            ) from exc
         self.ema.n_averaged.fill_(state.get("ema_n_averaged", 1))
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])

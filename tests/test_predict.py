@@ -1,0 +1,249 @@
+"""GoalPredictor and goalgen-predict: checkpoint choice, batched sampling, inputs, CLI."""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, compose_config
+from goalgen.data.synthetic import save_npz
+from goalgen.eval import predict as predict_mod
+from goalgen.eval.predict import GoalPredictor, main, rank_checkpoints, select_checkpoint
+from goalgen.model.generative import GenerativeModel
+from goalgen.train.distributed import DistContext
+from goalgen.train.loop import train
+
+CPU = DistContext(0, 0, 1, 1, torch.device("cpu"), None)
+REASONS = ("empty", "fragmented: ", "area ")
+
+
+def train_tiny_run(root: Path, data_dir: Path, config_name: str = "train_fb_flow_matching",
+                   *overrides: str) -> Path:
+    """A tiny CPU run (1-2 s) in ``root/outputs/tiny``; returns its run dir."""
+    cfg = compose_config(config_name, TINY + [
+        f"data.data_dir={data_dir}", f"output_dir={root}/outputs", "run_name=tiny",
+        f"data.cache_dir={root}/cache", "max_epochs=2", "val.num_images=0", *overrides])
+    run_dir = Path(cfg.output_dir) / cfg.run_name
+    train(cfg, run_dir, CPU)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, synth_dir) -> Path:
+    return train_tiny_run(tmp_path_factory.mktemp("predict"), synth_dir)
+
+
+@pytest.fixture(scope="module")
+def predictor(run_dir) -> GoalPredictor:
+    return GoalPredictor.from_run(run_dir, device="cpu")
+
+
+def scene_files(synth_dir: Path, n: int) -> list[Path]:
+    return sorted(synth_dir.glob("scene_*.npz"))[:n]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def fake(path: Path, **state) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+
+
+def test_best_checkpoint_follows_recorded_val_loss_not_file_order(tmp_path):
+    ckpts = tmp_path / "checkpoints"
+    # written best-first (oldest mtime) and named so that neither listing nor name order helps
+    fake(ckpts / "epoch009-val_loss0.9000.ckpt", val_loss=0.25)  # the name lies; the file rules
+    fake(ckpts / "epoch002-val_loss0.7000.ckpt", val_loss=0.7)
+    fake(ckpts / "epoch010-val_loss0.3000.ckpt", val_loss=0.3)
+    fake(ckpts / "last.ckpt", val_loss=0.9, top_k=[])
+    assert select_checkpoint(tmp_path).name == "epoch009-val_loss0.9000.ckpt"
+    assert [e[0] for e in rank_checkpoints(ckpts)] == [0.25, 0.3, 0.7]
+    assert select_checkpoint(tmp_path, "last").name == "last.ckpt"
+    assert select_checkpoint(tmp_path, "epoch002-val_loss0.7000.ckpt").name.startswith("epoch002")
+
+
+def test_best_checkpoint_falls_back_to_top_k_table_then_name(tmp_path):
+    ckpts = tmp_path / "checkpoints"
+    fake(ckpts / "epoch001-val_loss0.1000.ckpt", step=1)  # no val_loss: the table says 0.8
+    fake(ckpts / "epoch004-val_loss0.4000.ckpt", step=4)  # not in the table: its name, 0.4
+    fake(ckpts / "last.ckpt", top_k=[[0.8, 1, "epoch001-val_loss0.1000.ckpt"]])
+    ranked = rank_checkpoints(ckpts)
+    assert [(e[0], e[1]) for e in ranked] == [(0.4, "name"), (0.8, "top_k")]
+    (ckpts / "broken-val_loss0.0100.ckpt").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert select_checkpoint(tmp_path).name == "epoch004-val_loss0.4000.ckpt"
+
+
+def test_best_without_best_files_uses_last_with_a_warning(tmp_path):
+    fake(tmp_path / "checkpoints" / "last.ckpt", val_loss=1.0)
+    with pytest.warns(UserWarning, match="no best checkpoint"):
+        assert select_checkpoint(tmp_path).name == "last.ckpt"
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        select_checkpoint(tmp_path / "nowhere")
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        select_checkpoint(tmp_path / "empty")
+
+
+def test_from_run_loads_the_best_checkpoint_with_ema_weights(run_dir, predictor):
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    best_loss, _, best_name = last["top_k"][0]
+    assert predictor.checkpoint_path.name == best_name
+    state = torch.load(predictor.checkpoint_path, weights_only=True)
+    assert state["val_loss"] == pytest.approx(best_loss)
+    for key, value in predictor.model.state_dict().items():
+        assert torch.equal(value, state["ema"][key]), key
+    assert not predictor.model.training and predictor.image_size == 16
+    assert predictor.family == "flow" and predictor.method == "midpoint"
+
+
+# ----------------------------------------------------------------------------- predict
+def test_predict_shapes_poses_and_one_batched_call(predictor, synth_dir, monkeypatch):
+    calls = []
+    real_sample = GenerativeModel.sample
+
+    def spy(self, context, *args, **kwargs):
+        calls.append(context.shape[0])
+        return real_sample(self, context, *args, **kwargs)
+
+    monkeypatch.setattr(GenerativeModel, "sample", spy)
+    files = scene_files(synth_dir, 3)
+    results = predictor.predict(files, num_samples=4, seed=0)
+    assert calls == [12]  # 3 scenes x 4 samples, one call
+    assert predictor.last_cost.nfe == 4  # midpoint, sampling_steps=2: 2 evaluations per step
+    for path, r in zip(files, results, strict=True):
+        assert r.name == path.stem
+        assert r.probs.shape == (4, 16, 16) and r.probs.dtype == np.float32
+        assert r.masks.dtype == bool and np.array_equal(r.masks, r.probs >= 0.5)
+        assert r.probs.min() >= 0.0 and r.probs.max() <= 1.0
+        assert len(r.poses) == 4 and r.truth.shape == (16, 16) and r.geometry is not None
+        for k, pose in enumerate(r.poses):
+            if pose is None:
+                assert r.rejected[k].startswith(REASONS)
+            else:
+                assert k not in r.rejected and 0 <= pose.angle < np.pi
+                assert pose.center_world is not None  # synthetic scenes carry world bounds
+        json.dumps(r.to_json())
+    calls.clear()
+    predictor.predict(files, num_samples=4, batch_size=2)
+    assert calls == [8, 4]
+
+
+def test_same_seed_same_masks(predictor, synth_dir):
+    files = scene_files(synth_dir, 2)
+    a = predictor.predict(files, num_samples=3, seed=7)
+    b = predictor.predict(files, num_samples=3, seed=7)
+    c = predictor.predict(files, num_samples=3, seed=8)
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x.probs, y.probs)
+    assert not np.array_equal(a[0].probs, c[0].probs)
+
+
+def test_arrays_at_any_resolution_and_files_without_ground_truth(predictor, synth_dir, tmp_path):
+    path = scene_files(synth_dir, 1)[0]
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    full = np.stack([arrays[k] for k in ("robot_image", "goal_image", "movable_objects_image",
+                                         "static_objects_image", "target_object",
+                                         "target_goal")]).astype(np.float32) / 255
+    from_file, from_array = predictor.predict([path, full], num_samples=2, seed=3)
+    assert np.allclose(from_file.context, from_array.context)
+    assert from_array.geometry is None and from_array.name == "scene1"
+    # five channels at another resolution; one array alone
+    small = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(full[:5]), 64).numpy()
+    [r] = predictor.predict(small, num_samples=2)
+    assert r.truth is None and r.masks.shape == (2, 16, 16)
+    # a planner's file: no target_goal key
+    no_truth = tmp_path / "query.npz"
+    save_npz(no_truth, {k: v for k, v in arrays.items() if k != "target_goal"})
+    [q] = predictor.predict([no_truth], num_samples=2)
+    assert q.truth is None and q.geometry["robot_radius"] == pytest.approx(
+        float(arrays["robot_radius"]))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        predictor.predict([full * 2 - 1])
+    with pytest.raises(ValueError, match="expected masks"):
+        predictor.predict([full[0]])
+
+
+def test_method_and_steps_override(predictor, synth_dir):
+    path = scene_files(synth_dir, 1)
+    predictor.predict(path, num_samples=2, steps=3, method="euler")
+    assert predictor.last_cost.nfe == 3
+    assert predictor.method == "midpoint"  # restored after the call
+    predictor.predict(path, num_samples=2, steps=3)
+    assert predictor.last_cost.nfe == 6
+    with pytest.raises(ValueError, match="not a flow sampler"):
+        predictor.predict(path, num_samples=2, method="ddim")
+
+
+def test_diffusion_sampler_override(tmp_path, synth_dir):
+    run = train_tiny_run(tmp_path, synth_dir, "train_hf_diffusion", "max_steps=1")
+    diffusion = GoalPredictor.from_run(run, device="cpu")
+    path = scene_files(synth_dir, 1)
+    ddim = diffusion.predict(path, num_samples=2, seed=1)[0]
+    ddpm = diffusion.predict(path, num_samples=2, seed=1, method="ddpm", steps=3)[0]
+    assert diffusion.last_cost.nfe == 3 and diffusion.method == "ddim"
+    assert ddim.probs.shape == ddpm.probs.shape == (2, 16, 16)
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_writes_outputs_and_agrees_with_the_api(run_dir, predictor, synth_dir, tmp_path,
+                                                    capsys):
+    files = scene_files(synth_dir, 2)
+    out = tmp_path / "pred"
+    args = [str(run_dir), *map(str, files), "--samples", "3", "--seed", "5", "--out", str(out),
+            "--device", "cpu"]
+    assert main(args) == 0
+    api = predictor.predict(files, num_samples=3, seed=5)
+    for path, r in zip(files, api, strict=True):
+        with np.load(out / f"{path.stem}_masks.npz") as saved:
+            assert np.array_equal(saved["masks"], r.masks)
+            assert np.allclose(saved["probs"], r.probs)
+        poses = json.loads((out / f"{path.stem}_poses.json").read_text())
+        assert poses["num_samples"] == 3 and len(poses["samples"]) == 3
+        assert poses["num_valid"] == len(r.valid_poses)
+        assert (out / f"{path.stem}_grid.png").stat().st_size > 0
+    assert "network evaluations" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(run_dir, synth_dir, tmp_path, capsys):
+    scene = str(scene_files(synth_dir, 1)[0])
+    cases = [
+        ([str(tmp_path / "missing_run"), scene], "does not exist"),
+        ([str(run_dir), str(tmp_path / "missing.npz")], "no such file"),
+        ([str(run_dir), scene, "--method", "warp"], "not a flow sampler"),
+        ([str(run_dir), scene, "--checkpoint", "nope.ckpt"], "does not exist"),
+    ]
+    for args, message in cases:
+        assert main([*args, "--out", str(tmp_path / "o"), "--samples", "1"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("goalgen-predict: error:") and message in err
+        assert err.count("\n") == 1 and "Traceback" not in err
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(run_dir), scene, "--out", "o", "--samples", "0"])
+    assert exit_info.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0 and "--samples" in capsys.readouterr().out
+
+
+def test_console_scripts_are_declared():
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
+    assert scripts["goalgen-predict"] == "goalgen.eval.predict:main"
+    assert scripts["goalgen-eval"] == "goalgen.eval.evaluate:main"
+    assert predict_mod.main is main
+
+
+def test_cli_warns_in_one_line_when_only_last_exists(run_dir, synth_dir, tmp_path, capsys):
+    only_last = tmp_path / "run" / "checkpoints"
+    only_last.mkdir(parents=True)
+    (only_last / "last.ckpt").write_bytes((run_dir / "checkpoints" / "last.ckpt").read_bytes())
+    scene = str(scene_files(synth_dir, 1)[0])
+    assert main([str(tmp_path / "run"), scene, "--samples", "1", "--out", str(tmp_path / "o"),
+                 "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert err == f"goalgen-predict: warning: no best checkpoint in {only_last}: using last.ckpt\n"
