@@ -28,6 +28,7 @@ GUIDE_COMMANDS = [
     (FM, ["model.path.scheduler=cosine"]),
     (FM, ["model.path.scheduler=vp"]),
     (FM, ["model.path.scheduler=linear_vp"]),
+    (FM, ["model.path.prediction=velocity"]),
     (FM, ["batch_size=128"]),
     (FM, ["base_lr=5e-5"]),
     (FM, ["data.data_dir=/path/to/data"]),

@@ -51,14 +51,28 @@ def test_dit_patches_are_position_aware():
 
 
 @pytest.mark.parametrize("scheduler", FLOW_SCHEDULERS)
-def test_flow_path_reconstructs_x1_from_true_velocity(scheduler):
-    path = FBFlowMatchingPath(scheduler=scheduler)
+@pytest.mark.parametrize("prediction", ["velocity", "x1"])
+def test_flow_path_reconstructs_x1_from_the_true_target(scheduler, prediction):
+    path = FBFlowMatchingPath(scheduler=scheduler, prediction=prediction)
     _, x_1 = masks()
     noise, t = path.draw(x_1, torch.Generator().manual_seed(1))
     assert t.min() >= 0 and t.max() < 1
-    x_t, t_net, velocity = path.sample(x_1, noise, t)
+    x_t, t_net, target = path.sample(x_1, noise, t)
     assert torch.equal(t_net, t)
-    torch.testing.assert_close(path.to_x1(velocity, x_t, t), x_1, atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(path.to_x1(target, x_t, t), x_1, atol=2e-3, rtol=1e-3)
+    velocity = path.path.sample(x_0=noise, x_1=x_1, t=t).dx_t
+    torch.testing.assert_close(path.to_sampler_output(target, x_t, t), velocity, atol=2e-3,
+                               rtol=1e-3)
+
+
+@pytest.mark.parametrize("scheduler", ["condot", "cosine"])
+def test_x1_prediction_oracle_integrates_to_the_data(scheduler):
+    path = FBFlowMatchingPath(scheduler=scheduler, prediction="x1")
+    model = GenerativeModel(tiny_net(), path, FBODESampler(method="midpoint"))
+    context, x_1 = masks(2)
+    model.predict = lambda x, t, c, network=None: x_1  # a perfect x1 predictor
+    out = model.sample(context, steps=10, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, x_1, atol=2e-2, rtol=0)
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
@@ -84,6 +98,8 @@ def test_diffusion_time_maps_data_to_t1():
 def test_unknown_names_are_refused_with_the_config_key():
     with pytest.raises(ValueError, match="model.path.scheduler"):
         FBFlowMatchingPath(scheduler="karras")
+    with pytest.raises(ValueError, match="model.path.prediction"):
+        FBFlowMatchingPath(prediction="epsilon")
     with pytest.raises(ValueError, match="model.sampler.method"):
         FBODESampler(method="leapfrog")
     with pytest.raises(ValueError, match="model.path.beta_schedule"):

@@ -7,6 +7,8 @@ Tensors: ``context`` (B, 5, S, S) in [-1, 1] (robot, goal, movable, static, targ
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -15,10 +17,17 @@ from goalgen.model.samplers import FBODESampler, HFDiffusionSampler
 
 
 def coordinate_grid(batch: int, size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """(B, 2, S, S) row and column coordinates in [-1, 1]."""
-    axis = torch.linspace(-1.0, 1.0, size, device=device, dtype=dtype)
-    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
-    return torch.stack([yy, xx]).expand(batch, 2, size, size)
+    """(B, 2, S, S) row and column coordinates in [-1, 1] (a read-only expanded view of a
+    cached (2, S, S) grid: built once per size, device and dtype, not at every network call)."""
+    return _grid(size, torch.device(device), dtype).expand(batch, 2, size, size)
+
+
+@functools.lru_cache(maxsize=16)
+def _grid(size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    with torch.inference_mode(False), torch.no_grad():  # a plain tensor whatever the caller's mode
+        axis = torch.linspace(-1.0, 1.0, size, device=device, dtype=dtype)
+        yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+        return torch.stack([yy, xx])
 
 
 def soft_dice_loss(x_1_hat: Tensor, x_1: Tensor, eps: float = 1.0) -> Tensor:
@@ -88,6 +97,6 @@ class GenerativeModel(nn.Module):
         x_init = torch.randn((b, 1, s, s), generator=generator, device=context.device)
 
         def model_fn(x: Tensor, t: Tensor) -> Tensor:
-            return self.predict(x, t, context, network).float()
+            return self.path.to_sampler_output(self.predict(x, t, context, network).float(), x, t)
 
         return self.sampler.sample(model_fn, x_init, steps, generator=generator).clamp(-1, 1)

