@@ -124,3 +124,15 @@ def test_bare_command_without_data_names_the_fix(tmp_path):
     assert "goalgen-synth" in out.stderr
     assert "Traceback" not in out.stderr
 
+
+
+def test_multirun_with_the_basic_launcher_gives_each_point_its_own_run_dir(tmp_path, synth_dir):
+    tiny = ["image_size=16", "batch_size=8", "num_workers=0", "model.network.dim=32",
+            "model.network.depth=1", "model.network.heads=2", "trainer.accelerator=cpu",
+            "trainer.precision=32", "max_steps=1", "val.metric_scenes=0", "val.num_images=0",
+            f"data.data_dir={synth_dir}", f"data.cache_dir={tmp_path}/cache",
+            f"output_dir={tmp_path}/out"]
+    out = run_cli(f"--config-name={FM}", "-m", "base_lr=1e-4,5e-5", *tiny, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lasts = sorted((tmp_path / "out").glob("*/*/checkpoints/last.ckpt"))
+    assert len(lasts) == 2 and lasts[0].parent.parent != lasts[1].parent.parent

@@ -22,8 +22,8 @@ SIGTERM handlers while it trains: a signal then only sets a flag, the ranks agre
 resumes. A task whose run stopped for a requeue exits without writing a submitit result, so
 ``job.result()`` waits for the run that really finishes.
 
-This module also holds the Hydra launchers named by ``configs/hydra/launcher/{slurm,local}.yaml``
-(:class:`SlurmSweepLauncher`, :class:`LocalSweepLauncher`).
+This module also holds the Hydra callback of the sweep presets
+``configs/hydra/launcher/{slurm,local}.yaml`` (:class:`SweepRequeueCallback`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ import shlex
 import sys
 from pathlib import Path
 from typing import Any
+
+from hydra.experimental.callback import Callback
 
 log = logging.getLogger("goalgen")
 
@@ -111,8 +113,9 @@ class TrainJob:
             hydra_dir.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(cfg, hydra_dir / "config.yaml")
             OmegaConf.save(OmegaConf.create(self.overrides), hydra_dir / "overrides.yaml")
-        log.info("%s: run dir %s (restart %s)", env, run_dir,
-                 os.environ.get("SLURM_RESTART_COUNT", "0"))
+        log.info(
+            "%s: run dir %s (restart %s)", env, run_dir, os.environ.get("SLURM_RESTART_COUNT", "0")
+        )
         result = run(cfg, run_dir)
         if result.stopped and _will_be_requeued():
             # the job is being requeued (rank 0 ran `scontrol requeue`): no submitit result
@@ -121,8 +124,10 @@ class TrainJob:
             logging.shutdown()
             sys.exit(0)
         if result.stopped:
-            raise RuntimeError(f"training stopped by a signal at step {result.step} and was not "
-                               "requeued; submit the same command again to resume")
+            raise RuntimeError(
+                f"training stopped by a signal at step {result.step} and was not "
+                "requeued; submit the same command again to resume"
+            )
         return {
             "run_dir": str(run_dir),
             "step": result.step,
@@ -154,36 +159,74 @@ def build_parser() -> argparse.ArgumentParser:
         "--partition gpu --time 1440 experiment=demo max_epochs=100",
     )
     p.add_argument("overrides", nargs="*", help="Hydra overrides, as for src/train_generative.py")
-    p.add_argument("--config-name", default="train_fb_flow_matching",
-                   help="primary config (train_fb_flow_matching | train_hf_diffusion)")
-    p.add_argument("--cluster", choices=CLUSTERS, default="slurm",
-                   help="slurm (sbatch), local (subprocesses here), debug (in this process)")
+    p.add_argument(
+        "--config-name",
+        default="train_fb_flow_matching",
+        help="primary config (train_fb_flow_matching | train_hf_diffusion)",
+    )
+    p.add_argument(
+        "--cluster",
+        choices=CLUSTERS,
+        default="slurm",
+        help="slurm (sbatch), local (subprocesses here), debug (in this process)",
+    )
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--gpus-per-node", type=int, default=1, help="0 on CPU-only partitions")
-    p.add_argument("--tasks-per-node", type=int, default=None,
-                   help="training processes per node (default: one per GPU, at least 1)")
+    p.add_argument(
+        "--tasks-per-node",
+        type=int,
+        default=None,
+        help="training processes per node (default: one per GPU, at least 1)",
+    )
     p.add_argument("--cpus-per-task", type=int, default=8)
     p.add_argument("--mem-gb", type=int, default=None, help="memory per node (default: Slurm's)")
     p.add_argument("--partition", default=None)
     p.add_argument("--account", default=None)
     p.add_argument("--qos", default=None)
     p.add_argument("--time", type=int, default=24 * 60, help="time limit in minutes")
-    p.add_argument("--signal-delay-s", type=int, default=120,
-                   help="USR2 this many seconds before the time limit (save, requeue)")
-    p.add_argument("--max-requeues", type=int, default=20,
-                   help="requeues submitit itself may do on time-outs (submitit's "
-                   "max_num_timeout; stops inside training requeue through Slurm)")
-    p.add_argument("--folder", default=None,
-                   help="submitit folder for pickles and logs (default: RUN_DIR/submitit)")
+    p.add_argument(
+        "--signal-delay-s",
+        type=int,
+        default=120,
+        help="USR2 this many seconds before the time limit (save, requeue)",
+    )
+    p.add_argument(
+        "--max-requeues",
+        type=int,
+        default=20,
+        help="requeues submitit itself may do on time-outs (submitit's "
+        "max_num_timeout; stops inside training requeue through Slurm)",
+    )
+    p.add_argument(
+        "--folder",
+        default=None,
+        help="submitit folder for pickles and logs (default: RUN_DIR/submitit)",
+    )
     p.add_argument("--name", default=None, help="Slurm job name (default: the run name)")
-    p.add_argument("--slurm-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra sbatch option, e.g. --slurm-arg constraint=a100 (repeatable)")
-    p.add_argument("--setup", action="append", default=[], metavar="CMD",
-                   help="shell line run in the batch script before srun (repeatable)")
-    p.add_argument("--wait", action="store_true",
-                   help="wait for the job and print its result (always on for local/debug)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the sbatch script and the run directory; submit nothing")
+    p.add_argument(
+        "--slurm-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra sbatch option, e.g. --slurm-arg constraint=a100 (repeatable)",
+    )
+    p.add_argument(
+        "--setup",
+        action="append",
+        default=[],
+        metavar="CMD",
+        help="shell line run in the batch script before srun (repeatable)",
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for the job and print its result (always on for local/debug)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the sbatch script and the run directory; submit nothing",
+    )
     return p
 
 
@@ -200,14 +243,17 @@ def plan(args: argparse.Namespace) -> tuple[list[str], Path]:
     """(overrides for the job, run dir) — every task and requeue uses exactly these."""
     from goalgen.train.entry import run_name_for
 
-    overrides = [o for o in args.overrides if o.partition("=")[0].lstrip("+~") not in
-                 ("run_name", "output_dir")]
-    run_name = _override_value(args.overrides, "run_name") or run_name_for(args.config_name,
-                                                                           args.overrides)
+    overrides = [
+        o
+        for o in args.overrides
+        if o.partition("=")[0].lstrip("+~") not in ("run_name", "output_dir")
+    ]
+    run_name = _override_value(args.overrides, "run_name") or run_name_for(
+        args.config_name, args.overrides
+    )
     output_dir = _override_value(args.overrides, "output_dir")
     if output_dir is None:
-        output_dir = str(compose(args.config_name, overrides + [f"run_name={run_name}"])
-                         .output_dir)
+        output_dir = str(compose(args.config_name, overrides + [f"run_name={run_name}"]).output_dir)
     output = Path(output_dir).expanduser().absolute()
     overrides += [f"output_dir={output}", f"run_name={run_name}"]
     return overrides, output / run_name
@@ -229,6 +275,9 @@ def executor_parameters(args: argparse.Namespace, run_name: str) -> dict[str, An
         params["mem_gb"] = args.mem_gb
     if args.cluster == "slurm":
         params["slurm_signal_delay_s"] = args.signal_delay_s
+        # a crashed rank takes the step down instead of leaving the others in a collective
+        # until the process-group timeout
+        params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
         for key in ("partition", "account", "qos"):
             if getattr(args, key):
                 params[f"slurm_{key}"] = getattr(args, key)
@@ -244,8 +293,7 @@ def executor_parameters(args: argparse.Namespace, run_name: str) -> dict[str, An
 
 
 def _check(args: argparse.Namespace) -> None:
-    positive = {"--nodes": args.nodes, "--cpus-per-task": args.cpus_per_task,
-                "--time": args.time}
+    positive = {"--nodes": args.nodes, "--cpus-per-task": args.cpus_per_task, "--time": args.time}
     for flag, value in positive.items():
         if value < 1:
             raise ValueError(f"{flag}={value}; it must be >= 1")
@@ -254,8 +302,9 @@ def _check(args: argparse.Namespace) -> None:
     if args.signal_delay_s < 0 or args.max_requeues < 0:
         raise ValueError("--signal-delay-s and --max-requeues must be >= 0")
     if args.cluster == "debug" and (args.nodes > 1 or (args.tasks_per_node or 1) > 1):
-        raise ValueError("--cluster debug runs one process here: use --cluster local for "
-                         "several tasks")
+        raise ValueError(
+            "--cluster debug runs one process here: use --cluster local for several tasks"
+        )
     if args.cluster == "local" and args.nodes > 1:
         raise ValueError("--cluster local runs on this machine: --nodes must be 1")
     for item in args.slurm_arg:
@@ -301,16 +350,23 @@ def submit(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    job = None
     try:
         job = submit(args)
         if job is None:
             return
         if args.wait or args.cluster in ("local", "debug"):
-            result = job.results()[0]  # rank 0's
+            # rank 0's result; an error there is reported at once, not after the other
+            # ranks' process-group timeout
+            result = (job.task(0) if job.num_tasks > 1 else job).result()
             print(f"done: {result}")
     except KeyboardInterrupt:
+        if job is not None and args.cluster == "local":
+            job.cancel(check=False)
         raise
     except Exception as exc:  # one line, not a traceback (GOALGEN_TRACEBACK=1 for the rest)
+        if job is not None and args.cluster == "local":  # local processes die with us
+            job.cancel(check=False)
         if os.environ.get("GOALGEN_TRACEBACK"):
             raise
         msg = " ".join(str(exc).split()) or type(exc).__name__
@@ -318,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
 
 
-# --------------------------------------------------------------------------- Hydra launchers
+# --------------------------------------------------------------------------- Hydra sweeps
 def _run_incomplete(ret) -> bool:
     """Whether a finished Hydra job's run stopped early (a signal) instead of completing."""
     import torch
@@ -333,39 +389,47 @@ def _run_incomplete(ret) -> bool:
     return not (epoch >= cfg.max_epochs or (cfg.max_steps > 0 and step >= cfg.max_steps))
 
 
-def _hydra_plugin():
-    from hydra_plugins.hydra_submitit_launcher import submitit_launcher
+class SweepRequeueCallback(Callback):
+    """Hydra callback of the sweep presets (``configs/hydra/launcher/{slurm,local}.yaml``).
 
-    return submitit_launcher
-
-
-class SlurmSweepLauncher(_hydra_plugin().SlurmLauncher):
-    """hydra-submitit-launcher's Slurm launcher, aware of the loop's own requeue.
-
-    A sweep point stopped by a signal saves, requeues itself (``scontrol requeue`` of its array
-    element) and returns; the plugin would then write a submitit result and the ``-m`` process
-    would report a half-trained point. Here the task exits without a result instead, and the
-    requeued element (same pickle, same ``hydra.job.num``, same run dir) writes the real one.
+    - Multirun start (the ``-m`` process): Hydra resolves ``hydra.sweep.dir`` (base.yaml:
+      ``${output_dir}/${run_name}``) and the launcher before any HydraConfig exists, where
+      ``${goalgen_run_name:}`` cannot work; initialise HydraConfig with the sweep's config
+      (config name + the sweep's overrides) first. Each job then sets its own (its point's).
+    - Job start, submitit's local executor with several tasks per point: export torch's rank
+      variables so the tasks become DDP ranks (on Slurm the step variables do that).
+    - Job end, under Slurm: a point stopped by a signal has saved ``last.ckpt`` and requeued
+      itself (``scontrol requeue`` of its array element); hydra-submitit-launcher would now
+      write a submitit result and the ``-m`` process would report a half-trained point. Exit
+      without a result instead: the requeued element (same pickle, same ``hydra.job.num``,
+      same run dir) resumes and writes the real one.
     """
 
-    def __call__(self, *args: Any, **kwargs: Any):
-        ret = super().__call__(*args, **kwargs)
-        if _will_be_requeued() and _run_incomplete(ret):
-            logging.getLogger(__name__).info("sweep point stopped for a requeue; no result")
+    def on_multirun_start(self, config: Any = None, **kwargs: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        if config is not None and not HydraConfig.initialized():
+            HydraConfig.instance().set_config(config)
+
+    def on_job_start(self, config: Any = None, **kwargs: Any) -> None:
+        if os.environ.get("SUBMITIT_EXECUTOR") == "local" and "RANK" not in os.environ:
+            import submitit
+
+            if submitit.JobEnvironment().num_tasks > 1:
+                submitit.helpers.TorchDistributedEnvironment().export(
+                    set_cuda_visible_devices=False
+                )
+
+    def on_job_end(self, config: Any = None, job_return: Any = None, **kwargs: Any) -> None:
+        if (
+            os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+            and _will_be_requeued()
+            and job_return is not None
+            and _run_incomplete(job_return)
+        ):
+            log.info("sweep point stopped for a requeue: exiting without a submitit result")
             logging.shutdown()
             sys.exit(0)
-        return ret
-
-
-class LocalSweepLauncher(_hydra_plugin().LocalLauncher):
-    """hydra-submitit-launcher's local launcher; several tasks per point become DDP ranks."""
-
-    def __call__(self, *args: Any, **kwargs: Any):
-        import submitit
-
-        if submitit.JobEnvironment().num_tasks > 1 and "RANK" not in os.environ:
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        return super().__call__(*args, **kwargs)
 
 
 if __name__ == "__main__":

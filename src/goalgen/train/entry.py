@@ -26,6 +26,7 @@ from goalgen.paths import config_dir
 from goalgen.train.checkpoint import CheckpointError
 from goalgen.train.distributed import detect_launch, init_distributed, shutdown_distributed
 from goalgen.train.loop import NonFiniteLossError, TrainResult, train
+from goalgen.train.preemption import ignore_early_stop_signals
 
 log = logging.getLogger("goalgen")
 
@@ -54,12 +55,16 @@ def run_name_for(config_name: str, overrides: list[str]) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts))
 
 
-def _run_name_resolver() -> str:
-    if not HydraConfig.initialized():
+def _run_name_resolver(*, _root_: DictConfig) -> str:
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        return run_name_for(hc.job.config_name or "train", list(hc.overrides.task))
+    # the -m process resolves hydra.sweep.dir before HydraConfig is set: read its own node
+    node = _root_.get("hydra") if isinstance(_root_, DictConfig) else None
+    if node is None:
         raise ValueError("run_name is derived from the Hydra command line; outside "
                          "@hydra.main set it explicitly (run_name=NAME)")
-    hc = HydraConfig.get()
-    return run_name_for(hc.job.config_name or "train", list(hc.overrides.task))
+    return run_name_for(node.job.config_name or "train", list(node.overrides.task))
 
 
 OmegaConf.register_new_resolver("goalgen_run_name", _run_name_resolver, replace=True)
@@ -87,6 +92,7 @@ def _set_threads(local_world_size: int) -> None:
 
 def run(cfg: DictConfig, run_dir: Path) -> TrainResult:
     """Train in ``run_dir`` as the process(es) the environment describes."""
+    ignore_early_stop_signals()
     ctx = init_distributed(cfg.trainer.accelerator, cfg.trainer.process_group_timeout_s)
     _set_threads(ctx.local_world_size)
     try:

@@ -50,9 +50,24 @@ class StopFlag:
         return self.signum is not None
 
     def restore(self) -> None:
+        """Put the previous handlers back; a default USR1/USR2 (which would kill the process
+        if Slurm's signal arrives late, after training) becomes "ignore"."""
         for sig, handler in self._previous.items():
+            if handler in (signal.SIG_DFL, None) and sig != signal.SIGTERM:
+                handler = signal.SIG_IGN
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+def ignore_early_stop_signals() -> None:
+    """Before training starts (data packing, process-group set-up) USR1/USR2 must not kill the
+    process with their default action; the loop's handlers take over once it runs."""
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        try:
+            if signal.getsignal(sig) in (signal.SIG_DFL, None):
+                signal.signal(sig, signal.SIG_IGN)
+        except ValueError:  # not the main thread
+            return
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
@@ -81,8 +96,8 @@ def requeue_job(env: Mapping[str, str] | None = None) -> bool:
         return False
     out = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True,
                          timeout=60)
-    if out.returncode != 0:
-        log.error("scontrol requeue %s failed: %s", job, out.stderr.strip())
+    if out.returncode != 0:  # e.g. already requeued from outside ("pending execution")
+        log.info("scontrol requeue %s: %s", job, out.stderr.strip())
         return False
     log.info("requeued Slurm job %s", job)
     return True
