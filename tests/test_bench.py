@@ -1,0 +1,165 @@
+"""goalgen-bench: the --quick run end to end (JSON structure, consistent ratios, NFE counts)
+and its command-line errors. No timing assertions: only that figures exist, are positive and
+agree with each other."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from importlib import metadata
+
+import pytest
+import torch
+
+from goalgen import bench
+
+NFE_PER_STEP = {"euler": 1, "midpoint": 2, "rk4": 4, "ddim": 1, "ddpm": 1}
+
+
+def close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def raw_figures(node, path=""):
+    """(path, value) of every ``*_per_s``, ``*_ms``, ``mfu`` and ``peak_*`` figure."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from raw_figures(value, f"{path}.{key}")
+            if key.endswith(("_per_s", "_ms")) or key == "mfu" or (
+                    key.startswith("peak_") and key != "peak_mem_kind"):
+                yield f"{path}.{key}", value
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from raw_figures(value, f"{path}[{i}]")
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory, synth_dir):
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "bench.json"
+    cmd = [sys.executable, "-m", "goalgen.bench", "all", "--quick", "--json", str(out),
+           "--data-dir", str(synth_dir), "--work-dir", str(tmp / "work"),
+           f"data.cache_dir={tmp / 'cache'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "train:" in proc.stdout and "checkpoint:" in proc.stdout
+    assert not list((tmp / "work").glob("run-*")), "scratch folder left behind"
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_quick_json_has_every_section_device_and_versions(quick_results):
+    r = quick_results
+    assert r["quick"] is True and r["repeats"] == 1
+    assert set(bench.SECTIONS) <= set(r)
+    assert r["device"]["type"] in ("cpu", "cuda") and r["device"]["threads"] >= 1
+    assert r["versions"]["torch"] == torch.__version__
+    for section in bench.SECTIONS:
+        assert len(r[section]["load_avg"]) in (0, 3)
+        assert r[section]["section_s"] > 0
+    figures = list(raw_figures(r))
+    assert len(figures) > 50
+    for where, value in figures:
+        assert isinstance(value, (int, float)) and math.isfinite(value), where
+        assert value > 0 or (where.endswith("peak_mem_mb") and value >= 0), where
+
+
+@pytest.mark.slow
+def test_quick_train_figures_agree(quick_results):
+    t = quick_results["train"]
+    assert t["gflop_per_step"] > 0 and t["params_m"] > 0
+    combos = {(run["precision"], run["compiled"]) for run in t["runs"]}
+    expected = bench.train_precisions(torch.device(quick_results["device"]["type"]))
+    assert combos == {(p, c) for p in expected for c in (False, True)}
+    for run in t["runs"]:
+        assert close(run["samples_per_s"], t["batch_size"] / (run["step_ms"] / 1e3))
+        assert close(run["achieved_gflop_per_s"], t["gflop_per_step"] / (run["step_ms"] / 1e3))
+        assert close(run["mfu"], run["achieved_gflop_per_s"] / run["peak_gflop_per_s"])
+        assert len(run["step_ms_runs"]) == quick_results["repeats"]
+        if "peak_rss_mb" in run:  # CPU: the absolute peak holds the peak above entry
+            assert run["peak_rss_mb"] >= run["peak_mem_mb"]
+    by = {(run["precision"], run["compiled"]): run for run in t["runs"]}
+    c = t["compile"]
+    assert c["backend"] == "aot_eager"
+    assert close(c["speedup"], c["eager_step_ms"] / c["compiled_step_ms"])
+    assert c["eager_step_ms"] == by[(t["default_precision"], False)]["step_ms"]
+    if quick_results["device"]["type"] == "cpu":
+        assert t["default_precision"] == "bf16-mixed" and c["auto_picks"] == "eager"
+        assert t["step_ms"] == c["eager_step_ms"]
+    picked, other = ((c["compiled_step_ms"], c["eager_step_ms"]) if c["auto_picks"] == "compiled"
+                     else (c["eager_step_ms"], c["compiled_step_ms"]))
+    assert c["auto_is_faster"] == (picked <= other)
+    m = t["mixed_precision"]
+    assert close(m["speedup"], m["fp32_step_ms"] / m["mixed_step_ms"])
+
+
+@pytest.mark.slow
+def test_quick_data_figures_agree(quick_results):
+    d = quick_results["data"]
+    assert d["num_scenes"] == 48 and "fewer than the 500" in d["note"]
+    assert close(d["speedup"], d["packed_samples_per_s"] / d["per_file_samples_per_s"])
+    assert close(d["packed_ms_per_batch"], 1e3 * d["batch_size"] / d["packed_samples_per_s"])
+    assert close(d["loader_share"], d["packed_ms_per_batch"] / d["train_step_ms"])
+    assert d["train_step_ms"] == quick_results["train"]["step_ms"]
+
+
+@pytest.mark.slow
+def test_quick_sample_counts_function_evaluations(quick_results):
+    s = quick_results["sample"]
+    methods = [(run["method"], run["steps"]) for run in s["runs"]]
+    assert methods == [tuple(x) for x in bench.QUICK_SAMPLE_GRID]
+    for run in s["runs"]:
+        if run["method"] in NFE_PER_STEP:
+            nfe = NFE_PER_STEP[run["method"]] * run["steps"]
+            assert run["nfe_per_sample_batched"] == run["nfe_per_sample_sequential"] == nfe
+        else:  # adaptive: at least one accepted step of dopri5 (6 evaluations)
+            assert run["nfe_per_sample_batched"] >= 6
+        assert close(run["speedup"], run["sequential_ms_per_scene"] / run["batched_ms_per_scene"])
+        assert close(run["batched_scenes_per_s"], 1e3 / run["batched_ms_per_scene"])
+    c = s["compile"]
+    assert close(c["speedup"], c["eager"]["batched_ms_per_scene"]
+                 / c["compiled"]["batched_ms_per_scene"])
+    assert c["compiled"]["nfe_per_sample_batched"] > 0
+
+
+@pytest.mark.slow
+def test_quick_checkpoint_figures_agree(quick_results):
+    c = quick_results["checkpoint"]
+    assert c["file_mb"] > 0 and c["epoch_steps"] == int(48 * 0.9) // 8
+    assert close(c["save_in_steps"], c["save_ms"] / c["train_step_ms"])
+    epoch_s = c["epoch_steps"] * c["train_step_ms"] / 1e3
+    assert close(c["overhead_pct"], 100 * c["saves_per_epoch"] * c["save_ms"] / 1e3 / epoch_s)
+    assert c["overhead_with_top_k_pct"] > c["overhead_pct"]
+
+
+def test_peak_memory_sees_an_allocation():
+    with bench.PeakMemory(torch.device("cpu")) as mem:
+        x = torch.ones(16 * 2**20)  # 64 MiB, every page touched
+        del x
+    if mem.kind != "rss_peak_above_entry":
+        pytest.skip("no resettable RSS high-water mark here")
+    assert mem.peak_mb >= 60
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["nonsense"], "unknown section 'nonsense'"),
+    (["train", "seed=1", "stray"], "'stray' is neither a section nor a key=value override"),
+    (["train", "--repeats", "0"], "--repeats must be >= 1"),
+    (["train", "model.network.no_such_key=1"], "goalgen-bench: error:"),
+])
+def test_bad_input_exits_2_with_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_help_and_console_script(capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--help"])
+    assert exc.value.code == 0 and "--quick" in capsys.readouterr().out
+    scripts = {e.name: e.value for e in metadata.entry_points(group="console_scripts")}
+    assert scripts.get("goalgen-bench") == "goalgen.bench:main"
