@@ -526,7 +526,10 @@ def test_submitit_interrupt_requeues_and_finishes(slurm_cluster, tmp_path, synth
     assert_trained(run_dir, step=2 * epochs)
     assert restarts(slurm_cluster, job.job_id) == 1
     logs = run_dir / "submitit"
-    assert "received SIGTERM" in (logs / f"{job.job_id}_0_log.out").read_text()
+    # the ranks agree on a stop at the next step: the rank whose slurmd delivers first is
+    # enough, and the two scancel signals (TERM, then USR2) may arrive in either order
+    outs = [(logs / f"{job.job_id}_{rank}_log.out").read_text() for rank in (0, 1)]
+    assert any(re.search(r"received SIG(TERM|USR2)", out) for out in outs), outs
     for rank in (0, 1):  # the stopped attempt reported nothing; the requeued one did
         text = (logs / f"{job.job_id}_{rank}_log.err").read_text()
         assert "for a requeue; exiting without a result" in text
