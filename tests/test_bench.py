@@ -91,6 +91,7 @@ def test_quick_train_figures_agree(quick_results):
     picked, other = ((c["compiled_step_ms"], c["eager_step_ms"]) if c["auto_picks"] == "compiled"
                      else (c["eager_step_ms"], c["compiled_step_ms"]))
     assert c["auto_is_faster"] == (picked <= other)
+    assert close(c["auto_over_eager_speedup"], c["eager_step_ms"] / picked)
     m = t["mixed_precision"]
     assert close(m["speedup"], m["fp32_step_ms"] / m["mixed_step_ms"])
 
@@ -113,6 +114,8 @@ def test_quick_sample_counts_function_evaluations(quick_results):
     for run in s["runs"]:
         if run["method"] in NFE_PER_STEP:
             nfe = NFE_PER_STEP[run["method"]] * run["steps"]
+            if run["method"] == "rk4":  # x1 prediction: the step that ends at t = 1 is midpoint
+                nfe = 4 * (run["steps"] - 1) + 2
             assert run["nfe_per_sample_batched"] == run["nfe_per_sample_sequential"] == nfe
         else:  # adaptive: at least one accepted step of dopri5 (6 evaluations)
             assert run["nfe_per_sample_batched"] >= 6

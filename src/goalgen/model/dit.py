@@ -77,7 +77,7 @@ class DiTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(
-            nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)
+            nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
         )
         self.ada_ln = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
