@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 # On a machine without an NVIDIA driver take the CPU build (from local disk here, seconds);
 # on a GPU node let pip pick the CUDA build that matches the driver.
 TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
+# Where PyPI's torch 2.13.0 would be the CUDA build (a CPU laptop without this machine kind's
+# local wheel): TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: install demo test lint bench slurm-up slurm-down clean
@@ -16,7 +19,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
@@ -27,6 +30,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# the benchmark table of the README (minutes on a CPU); ARGS: sections, overrides, --run DIR
+bench: install
+	$(BIN)/goalgen-bench $(ARGS) --json bench.json
 
 lint: install
 	$(BIN)/ruff check .

@@ -166,3 +166,49 @@ def test_help_and_console_script(capsys):
     assert exc.value.code == 0 and "--quick" in capsys.readouterr().out
     scripts = {e.name: e.value for e in metadata.entry_points(group="console_scripts")}
     assert scripts.get("goalgen-bench") == "goalgen.bench:main"
+
+
+@pytest.mark.slow
+def test_sample_section_with_a_trained_run_scores_settings_and_recommends(tiny_cfg, tmp_path):
+    from pathlib import Path
+
+    from goalgen.train.distributed import DistContext
+    from goalgen.train.loop import train
+
+    cfg = tiny_cfg("train_fb_flow_matching", "max_epochs=1")
+    run_dir = Path(cfg.output_dir) / cfg.run_name
+    result = train(cfg, run_dir, DistContext(0, 0, 1, 1, torch.device("cpu"), None))
+    out = tmp_path / "sample.json"
+    assert bench.main(["sample", "--quick", "--no-compile", "--ckpt", str(result.best_checkpoint),
+                       "--run", str(run_dir), "--json", str(out),
+                       "--work-dir", str(tmp_path / "work")]) == 0
+    s = json.loads(out.read_text())["sample"]
+    assert s["weights"].startswith("EMA of")
+    q = s["quality"]
+    assert [(r["method"], r["steps"]) for r in q["runs"]] == [
+        tuple(x) for x in bench.QUICK_QUALITY_GRID["flow"]]
+    assert q["scenes"] == 4 and all(r["ms_per_scene"] > 0 for r in q["runs"])
+    rec = q["recommended"]
+    assert 100 * rec["success_rate"] >= 100 * q["best_success_rate"] - bench.QUALITY_POINTS
+    band = [r for r in q["runs"]
+            if 100 * r["success_rate"] >= 100 * q["best_success_rate"] - bench.QUALITY_POINTS]
+    assert rec["ms_per_scene"] == min(r["ms_per_scene"] for r in band)
+    assert rec["speedup"] >= 1
+
+
+def test_run_without_checkpoints_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["sample", "--run", str(tmp_path)])
+    assert exc.value.code == 2 and "has no checkpoints/ folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quick_targets_restate_the_section_figures(quick_results):
+    assert len(quick_results["targets"]) == 6
+    by_name = {row["target"]: row for row in quick_results["targets"]}
+    data = by_name["data: packed cache / per-file load+resize"]
+    assert data["value"] == quick_results["data"]["speedup"] and data["threshold"] == 50
+    assert data["met"] == (data["value"] >= 50)
+    ckpt_row = by_name["checkpoint: share of training time (with top-k saves)"]
+    assert close(ckpt_row["value"], quick_results["checkpoint"]["overhead_with_top_k_pct"] / 100)
+    assert ckpt_row["met"] == (ckpt_row["value"] < 0.01)

@@ -65,3 +65,65 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tiny_cfg
         assert loss_a[step] == pytest.approx(loss_b[step], rel=1e-4)
     assert curve(runs["one"], "val_loss")[4] == pytest.approx(curve(runs["two"], "val_loss")[4],
                                                               rel=1e-4)
+
+
+@pytest.mark.slow
+def test_spawned_workers_get_the_stop_signal_sent_to_their_parent(tmp_path, synth_dir):
+    """``trainer=multi_gpu trainer.devices=2`` from a plain command: a USR1 to the parent (what
+    a user's ``kill``, or a launcher that signals only its own child, delivers) reaches both
+    workers, which save together and exit 0; the same command then resumes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import TINY
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "src" / "train_generative.py"),
+           "--config-name=train_fb_flow_matching", *TINY, f"data.data_dir={synth_dir}",
+           f"data.cache_dir={tmp_path}/cache", f"output_dir={tmp_path}/out", "run_name=sig",
+           "trainer=multi_gpu", "trainer.devices=2", "trainer.accelerator=cpu",
+           "trainer.process_group_timeout_s=60", "max_epochs=200", "checkpoint.every_minutes=0"]
+    last = tmp_path / "out" / "sig" / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.monotonic() + 120
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert "stopped by SIGUSR1" in out
+    stopped = torch.load(last, weights_only=True)
+    assert 0 < stopped["step"] < 200 * 2 and len(stopped["rng"]) == 2
+    done = subprocess.run([*cmd, f"max_steps={stopped['step'] + 2}"], cwd=root, text=True,
+                          capture_output=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"at epoch {stopped['epoch']} step {stopped['step']}" in done.stdout + done.stderr
+    assert torch.load(last, weights_only=True)["step"] == stopped["step"] + 2
+
+
+def test_diverged_ranks_are_an_error_not_a_silent_model(tiny_cfg, tmp_path):
+    """The end-of-run check compares every rank's weight hash (here a fake second rank whose
+    weights differ, as after a desync)."""
+    from dataclasses import dataclass
+
+    from goalgen.train.distributed import DistContext
+    from goalgen.train.loop import Trainer
+
+    @dataclass(frozen=True)
+    class TwoRanks(DistContext):
+        other: str = ""
+
+        def all_gather_object(self, obj: object) -> list:
+            return [obj, self.other or obj]
+
+    cpu = torch.device("cpu")
+    trainer = Trainer(tiny_cfg("train_fb_flow_matching"), tmp_path / "run",
+                      DistContext(0, 0, 1, 1, cpu, None))
+    trainer.ctx = TwoRanks(0, 0, 2, 2, cpu, "gloo")
+    trainer.check_ranks_agree()  # identical hashes: fine
+    trainer.ctx = TwoRanks(0, 0, 2, 2, cpu, "gloo", other="0123456789abcdef")
+    with pytest.raises(RuntimeError, match="DDP ranks hold different weights"):
+        trainer.check_ranks_agree()

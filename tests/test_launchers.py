@@ -197,6 +197,7 @@ def test_torchx_local_cwd_two_processes_train_and_forward_usr1(tmp_path, synth_d
     assert list((run_dir / "checkpoints").glob("epoch*.ckpt"))
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert "rank 1/2" in done.stdout + done.stderr
+    assert "weights identical on all 2 ranks" in done.stdout + done.stderr
 
     stop_dir = tmp_path / "out" / "stopme"
     proc = subprocess.Popen(
@@ -433,6 +434,7 @@ def test_submit_local_cluster_two_tasks_train_as_ddp_ranks(tmp_path, synth_dir):
     assert last_state(run_dir)["step"] == 4  # 2 ranks: 2 batches per epoch
     assert (run_dir / ".hydra" / "config.yaml").exists()
     assert "rank 1/2" in (run_dir / "submitit").glob("*_1_log.err").__next__().read_text()
+    assert "weights identical on all 2 ranks" in (run_dir / "train.log").read_text()
     assert "Resuming" not in (run_dir / "train.log").read_text()
 
 

@@ -184,7 +184,10 @@ def test_skip_mode_logs_records_and_leaves_bad_files_out(tmp_path, monkeypatch, 
     assert packed.skipped[str(text)].startswith("is not an .npz")
 
     forbid_loads(monkeypatch)  # both modes reuse the cache; "fail" reports the skipped file
+    caplog.clear()
     assert pack_scenes(tmp_path, S, on_bad_file="skip", progress=False).reused
+    assert f"skipped {empty}: 'target_object' is empty" in caplog.text  # every file, every run
+    assert f"skipped {text}: is not an .npz" in caplog.text and "skips 2 bad files" in caplog.text
     with pytest.raises(SceneError, match=f"{empty}: 'target_object' is empty.*on_bad_file='skip'"):
         pack_scenes(tmp_path, S, progress=False)
 

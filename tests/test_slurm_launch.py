@@ -160,6 +160,7 @@ def test_sbatch_template_two_tasks_on_two_nodes(slurm_cluster, tmp_path, synth_d
         slurm_cluster.cancel(job)
     text = log.read_text()
     assert "rank 0/2 (local 0) on cpu via srun" in text and "rank 1/2 (local 0)" in text
+    assert "weights identical on all 2 ranks" in text
     assert "effective batch 16 (8 x 2)" in text  # both ranks in one process group
     assert_trained(tmp_path / "out" / "sb", step=4)  # 43 scenes // 2 ranks // 8 = 2 per epoch
     assert slurm_cluster.sacct(job, "NodeList") == ["n[1-2]"]
@@ -222,6 +223,7 @@ def test_torchx_slurm_two_nodes(slurm_cluster, tmp_path, synth_dir):
     assert f"{job}+0|n1" in groups and f"{job}+1|n2" in groups
     logs = "".join(p.read_text() for p in tmp_path.glob(f"slurm-{job}-train_generative-*.out"))
     assert "rank 0/2" in logs and "rank 1/2" in logs and "via torchrun" in logs
+    assert "weights identical on all 2 ranks" in logs
     assert_trained(tmp_path / "out" / "tx", step=4)
     report(
         "torchx slurm 2x1", wall_s=round(time.monotonic() - t0, 1), job=elapsed(slurm_cluster, job)
@@ -263,6 +265,7 @@ def test_goalgen_submit_two_tasks(slurm_cluster, tmp_path, synth_dir):
     assert_trained(run_dir, step=4)
     rank1 = next((run_dir / "submitit").glob("*_1_log.err")).read_text()
     assert "rank 1/2 (local 1) on cpu via srun" in rank1
+    assert "weights identical on all 2 ranks" in (run_dir / "train.log").read_text()
     assert (run_dir / ".hydra" / "config.yaml").exists() and (run_dir / "train.log").exists()
     report(
         "goalgen-submit 2 tasks",

@@ -248,3 +248,25 @@ def test_cli_writes_then_reports_up_to_date(tmp_path):
     second = subprocess.run(command, capture_output=True, text=True, check=True)
     assert "already complete" in second.stdout
     assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["scene_00000.npz", "scene_00001.npz"]
+
+
+def test_demo_generates_into_an_empty_folder_but_never_over_user_scenes(tmp_path):
+    from omegaconf import OmegaConf
+
+    from goalgen.train.entry import _ensure_synthetic_data
+
+    def ensure(data_dir) -> None:
+        cfg = OmegaConf.create({"data": {"data_dir": data_dir,
+                                         "synthetic": {"num_scenes": 2, "seed": 0}}})
+        _ensure_synthetic_data(cfg, True, lambda: None)
+
+    ensure(str(tmp_path / "new"))
+    assert sorted(p.name for p in (tmp_path / "new").glob("*.npz")) == [
+        "scene_00000.npz", "scene_00001.npz"]
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "scene_00007.npz").write_bytes(b"the user's own scene")
+    ensure(str(user))
+    assert [p.name for p in user.iterdir()] == ["scene_00007.npz"]
+    with pytest.raises(ValueError, match="data.synthetic generates one folder"):
+        ensure([str(user), str(tmp_path / "new")])

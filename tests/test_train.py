@@ -121,7 +121,8 @@ def test_train_run_leaves_the_guide_output_tree(tiny_cfg, config_name, precision
                                        for p in best)
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     acc = EventAccumulator(str(run / "tensorboard")).Reload()
-    for tag in ("train_loss", "val_loss", "val_loss_best", "lr", "grad_norm", "samples_per_s"):
+    for tag in ("train_loss", "val_loss", "val_loss_best", "lr", "grad_norm", "samples_per_s",
+                "val_validity", "val_success_rate", "val_best_iou", "val_hit_at_k"):
         assert tag in acc.Tags()["scalars"], tag
     assert any(t.startswith("Validation_Samples_") for t in acc.Tags()["images"])
     assert list((run / "samples").glob("epoch*.png"))
@@ -262,3 +263,49 @@ def test_short_training_learns(tiny_cfg, synth_dir, config_name, extra):
     floor = task_metrics(batch["context"], batch["target"], noise)
     assert learned["best_iou"] > 3 * floor["best_iou"], (learned, floor)
     assert learned["validity"] > floor["validity"], (learned, floor)  # some box-like blobs
+
+
+def test_topk_minus_one_keeps_every_checkpoint_and_zero_keeps_none(tmp_path):
+    state = {"x": torch.zeros(1)}
+    keep_all = ckpt.TopK(tmp_path / "all", k=-1)
+    for epoch, loss in enumerate([0.5, 0.4, 0.6, 0.3]):
+        keep_all.update(loss, epoch, state)
+    assert len(list((tmp_path / "all").glob("epoch*.ckpt"))) == 4
+    none = ckpt.TopK(tmp_path / "none", k=0)
+    assert none.update(0.1, 0, state) is None and not (tmp_path / "none").exists()
+
+
+def test_val_loss_best_does_not_depend_on_top_k(tiny_cfg):
+    cfg = tiny_cfg("train_fb_flow_matching", "max_epochs=2", "checkpoint.save_top_k=0")
+    result = train(cfg, run_dir_of(cfg), CPU)
+    assert math.isfinite(result.val_loss_best) and result.val_loss_best <= result.val_loss
+    assert not list((run_dir_of(cfg) / "checkpoints").glob("epoch*.ckpt"))
+    assert math.isfinite(scalars(run_dir_of(cfg), "val_loss_best")[-1][1])
+
+
+def test_ckpt_path_start_then_requeues_continue_from_the_runs_own_last(tiny_cfg, caplog):
+    """The guide's ``ckpt_path=`` command re-run (a Slurm requeue re-runs the same command)
+    continues from its own newer last.ckpt, not from ckpt_path again; resume=false restarts
+    from ckpt_path; another run's top-k table does not follow into this run dir."""
+    source = tiny_cfg("train_fb_flow_matching", "max_steps=3", "run_name=source")
+    train(source, run_dir_of(source), CPU)
+    start = run_dir_of(source) / "checkpoints" / "last.ckpt"
+    common = (f"ckpt_path={start}", "run_name=continued")
+    first = train(tiny_cfg("train_fb_flow_matching", *common, "max_steps=6"),
+                  run_dir_of(source).parent / "continued", CPU)
+    assert first.step == 6
+    run = run_dir_of(source).parent / "continued"
+    own = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert all((run / "checkpoints" / name).is_file() for _, _, name in own["top_k"])
+    assert first.best_checkpoint is not None and first.best_checkpoint.parent == run / "checkpoints"
+    with caplog.at_level(logging.INFO, logger="goalgen"):
+        again = Trainer(tiny_cfg("train_fb_flow_matching", *common, "max_steps=9"), run, CPU)
+    assert again.step == 6 and "was this run's starting point" in caplog.text
+    fresh = Trainer(tiny_cfg("train_fb_flow_matching", *common, "max_steps=9", "resume=false"),
+                    run, CPU)
+    assert fresh.step == 3
+    other = tiny_cfg("train_fb_flow_matching", "max_steps=2", "run_name=other")
+    train(other, run_dir_of(other), CPU)
+    chosen = Trainer(tiny_cfg("train_fb_flow_matching", "run_name=continued", "max_steps=9",
+                              f"ckpt_path={run_dir_of(other)}/checkpoints/last.ckpt"), run, CPU)
+    assert chosen.step == 2  # a new ckpt_path wins over the run's own last.ckpt

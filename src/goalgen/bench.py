@@ -56,6 +56,15 @@ SAMPLE_GRID = [("euler", 5), ("euler", 10), ("midpoint", 5), ("rk4", 5), ("dopri
 QUICK_SAMPLE_GRID = [("euler", 2), ("midpoint", 2), ("rk4", 2), ("dopri5", None), ("ddim", 2),
                      ("ddpm", 2)]
 DIFFUSION_METHODS = ("ddim", "ddpm")
+# --run: sampler settings scored by goalgen-eval, per family; steps None = adaptive
+QUALITY_GRID = {
+    "flow": [("euler", 5), ("euler", 10), ("euler", 20), ("midpoint", 5), ("midpoint", 10),
+             ("midpoint", 20), ("rk4", 5), ("rk4", 10), ("dopri5", None)],
+    "diffusion": [("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddpm", 50), ("ddpm", 100)],
+}
+QUICK_QUALITY_GRID = {"flow": [("euler", 2), ("midpoint", 2)],
+                      "diffusion": [("ddim", 2), ("ddpm", 2)]}
+QUALITY_POINTS = 2.0  # "as good as the best": success rate within this many points
 PRECISION_DTYPES = {"32": torch.float32, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
@@ -81,6 +90,8 @@ class Bench:
     samples_per_scene: int
     sample_grid: list[tuple[str, int | None]]
     ckpt: Path | None
+    run_dir: Path | None  # --run: score sampler settings on this run's validation scenes
+    quality_scenes: int
     precision: str  # trainer.precision as the loop resolves it here (16-mixed -> bf16 on CPU)
     shared: dict[str, Any] = field(default_factory=dict)  # figures one section hands another
 
@@ -268,7 +279,7 @@ def _make_trainer_class():
                 lambda s: lr_factor(s, warmup, decay, cfg.optim.end_lr / lr if lr > 0 else 0.0))
             self.top_k = ckpt.TopK(self.ckpt_dir, cfg.checkpoint.save_top_k)
             self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
-            self.nonfinite_total, self.val_loss = 0, float("nan")
+            self.nonfinite_total, self.val_loss, self.val_loss_best = 0, float("nan"), math.inf
 
     return BenchTrainer
 
@@ -541,9 +552,9 @@ def sample_network(b: Bench) -> tuple[nn.Module, str]:
     if b.ckpt is not None:
         from goalgen.train.checkpoint import load_checkpoint
 
-        ema = load_checkpoint(b.ckpt)["ema"]
-        network.load_state_dict({k.removeprefix("module.network."): v for k, v in ema.items()
-                                 if k.startswith("module.network.")})
+        ema = load_checkpoint(b.ckpt)["ema"]  # GenerativeModel keys: network.*, path.*, ...
+        network.load_state_dict({k.removeprefix("network."): v for k, v in ema.items()
+                                 if k.startswith("network.")})
         weights = f"EMA of {b.ckpt}"
     return network.to(b.device).eval(), weights
 
@@ -614,8 +625,50 @@ def bench_sample(b: Bench) -> dict[str, Any]:
     out["speedup_min"], out["speedup_median"] = min(speedups), statistics.median(speedups)
     if b.compile:
         out["compile"] = bench_sample_compiled(b, network, rows)
+    if b.run_dir is not None:
+        out["quality"] = bench_sample_quality(b)
     out["load_avg_end"] = load_avg()
     return out
+
+
+def bench_sample_quality(b: Bench) -> dict[str, Any]:
+    """Score each sampler setting of the run's family with ``goalgen-eval`` (same scenes, same
+    seed) and recommend the fastest whose success rate is within ``QUALITY_POINTS`` points of
+    the best setting's (ties: higher hit@K)."""
+    from goalgen.eval.evaluate import evaluate_run
+    from goalgen.eval.predict import GoalPredictor
+
+    family = GoalPredictor.from_run(b.run_dir, "best", str(b.device)).family
+    grid = (QUICK_QUALITY_GRID if b.quick else QUALITY_GRID)[family]
+    rows = []
+    for method, steps in grid:
+        report = evaluate_run(b.run_dir, num_samples=b.samples_per_scene, steps=steps,
+                              method=method, max_scenes=b.quality_scenes, seed=0,
+                              device=str(b.device), per_scene=False)
+        model, cost = report["methods"]["model"], report["cost"]
+        rows.append({
+            "method": method, "steps": steps, "nfe": cost["nfe"],
+            "ms_per_scene": 1e3 * cost["seconds_per_scene"],
+            "success_rate": model["success_rate"], "success_at_k": model["success_at_k"],
+            "validity": model["validity"], "best_iou": model["best_iou"],
+            "hit_at_k": model["hit_at_k"], "diversity": model["diversity"],
+        })
+    points = [100 * r["success_rate"] for r in rows]
+    best = max(points)
+    good = [r for r, p in zip(rows, points, strict=True) if p >= best - QUALITY_POINTS]
+    fastest = min(good, key=lambda r: r["ms_per_scene"])
+    best_row = min((r for r, p in zip(rows, points, strict=True) if p == best),
+                   key=lambda r: r["ms_per_scene"])
+    return {
+        "run_dir": str(b.run_dir), "family": family, "scenes": report["num_scenes"],
+        "samples_per_scene": b.samples_per_scene, "within_points": QUALITY_POINTS,
+        "best_success_rate": best / 100, "runs": rows,
+        "recommended": {"method": fastest["method"], "steps": fastest["steps"],
+                        "success_rate": fastest["success_rate"],
+                        "ms_per_scene": fastest["ms_per_scene"],
+                        # the recommendation over the best-scoring setting
+                        "speedup": best_row["ms_per_scene"] / fastest["ms_per_scene"]},
+    }
 
 
 def bench_sample_compiled(b: Bench, network: nn.Module, eager_rows: list[dict]) -> dict:
@@ -753,11 +806,26 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         if "compile" in s:
             lines.append(f"  compiled {s['compile']['method']}: batched speedup over eager "
                          f"{s['compile']['speedup']:.2f}")
+        if "quality" in s:
+            q = s["quality"]
+            lines.append(f"  quality on {q['scenes']} scenes x {q['samples_per_scene']} samples "
+                         f"({q['run_dir']}):")
+            for r in q["runs"]:
+                lines.append(f"  {r['method']:>8} {r['steps'] or 'adaptive':>8} NFE "
+                             f"{r['nfe']:5.1f}  {r['ms_per_scene']:9.1f} ms/scene  success "
+                             f"{100 * r['success_rate']:5.1f}%  hit@K {100 * r['hit_at_k']:5.1f}%")
+            rec = q["recommended"]
+            lines.append(f"  recommended: {rec['method']} {rec['steps'] or 'adaptive'} "
+                         f"(within {q['within_points']:g} points of the best, "
+                         f"{rec['speedup']:.1f}x faster than the best-scoring setting)")
     if "checkpoint" in results:
         c = results["checkpoint"]
         lines.append(f"checkpoint: {c['file_mb']:.1f} MiB, save {c['save_ms']:.0f} ms "
                      f"({c['save_in_steps']:.2f} steps), load {c['load_ms']:.0f} ms; overhead "
                      f"{c['overhead_pct']:.2f}% at {c['epoch_steps']} steps/epoch")
+    for row in results.get("targets", []):
+        lines.append(f"target {'met' if row['met'] else 'MISSED'}: {row['target']} = "
+                     f"{row['value']:.3g} ({row['op']} {row['threshold']:g})")
     return lines
 
 
@@ -792,6 +860,11 @@ def _parser() -> _Parser:
                    "aot_eager)")
     p.add_argument("--samples-per-scene", type=int, help="default 32; quick 4")
     p.add_argument("--ckpt", type=Path, help="sample with this checkpoint's EMA weights")
+    p.add_argument("--run", type=Path, metavar="RUN_DIR", help="sample section: also score "
+                   "each sampler setting of this run (goalgen-eval) and recommend the fastest "
+                   "within 2 points of the best")
+    p.add_argument("--quality-scenes", type=int, help="validation scenes scored per setting "
+                   "with --run (default 64; quick 4)")
     return p
 
 
@@ -838,7 +911,36 @@ def build_bench(args: argparse.Namespace, overrides: list[str]) -> Bench:
         compile_backend=args.compile_backend or ("aot_eager" if args.quick else "inductor"),
         samples_per_scene=args.samples_per_scene or (4 if args.quick else 32),
         sample_grid=QUICK_SAMPLE_GRID if args.quick else SAMPLE_GRID, ckpt=args.ckpt,
+        run_dir=args.run, quality_scenes=args.quality_scenes or (4 if args.quick else 64),
         precision=precision)
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The performance targets (issue "Fast"), each with its figure, threshold and whether this
+    run meets it; only for the sections that ran. On a --quick run they mean nothing."""
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, value: float, op: str, threshold: float) -> None:
+        met = value >= threshold if op == ">=" else value < threshold
+        rows.append({"target": name, "value": value, "op": op, "threshold": threshold,
+                     "met": bool(met)})
+
+    if "data" in results:
+        d = results["data"]
+        add("data: packed cache / per-file load+resize", d["speedup"], ">=", 50)
+        add("data: loader share of a step", d["loader_share"], "<", 0.05)
+    if "train" in results:
+        t = results["train"]
+        add(f"train: MFU ({t['default_precision']}, eager)", t["mfu"], ">=", 0.5)
+        if "compile" in t:
+            add("train: compile=auto / eager", t["compile"]["auto_over_eager_speedup"], ">=", 1.0)
+    if "sample" in results:
+        add("sample: batched / sequential (min over settings)",
+            results["sample"]["speedup_min"], ">=", 10)
+    if "checkpoint" in results:
+        add("checkpoint: share of training time (with top-k saves)",
+            results["checkpoint"]["overhead_with_top_k_pct"] / 100, "<", 0.01)
+    return rows
 
 
 def run(b: Bench, sections: list[str]) -> dict[str, Any]:
@@ -855,6 +957,7 @@ def run(b: Bench, sections: list[str]) -> dict[str, Any]:
         results[name] = bench_fns[name](b)
         _release(b.device)
         results[name]["section_s"] = time.perf_counter() - start
+    results["targets"] = targets(results)
     return results
 
 
@@ -863,13 +966,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_intermixed_args(argv)
     sections, overrides = _split_items(parser, args.items)
-    for name in ("repeats", "num_scenes", "epoch_steps", "samples_per_scene"):
+    for name in ("repeats", "num_scenes", "epoch_steps", "samples_per_scene", "quality_scenes"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup is not None and args.warmup < 0:
         parser.error("--warmup must be >= 0")
     if args.data_dir is not None and not args.data_dir.exists():
         parser.error(f"--data-dir {args.data_dir} does not exist")
+    if args.run is not None and not (args.run / "checkpoints").is_dir():
+        parser.error(f"--run {args.run} has no checkpoints/ folder (a training run directory)")
     try:
         b = build_bench(args, overrides)
     except Exception as exc:  # Hydra/OmegaConf: unknown key, bad value, missing config

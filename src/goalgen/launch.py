@@ -38,31 +38,14 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from goalgen.train.logger import setup_process_logging
+
 log = logging.getLogger("goalgen")
 
 CLUSTERS = ("slurm", "local", "debug")
-LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 
 # --------------------------------------------------------------------------- the job
-def _setup_logging(run_dir: Path, is_main: bool) -> None:
-    """What ``@hydra.main`` would do: INFO to stderr, and ``train.log`` in the run dir."""
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    fmt = logging.Formatter(LOG_FORMAT)
-    if not any(getattr(h, "_goalgen", False) for h in root.handlers):
-        stream = logging.StreamHandler(sys.stderr)
-        stream.setFormatter(fmt)
-        stream._goalgen = True  # type: ignore[attr-defined]
-        root.addHandler(stream)
-        if is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            file = logging.FileHandler(run_dir / "train.log", mode="a")
-            file.setFormatter(fmt)
-            file._goalgen = True  # type: ignore[attr-defined]
-            root.addHandler(file)
-
-
 def compose(config_name: str, overrides: list[str]):
     """The primary config with ``overrides``, composed without ``@hydra.main``."""
     from hydra import compose as hydra_compose
@@ -106,7 +89,7 @@ class TrainJob:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         run_dir = Path(self.run_dir)
         is_main = detect_launch().rank == 0
-        _setup_logging(run_dir, is_main)
+        setup_process_logging(run_dir, is_main)
         cfg = compose(self.config_name, self.overrides)
         if is_main:
             hydra_dir = run_dir / ".hydra"

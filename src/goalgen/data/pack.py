@@ -348,7 +348,10 @@ def _checked(packed: PackedScenes, on_bad_file: str) -> PackedScenes:
             "fix or remove the file, or use on_bad_file='skip')",
         )
     if packed.skipped and packed.reused:
-        log.warning("cache %s skips %d bad files", packed.manifest_path, len(packed.skipped))
+        for path, problem in packed.skipped.items():
+            log.warning("skipped %s: %s", path, problem)
+        log.warning("cache %s skips %d bad files (listed above)", packed.manifest_path,
+                    len(packed.skipped))
     return packed
 
 

@@ -96,7 +96,8 @@ def latest_good_checkpoint(folder: Path) -> tuple[Path, dict[str, Any]] | None:
 
 
 class TopK:
-    """Keeps the ``k`` best checkpoints by validation loss (lower is better) in ``folder``.
+    """Keeps the ``k`` best checkpoints by validation loss (lower is better) in ``folder``;
+    ``k < 0`` keeps every one (Lightning's ``save_top_k=-1``), ``k = 0`` none.
 
     The table survives resume through ``state_dict``; files of evicted entries are removed only
     after the new file is safely on disk.
@@ -117,9 +118,9 @@ class TopK:
         return self.entries[0][0] if self.entries else float("inf")
 
     def wants(self, val_loss: float) -> bool:
-        if self.k <= 0 or val_loss != val_loss:  # NaN never ranks
+        if self.k == 0 or val_loss != val_loss:  # NaN never ranks
             return False
-        return len(self.entries) < self.k or val_loss < self.entries[-1][0]
+        return self.k < 0 or len(self.entries) < self.k or val_loss < self.entries[-1][0]
 
     def update(self, val_loss: float, epoch: int, state: dict[str, Any]) -> Path | None:
         """Save ``state`` as a best checkpoint if it ranks; return its path or None."""
@@ -130,8 +131,8 @@ class TopK:
         self.entries = [e for e in self.entries if e[2] != name]
         self.entries.append((val_loss, epoch, name))
         self.entries.sort()
-        evicted = self.entries[self.k:]
-        self.entries = self.entries[: self.k]
+        keep = len(self.entries) if self.k < 0 else self.k
+        evicted, self.entries = self.entries[keep:], self.entries[:keep]
         state = {**state, "top_k": self.state_dict()}
         save_atomic(state, path)
         for _, _, old in evicted:

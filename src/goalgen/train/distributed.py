@@ -116,6 +116,14 @@ class DistContext:
         dist.all_gather_object(gathered, obj)
         return gathered
 
+    def broadcast_object(self, obj: object) -> object:
+        """Rank 0's ``obj`` on every rank (all ranks must call)."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
         if self.distributed:
             values = values.to(self.device)

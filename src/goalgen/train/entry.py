@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import re
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from goalgen.paths import config_dir
 from goalgen.train.checkpoint import CheckpointError
 from goalgen.train.distributed import detect_launch, init_distributed, shutdown_distributed
+from goalgen.train.logger import setup_process_logging
 from goalgen.train.loop import NonFiniteLossError, TrainResult, train
 from goalgen.train.preemption import ignore_early_stop_signals
 
@@ -71,13 +73,30 @@ OmegaConf.register_new_resolver("goalgen_run_name", _run_name_resolver, replace=
 
 
 def _ensure_synthetic_data(cfg: DictConfig, is_local_main: bool, barrier) -> None:
+    """``data.synthetic`` (the demo): generate the scenes into ``data.data_dir`` if missing.
+
+    Only a missing or empty folder, or one that goalgen-synth wrote (its stamp file), is
+    written to: pointing a demo at a folder of the user's own scenes trains on them instead
+    of overwriting them."""
     synth = cfg.data.get("synthetic")
     if not synth or cfg.data.data_dir is None:
         return
-    if is_local_main:
-        from goalgen.data.synthetic import generate_dataset
+    if not isinstance(cfg.data.data_dir, str):
+        raise ValueError(f"data.synthetic generates one folder, but data.data_dir="
+                         f"{cfg.data.data_dir}; give one folder or set data.synthetic=null")
+    from goalgen.data.synthetic import STAMP_NAME, generate_dataset
 
-        generate_dataset(Path(cfg.data.data_dir), int(synth.num_scenes), seed=int(synth.seed),
+    out = Path(cfg.data.data_dir)
+    ours = not out.exists() or (out.is_dir() and not any(out.iterdir())) or (
+        out / STAMP_NAME).is_file()
+    if not ours:
+        if is_local_main:
+            log.info("data.data_dir=%s holds scenes not written by goalgen-synth: training on "
+                     "them, generating nothing (data.synthetic ignored)", out)
+    elif is_local_main:
+        log.info("synthetic scenes in %s (%d, seed %d): generating what is missing", out,
+                 int(synth.num_scenes), int(synth.seed))
+        generate_dataset(out, int(synth.num_scenes), seed=int(synth.seed),
                          workers=max(1, min(4, os.cpu_count() or 1)))
     barrier()
 
@@ -124,7 +143,14 @@ def _spawned_worker(local_rank: int, world: int, port: int, config: dict[str, An
     os.environ.update({"RANK": str(local_rank), "LOCAL_RANK": str(local_rank),
                        "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    # split this task's CPUs (its affinity: a Slurm allocation, not the whole node); the env
+    # var tells run() not to recompute it from SLURM_CPUS_PER_TASK, which is per task, not
+    # per worker
+    threads = max(1, len(os.sched_getaffinity(0)) // world)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+    # no Hydra here: rank 0 logs what a single process would (train.log included)
+    setup_process_logging(Path(run_dir), local_rank == 0, others_level=logging.WARNING)
     run(OmegaConf.create(config), Path(run_dir))
 
 
@@ -137,13 +163,37 @@ def launch(cfg: DictConfig, run_dir: Path) -> TrainResult | None:
     # set in spawned processes.
     config = OmegaConf.to_container(cfg, resolve=True)
     log.info("starting %d local worker processes (effective batch %d)", n, cfg.batch_size * n)
-    mp.spawn(_spawned_worker, args=(n, _free_port(), config, str(run_dir)), nprocs=n)
+    # The parent only waits and forwards stop signals to the workers, which save and requeue;
+    # its own handlers (submitit's USR2 requeues and exits) must not act while they still save.
+    workers: list[mp.ProcessContext] = []
+
+    def forward(signum: int, frame: object) -> None:
+        for process in workers[0].processes if workers else []:
+            if process.is_alive():
+                os.kill(process.pid, signum)
+
+    previous = {sig: signal.signal(sig, forward)
+                for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)}
+    workers.append(mp.start_processes(_spawned_worker, nprocs=n, join=False,
+                                      args=(n, _free_port(), config, str(run_dir)),
+                                      start_method="spawn"))
+    try:
+        while not workers[0].join():
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return None
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train_fb_flow_matching")
 def hydra_main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if detect_launch().rank != 0:  # torchrun/srun: one train.log writer, not one per rank
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+            root.removeHandler(handler)
+            handler.close()
     try:
         result = launch(cfg, run_dir)
     except (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError) as exc:

@@ -14,6 +14,28 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 log = logging.getLogger("goalgen")
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+
+
+def setup_process_logging(run_dir: Path, is_main: bool, others_level: int = logging.INFO
+                          ) -> None:
+    """What ``@hydra.main`` does, for processes it did not start (submitit jobs, spawned
+    workers): INFO to stderr, and on the main rank ``train.log`` in the run dir (appended, so
+    the attempts before a requeue are kept). Other ranks log at ``others_level``."""
+    root = logging.getLogger()
+    root.setLevel(logging.INFO if is_main else others_level)
+    fmt = logging.Formatter(LOG_FORMAT)
+    if not any(getattr(h, "_goalgen", False) for h in root.handlers):
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(fmt)
+        stream._goalgen = True  # type: ignore[attr-defined]
+        root.addHandler(stream)
+        if is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            file = logging.FileHandler(run_dir / "train.log", mode="a")
+            file.setFormatter(fmt)
+            file._goalgen = True  # type: ignore[attr-defined]
+            root.addHandler(file)
 
 
 class RunLogger:

@@ -6,6 +6,7 @@ directory chosen once by the entry point, and this process's :class:`DistContext
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import signal
@@ -129,7 +130,7 @@ class Trainer:
         )
         self.top_k = ckpt.TopK(self.ckpt_dir, cfg.checkpoint.save_top_k)
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
-        self.nonfinite_total, self.val_loss = 0, float("nan")
+        self.nonfinite_total, self.val_loss, self.val_loss_best = 0, float("nan"), math.inf
         self._last_save = time.monotonic()
         self.stopped, self.requeued = False, False
         self._maybe_resume()
@@ -170,23 +171,47 @@ class Trainer:
             "rng": rng_per_rank,
             "top_k": self.top_k.state_dict(),
             "val_loss": self.val_loss,
-            "val_loss_best": self.top_k.best,
+            "val_loss_best": self.val_loss_best,
             "nonfinite_total": self.nonfinite_total,
             "family": self.model.family,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "versions": {"torch": str(torch.__version__), "goalgen": "0.1.0"},
         }
 
+    def _resume_source(self) -> tuple[str, dict[str, Any]] | None:
+        """Which checkpoint to resume from: ``ckpt_path`` wins, unless this run dir already
+        continued from that very ``ckpt_path`` (a requeue or re-run of the same command: its own
+        ``last.ckpt`` is further on); else the run dir's newest good checkpoint (``resume``)."""
+        own = ckpt.latest_good_checkpoint(self.ckpt_dir) if self.cfg.resume else None
+        given = self.cfg.ckpt_path
+        if given is None:
+            return (str(own[0]), own[1]) if own else None
+        state = ckpt.load_checkpoint(given)
+        if own is not None and Path(own[0]).resolve() != Path(given).resolve():
+            started_from = own[1]["config"].get("ckpt_path")
+            if (started_from is not None and Path(started_from).resolve() == Path(given).resolve()
+                    and own[1]["step"] >= state["step"]):
+                if self.ctx.is_main:
+                    log.info("ckpt_path=%s was this run's starting point; continuing from its "
+                             "newer %s (resume=false restarts from ckpt_path)", given, own[0])
+                return str(own[0]), own[1]
+        return str(given), state
+
     def _maybe_resume(self) -> None:
-        if self.cfg.ckpt_path is not None:
-            path, state = self.cfg.ckpt_path, ckpt.load_checkpoint(self.cfg.ckpt_path)
-        elif self.cfg.resume:
-            found = ckpt.latest_good_checkpoint(self.ckpt_dir)
-            if found is None:
-                return
-            path, state = found
-        else:
+        # rank 0 decides and every rank loads that file: ranks whose reads of a shared
+        # filesystem differ must not resume from different states
+        source, error = None, None
+        if self.ctx.is_main:
+            try:
+                source = self._resume_source()
+            except ckpt.CheckpointError as exc:
+                error = str(exc)
+        path, error = self.ctx.broadcast_object((source[0] if source else None, error))
+        if error is not None:  # every rank stops with the message, none waits on the others
+            raise ckpt.CheckpointError(error)
+        if path is None:
             return
+        state = source[1] if source else ckpt.load_checkpoint(path)
         try:
             self._raw_network().load_state_dict(
                 {k.removeprefix("network."): v for k, v in state["model"].items()})
@@ -205,7 +230,10 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.batch_in_epoch = state["batch_in_epoch"]
-        self.top_k.load_state_dict(state.get("top_k", []))
+        # entries of another run's folder (ckpt_path) are not ours to rank against or evict
+        self.top_k.load_state_dict([e for e in state.get("top_k", [])
+                                    if (self.ckpt_dir / e[2]).is_file()])
+        self.val_loss_best = float(state.get("val_loss_best", math.inf))
         self.val_loss = state.get("val_loss", float("nan"))
         self.nonfinite_total = state.get("nonfinite_total", 0)
         rngs = state["rng"]
@@ -271,6 +299,7 @@ class Trainer:
         finally:
             self.stop_flag.restore()
             self.logger.close()
+        self.check_ranks_agree()
         if self.stopped:
             log.info("stopped by %s at epoch %d step %d; last.ckpt saved",
                      signal.Signals(self.stop_flag.signum).name, self.epoch, self.step)
@@ -278,9 +307,25 @@ class Trainer:
                 self.requeued = requeue_job()
         return self._result()
 
+    def check_ranks_agree(self) -> None:
+        """DDP keeps every rank's weights identical; prove it (a hash per rank, all-gathered) so
+        a silent desync (a collective skipped on one rank, a non-deterministic kernel) is an
+        error, not a subtly wrong model. All ranks call."""
+        if not self.ctx.distributed:
+            return
+        digest = hashlib.sha1()
+        for tensor in self._raw_network().state_dict().values():
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+        hashes = self.ctx.all_gather_object(digest.hexdigest()[:16])
+        if len(set(hashes)) > 1:
+            raise RuntimeError(f"DDP ranks hold different weights at step {self.step}: "
+                               f"{hashes} (one hash per rank)")
+        if self.ctx.is_main:
+            log.info("weights identical on all %d ranks (sha1 %s)", len(hashes), hashes[0])
+
     def _result(self) -> TrainResult:
         best = self.top_k.folder / self.top_k.entries[0][2] if self.top_k.entries else None
-        return TrainResult(self.step, self.epoch, self.val_loss, self.top_k.best, best,
+        return TrainResult(self.step, self.epoch, self.val_loss, self.val_loss_best, best,
                            self.stopped, self.requeued)
 
     def _train_epoch(self, loader: DataLoader) -> None:
@@ -380,10 +425,12 @@ class Trainer:
         rngs = self.gather_rng()
         self.val_loss = float(totals[0] / totals[1])
         metrics = {"val_loss": self.val_loss}
+        if self.val_loss < self.val_loss_best:  # NaN never is
+            self.val_loss_best = self.val_loss
         metrics.update(self._log_samples(ema_model, epoch_label) if ctx.is_main else {})
         if ctx.is_main:
             self.top_k.update(self.val_loss, epoch_label, self.state_dict(rngs))
-            metrics["val_loss_best"] = self.top_k.best
+            metrics["val_loss_best"] = self.val_loss_best
             self.logger.scalars(metrics, self.step)
             self.logger.flush()
             log.info("epoch %d step %d: %s", self.epoch, self.step,

@@ -50,8 +50,9 @@ def rng_state() -> dict[str, Any]:
                   "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # this rank's own device only: a resume may see another number of GPUs per task
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -62,7 +63,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
                          n["has_gauss"], n["cached"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        if isinstance(cuda, list):  # checkpoints of goalgen <= 0.1.0: every visible device
+            index = torch.cuda.current_device()
+            cuda = cuda[index] if index < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
 
 
 def _to_plain(value: Any) -> Any:
