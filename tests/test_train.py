@@ -309,3 +309,19 @@ def test_ckpt_path_start_then_requeues_continue_from_the_runs_own_last(tiny_cfg,
     chosen = Trainer(tiny_cfg("train_fb_flow_matching", "run_name=continued", "max_steps=9",
                               f"ckpt_path={run_dir_of(other)}/checkpoints/last.ckpt"), run, CPU)
     assert chosen.step == 2  # a new ckpt_path wins over the run's own last.ckpt
+
+
+def test_compile_auto_picks_compiled_only_where_it_pays(monkeypatch):
+    from goalgen.train.loop import CPU_COMPILE_MIN_STEPS, resolve_compile
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert resolve_compile("auto", cuda, 10) is True
+    assert resolve_compile(False, cuda) is False and resolve_compile(True, cpu, 1) is True
+    assert resolve_compile("auto", cpu, CPU_COMPILE_MIN_STEPS - 1) is False  # the demo: 825
+    monkeypatch.setenv("CXX", "sh")  # any program on PATH stands for the compiler here
+    assert resolve_compile("auto", cpu, CPU_COMPILE_MIN_STEPS) is True
+    assert resolve_compile("auto", cpu) is True  # unknown length: a long run
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    assert resolve_compile("auto", cpu, 10**6) is False
+    with pytest.raises(ValueError, match="trainer.compile='fast'"):
+        resolve_compile("fast", cpu)
