@@ -291,10 +291,9 @@ def test_ckpt_path_start_then_requeues_continue_from_the_runs_own_last(tiny_cfg,
     train(source, run_dir_of(source), CPU)
     start = run_dir_of(source) / "checkpoints" / "last.ckpt"
     common = (f"ckpt_path={start}", "run_name=continued")
-    first = train(tiny_cfg("train_fb_flow_matching", *common, "max_steps=6"),
-                  run_dir_of(source).parent / "continued", CPU)
-    assert first.step == 6
     run = run_dir_of(source).parent / "continued"
+    first = train(tiny_cfg("train_fb_flow_matching", *common, "max_steps=6"), run, CPU)
+    assert first.step == 6
     own = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert all((run / "checkpoints" / name).is_file() for _, _, name in own["top_k"])
     assert first.best_checkpoint is not None and first.best_checkpoint.parent == run / "checkpoints"

@@ -634,7 +634,7 @@ def bench_sample(b: Bench) -> dict[str, Any]:
 def bench_sample_quality(b: Bench) -> dict[str, Any]:
     """Score each sampler setting of the run's family with ``goalgen-eval`` (same scenes, same
     seed) and recommend the fastest whose success rate is within ``QUALITY_POINTS`` points of
-    the best setting's (ties: higher hit@K)."""
+    the best setting's; ``speedup`` compares it with the fastest best-scoring setting."""
     from goalgen.eval.evaluate import evaluate_run
     from goalgen.eval.predict import GoalPredictor
 
