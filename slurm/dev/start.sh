@@ -212,10 +212,20 @@ if [[ ! -d $DB_DIR/mysql ]]; then
 fi
 install -d -o mysql -g mysql -m 0755 "$DB_RUN"
 if ! daemon_alive mariadbd; then
+  # mariadbd writes its pid file only once InnoDB is up, which can take longer than
+  # wait_for's 3 s grace on a busy machine; a stale pid file of an earlier run would meanwhile
+  # make the new one look dead. So drop the stale file and watch the process we started.
+  rm -f "$DB_RUN/mariadbd.pid"
   setsid /usr/sbin/mariadbd --no-defaults --user=mysql --datadir="$DB_DIR" --skip-networking \
     --socket="$DB_SOCKET" --pid-file="$DB_RUN/mariadbd.pid" --log-error="$DB_RUN/mariadb.err" \
     --innodb-buffer-pool-size=32M --innodb-lock-wait-timeout=900 \
     9>&- </dev/null >>"$LOGS/mariadbd.out" 2>&1 &
+  db_pid=$! t0=$SECONDS
+  until db_sql 'select 1' >/dev/null 2>&1; do
+    pid_running "$db_pid" || daemon_alive mariadbd || fail "mariadbd exited while starting" mariadbd
+    (( SECONDS - t0 < 120 )) || fail "timed out after 120s waiting for mariadbd" mariadbd
+    sleep 0.25
+  done
 fi
 wait_for 120 mariadbd db_sql 'select 1'
 chmod a+r "$DB_RUN/mariadbd.pid"  # created 0660; check.sh/start.sh may run as another user
