@@ -197,10 +197,10 @@ class Trainer:
         given = self.cfg.ckpt_path
         if given is None:
             return (str(own[0]), own[1]) if own else None
-        state = ckpt.load_checkpoint(given)
-        if own is not None and Path(own[0]).resolve() != Path(given).resolve():
+        state, given_file = ckpt.load_checkpoint(given), Path(given).resolve()
+        if own is not None and Path(own[0]).resolve() != given_file:
             started_from = own[1]["config"].get("ckpt_path")
-            if (started_from is not None and Path(started_from).resolve() == Path(given).resolve()
+            if (started_from is not None and Path(started_from).resolve() == given_file
                     and own[1]["step"] >= state["step"]):
                 if self.ctx.is_main:
                     log.info("ckpt_path=%s was this run's starting point; continuing from its "
