@@ -1,7 +1,7 @@
 """The training guide's entry point.
 
-    python src/train_generative.py --config-name=train_fb_flow_matching [overrides]
-    python src/train_generative.py --config-name=train_hf_diffusion [overrides]
+python src/train_generative.py --config-name=train_fb_flow_matching [overrides]
+python src/train_generative.py --config-name=train_hf_diffusion [overrides]
 """
 
 from goalgen.train.entry import main

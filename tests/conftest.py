@@ -54,8 +54,12 @@ def tiny_cfg(tmp_path, synth_dir):
     """Factory: ``tiny_cfg(config_name, *overrides)`` -> composed tiny CPU config."""
 
     def make(config_name: str = "train_fb_flow_matching", *overrides: str) -> DictConfig:
-        base = TINY + [f"data.data_dir={synth_dir}", f"output_dir={tmp_path}/outputs",
-                       "run_name=test", f"data.cache_dir={tmp_path}/cache"]
+        base = TINY + [
+            f"data.data_dir={synth_dir}",
+            f"output_dir={tmp_path}/outputs",
+            "run_name=test",
+            f"data.cache_dir={tmp_path}/cache",
+        ]
         return compose_config(config_name, base + list(overrides))
 
     return make

@@ -29,8 +29,11 @@ def raw_figures(node, path=""):
     if isinstance(node, dict):
         for key, value in node.items():
             yield from raw_figures(value, f"{path}.{key}")
-            if key.endswith(("_per_s", "_ms")) or key == "mfu" or (
-                    key.startswith("peak_") and key != "peak_mem_kind"):
+            if (
+                key.endswith(("_per_s", "_ms"))
+                or key == "mfu"
+                or (key.startswith("peak_") and key != "peak_mem_kind")
+            ):
                 yield f"{path}.{key}", value
     elif isinstance(node, list):
         for i, value in enumerate(node):
@@ -41,9 +44,20 @@ def raw_figures(node, path=""):
 def quick_results(tmp_path_factory, synth_dir):
     tmp = tmp_path_factory.mktemp("bench")
     out = tmp / "bench.json"
-    cmd = [sys.executable, "-m", "goalgen.bench", "all", "--quick", "--json", str(out),
-           "--data-dir", str(synth_dir), "--work-dir", str(tmp / "work"),
-           f"data.cache_dir={tmp / 'cache'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "goalgen.bench",
+        "all",
+        "--quick",
+        "--json",
+        str(out),
+        "--data-dir",
+        str(synth_dir),
+        "--work-dir",
+        str(tmp / "work"),
+        f"data.cache_dir={tmp / 'cache'}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "train:" in proc.stdout and "checkpoint:" in proc.stdout
@@ -91,8 +105,11 @@ def test_quick_train_figures_agree(quick_results):
         auto = "compiled" if shutil.which(os.environ.get("CXX", "g++")) else "eager"
         assert t["default_precision"] == "bf16-mixed" and c["auto_picks"] == auto
         assert t["step_ms"] == c[f"{auto}_step_ms"]
-    picked, other = ((c["compiled_step_ms"], c["eager_step_ms"]) if c["auto_picks"] == "compiled"
-                     else (c["eager_step_ms"], c["compiled_step_ms"]))
+    picked, other = (
+        (c["compiled_step_ms"], c["eager_step_ms"])
+        if c["auto_picks"] == "compiled"
+        else (c["eager_step_ms"], c["compiled_step_ms"])
+    )
     assert c["auto_is_faster"] == (picked <= other)
     assert close(c["auto_over_eager_speedup"], c["eager_step_ms"] / picked)
     m = t["mixed_precision"]
@@ -125,8 +142,9 @@ def test_quick_sample_counts_function_evaluations(quick_results):
         assert close(run["speedup"], run["sequential_ms_per_scene"] / run["batched_ms_per_scene"])
         assert close(run["batched_scenes_per_s"], 1e3 / run["batched_ms_per_scene"])
     c = s["compile"]
-    assert close(c["speedup"], c["eager"]["batched_ms_per_scene"]
-                 / c["compiled"]["batched_ms_per_scene"])
+    assert close(
+        c["speedup"], c["eager"]["batched_ms_per_scene"] / c["compiled"]["batched_ms_per_scene"]
+    )
     assert c["compiled"]["nfe_per_sample_batched"] > 0
 
 
@@ -149,12 +167,15 @@ def test_peak_memory_sees_an_allocation():
     assert mem.peak_mb >= 60
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["nonsense"], "unknown section 'nonsense'"),
-    (["train", "seed=1", "stray"], "'stray' is neither a section nor a key=value override"),
-    (["train", "--repeats", "0"], "--repeats must be >= 1"),
-    (["train", "model.network.no_such_key=1"], "goalgen-bench: error:"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["nonsense"], "unknown section 'nonsense'"),
+        (["train", "seed=1", "stray"], "'stray' is neither a section nor a key=value override"),
+        (["train", "--repeats", "0"], "--repeats must be >= 1"),
+        (["train", "model.network.no_such_key=1"], "goalgen-bench: error:"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         bench.main(argv)
@@ -182,19 +203,38 @@ def test_sample_section_with_a_trained_run_scores_settings_and_recommends(tiny_c
     run_dir = Path(cfg.output_dir) / cfg.run_name
     result = train(cfg, run_dir, DistContext(0, 0, 1, 1, torch.device("cpu"), None))
     out = tmp_path / "sample.json"
-    assert bench.main(["sample", "--quick", "--no-compile", "--ckpt", str(result.best_checkpoint),
-                       "--run", str(run_dir), "--json", str(out),
-                       "--work-dir", str(tmp_path / "work")]) == 0
+    assert (
+        bench.main(
+            [
+                "sample",
+                "--quick",
+                "--no-compile",
+                "--ckpt",
+                str(result.best_checkpoint),
+                "--run",
+                str(run_dir),
+                "--json",
+                str(out),
+                "--work-dir",
+                str(tmp_path / "work"),
+            ]
+        )
+        == 0
+    )
     s = json.loads(out.read_text())["sample"]
     assert s["weights"].startswith("EMA of")
     q = s["quality"]
     assert [(r["method"], r["steps"]) for r in q["runs"]] == [
-        tuple(x) for x in bench.QUICK_QUALITY_GRID["flow"]]
+        tuple(x) for x in bench.QUICK_QUALITY_GRID["flow"]
+    ]
     assert q["scenes"] == 4 and all(r["ms_per_scene"] > 0 for r in q["runs"])
     rec = q["recommended"]
     assert 100 * rec["success_rate"] >= 100 * q["best_success_rate"] - bench.QUALITY_POINTS
-    band = [r for r in q["runs"]
-            if 100 * r["success_rate"] >= 100 * q["best_success_rate"] - bench.QUALITY_POINTS]
+    band = [
+        r
+        for r in q["runs"]
+        if 100 * r["success_rate"] >= 100 * q["best_success_rate"] - bench.QUALITY_POINTS
+    ]
     assert rec["ms_per_scene"] == min(r["ms_per_scene"] for r in band)
     assert rec["speedup"] >= 1
 

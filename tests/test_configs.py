@@ -51,8 +51,9 @@ GUIDE_COMMANDS = [
 
 @pytest.mark.parametrize("config_name,overrides", GUIDE_COMMANDS)
 def test_guide_command_composes_and_builds(config_name, overrides):
-    cfg = compose_config(config_name, overrides + ["run_name=x", "image_size=16",
-                                                   "model.network.depth=1"])
+    cfg = compose_config(
+        config_name, overrides + ["run_name=x", "image_size=16", "model.network.depth=1"]
+    )
     for override in overrides:  # each value override really landed in the config
         key, value = override.split("=", 1)
         if key in ("trainer", "experiment"):  # config groups, not values
@@ -69,21 +70,42 @@ def test_guide_defaults():
     for name, steps in ((FM, 20), (HF, 50)):
         cfg = compose_config(name, ["run_name=x"])
         assert (cfg.seed, cfg.batch_size, cfg.max_epochs, cfg.base_lr, cfg.image_size) == (
-            42, 64, 1000, 1e-4, 64)
+            42,
+            64,
+            1000,
+            1e-4,
+            64,
+        )
         assert cfg.sampling_steps == steps
         assert cfg.trainer.precision == "16-mixed" and cfg.trainer.gradient_clip_val == 1.0
     multi = compose_config(FM, ["run_name=x", "trainer=multi_gpu"]).trainer
-    assert (multi.devices, multi.strategy, multi.static_graph, multi.find_unused_parameters,
-            multi.sync_batchnorm) == ("auto", "ddp", True, False, True)
+    assert (
+        multi.devices,
+        multi.strategy,
+        multi.static_graph,
+        multi.find_unused_parameters,
+        multi.sync_batchnorm,
+    ) == ("auto", "ddp", True, False, True)
     hf = compose_config(HF, ["run_name=x"]).model
-    assert (hf.path.beta_schedule, hf.path.prediction_type, hf.path.num_train_timesteps,
-            hf.sampler.sampler_type, hf.sampler.eta) == ("squaredcos_cap_v2", "epsilon", 1000,
-                                                          "ddim", 0.0)
+    assert (
+        hf.path.beta_schedule,
+        hf.path.prediction_type,
+        hf.path.num_train_timesteps,
+        hf.sampler.sampler_type,
+        hf.sampler.eta,
+    ) == ("squaredcos_cap_v2", "epsilon", 1000, "ddim", 0.0)
 
 
 def test_mismatched_sampler_is_refused_at_build():
-    cfg = compose_config(HF, ["run_name=x", "image_size=16", "model.network.depth=1",
-                              "+model.sampler.beta_schedule=linear"])
+    cfg = compose_config(
+        HF,
+        [
+            "run_name=x",
+            "image_size=16",
+            "model.network.depth=1",
+            "+model.sampler.beta_schedule=linear",
+        ],
+    )
     with pytest.raises(ValueError, match="beta_schedule"):
         build_model(cfg)
 
@@ -91,8 +113,9 @@ def test_mismatched_sampler_is_refused_at_build():
 def test_run_name_is_a_pure_function_of_the_run_changing_overrides():
     a = run_name_for(FM, ["base_lr=5e-5", "batch_size=128"])
     assert a == run_name_for(FM, ["batch_size=128", "base_lr=5e-5"])
-    assert a == run_name_for(FM, ["batch_size=128", "base_lr=5e-5", "ckpt_path=/x.ckpt",
-                                  "resume=false", "num_workers=2"])
+    assert a == run_name_for(
+        FM, ["batch_size=128", "base_lr=5e-5", "ckpt_path=/x.ckpt", "resume=false", "num_workers=2"]
+    )
     assert a != run_name_for(FM, ["base_lr=1e-4", "batch_size=128"])
     assert a != run_name_for(HF, ["batch_size=128", "base_lr=5e-5"])
     assert run_name_for(FM, []) == FM
@@ -101,14 +124,22 @@ def test_run_name_is_a_pure_function_of_the_run_changing_overrides():
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "src" / "train_generative.py"), *args],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "src" / "train_generative.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
-@pytest.mark.parametrize("config_name,overrides", [
-    (FM, ["trainer=multi_gpu", "trainer.devices=4", "model.sampler.method=dopri5"]),
-    (HF, ["model.sampler.sampler_type=ddpm", "model.path.beta_schedule=linear"]),
-])
+@pytest.mark.parametrize(
+    "config_name,overrides",
+    [
+        (FM, ["trainer=multi_gpu", "trainer.devices=4", "model.sampler.method=dopri5"]),
+        (HF, ["model.sampler.sampler_type=ddpm", "model.path.beta_schedule=linear"]),
+    ],
+)
 def test_cli_cfg_job_prints_the_composed_config(config_name, overrides):
     out = run_cli(f"--config-name={config_name}", *overrides, "--cfg", "job")
     assert out.returncode == 0, out.stderr
@@ -125,13 +156,23 @@ def test_bare_command_without_data_names_the_fix(tmp_path):
     assert "Traceback" not in out.stderr
 
 
-
 def test_multirun_with_the_basic_launcher_gives_each_point_its_own_run_dir(tmp_path, synth_dir):
-    tiny = ["image_size=16", "batch_size=8", "num_workers=0", "model.network.dim=32",
-            "model.network.depth=1", "model.network.heads=2", "trainer.accelerator=cpu",
-            "trainer.precision=32", "max_steps=1", "val.metric_scenes=0", "val.num_images=0",
-            f"data.data_dir={synth_dir}", f"data.cache_dir={tmp_path}/cache",
-            f"output_dir={tmp_path}/out"]
+    tiny = [
+        "image_size=16",
+        "batch_size=8",
+        "num_workers=0",
+        "model.network.dim=32",
+        "model.network.depth=1",
+        "model.network.heads=2",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32",
+        "max_steps=1",
+        "val.metric_scenes=0",
+        "val.num_images=0",
+        f"data.data_dir={synth_dir}",
+        f"data.cache_dir={tmp_path}/cache",
+        f"output_dir={tmp_path}/out",
+    ]
     out = run_cli(f"--config-name={FM}", "-m", "base_lr=1e-4,5e-5", *tiny, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     lasts = sorted((tmp_path / "out").glob("*/*/checkpoints/last.ckpt"))

@@ -22,8 +22,19 @@ from goalgen.eval.metrics import invalid_reason
 from test_metrics import corridor_scene, scene_masks
 from test_predict import train_tiny_run
 
-METRICS = ("validity", "iou_mean", "dice_mean", "best_iou", "best_dice", "hit_at_k",
-           "diversity", "success_rate", "success_at_1", "success_at_k", "invalid")
+METRICS = (
+    "validity",
+    "iou_mean",
+    "dice_mean",
+    "best_iou",
+    "best_dice",
+    "hit_at_k",
+    "diversity",
+    "success_rate",
+    "success_at_1",
+    "success_at_k",
+    "invalid",
+)
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +85,25 @@ def test_random_valid_placements_are_valid_varied_and_seeded():
 
 def test_cli_report_and_compare(run_dir, synth_dir, report, tmp_path, capsys):
     out = tmp_path / "a.json"
-    assert main([str(run_dir), "--data", str(synth_dir), "--samples", "3", "--max-scenes", "4",
-                 "--device", "cpu", "--out", str(out), "--no-per-scene"]) == 0
+    assert (
+        main(
+            [
+                str(run_dir),
+                "--data",
+                str(synth_dir),
+                "--samples",
+                "3",
+                "--max-scenes",
+                "4",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+                "--no-per-scene",
+            ]
+        )
+        == 0
+    )
     saved = json.loads(out.read_text())
     assert "per_scene" not in saved
     # same seed, same scenes: the CLI reproduces the API's numbers
@@ -84,8 +112,10 @@ def test_cli_report_and_compare(run_dir, synth_dir, report, tmp_path, capsys):
     assert "random_valid" in table and "leave_in_place" in table and "success@K" in table
 
     other = dict(saved, run_name="other_run")
-    other["methods"] = {**saved["methods"], "model": {**saved["methods"]["model"],
-                                                      "validity": 0.123}}
+    other["methods"] = {
+        **saved["methods"],
+        "model": {**saved["methods"]["model"], "validity": 0.123},
+    }
     (tmp_path / "b.json").write_text(json.dumps(other))
     assert main(["--compare", str(out), str(tmp_path / "b.json")]) == 0
     plain = capsys.readouterr().out

@@ -38,8 +38,13 @@ def corridor_scene() -> dict[str, np.ndarray]:
     target = box(12, 20, 14, 18)  # 8 x 4 = 32 px
     other = box(12, 14, 22, 25)
     return {
-        "robot": box(14, 17, 3, 6), "goal": box(14, 17, 26, 29), "movable": target | other,
-        "static": ~free, "target_object": target, "aside": box(4, 12, 14, 18), "other": other,
+        "robot": box(14, 17, 3, 6),
+        "goal": box(14, 17, 26, 29),
+        "movable": target | other,
+        "static": ~free,
+        "target_object": target,
+        "aside": box(4, 12, 14, 18),
+        "other": other,
     }
 
 
@@ -58,8 +63,9 @@ def test_iou_dice_and_best_of_k_exact_values():
     assert iou(empty, empty) == 1.0 and dice(empty, empty) == 1.0
     assert iou(truth, empty) == 0.0
     got = agreement(np.stack([truth, shifted, empty]), truth)
-    assert got == pytest.approx({"iou_mean": 4 / 9, "dice_mean": 0.5, "best_iou": 1.0,
-                                 "best_dice": 1.0, "hit": 1.0})
+    assert got == pytest.approx(
+        {"iou_mean": 4 / 9, "dice_mean": 0.5, "best_iou": 1.0, "best_dice": 1.0, "hit": 1.0}
+    )
     miss = agreement(np.stack([shifted, empty]), truth)
     assert miss["best_iou"] == pytest.approx(1 / 3) and miss["hit"] == 0.0
 
@@ -116,7 +122,8 @@ def test_task_success_in_the_blocked_corridor():
     # radius from the robot mask's area when the world geometry is unknown
     no_geo = scene_masks(geometry=None)
     assert no_geo.radius_from == "mask" and no_geo.robot_radius_px == pytest.approx(
-        np.sqrt(9 / np.pi))
+        np.sqrt(9 / np.pi)
+    )
 
 
 def test_score_samples_and_aggregate():
@@ -140,8 +147,9 @@ def test_score_samples_and_aggregate():
 def test_grey_walls_still_block():
     """Area-downsampled thin walls are grey (< 0.5): they must not vanish."""
     sc = corridor_scene()
-    context = np.stack([sc[k] for k in ("robot", "goal", "movable", "static", "target_object")]
-                       ).astype(np.float32)
+    context = np.stack(
+        [sc[k] for k in ("robot", "goal", "movable", "static", "target_object")]
+    ).astype(np.float32)
     context[3] *= 0.4
     scene = SceneMasks.from_soft(context, None, GEOMETRY)
     assert not opens_path(sc["target_object"], scene) and opens_path(sc["aside"], scene)
@@ -152,8 +160,12 @@ def test_task_metrics_on_model_tensors_matches_numpy():
     context = np.stack([sc[k] for k in ("robot", "goal", "movable", "static", "target_object")])
     samples = np.stack([sc["aside"], sc["target_object"]])
     to_model = lambda a: torch.from_numpy(a.astype(np.float32)) * 2 - 1  # noqa: E731
-    out = task_metrics(to_model(context)[None], to_model(sc["aside"])[None, None],
-                       to_model(samples)[None, :, None], GEOMETRY)
+    out = task_metrics(
+        to_model(context)[None],
+        to_model(sc["aside"])[None, None],
+        to_model(samples)[None, :, None],
+        GEOMETRY,
+    )
     expected = score_samples(samples, scene_masks(sc["aside"].astype(np.float32)))
     assert out["success_rate"] == expected["success_rate"] == 0.5
     assert out["iou_mean"] == pytest.approx(expected["iou_mean"])

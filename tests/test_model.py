@@ -61,8 +61,9 @@ def test_flow_path_reconstructs_x1_from_the_true_target(scheduler, prediction):
     assert torch.equal(t_net, t)
     torch.testing.assert_close(path.to_x1(target, x_t, t), x_1, atol=2e-3, rtol=1e-3)
     velocity = path.path.sample(x_0=noise, x_1=x_1, t=t).dx_t
-    torch.testing.assert_close(path.to_sampler_output(target, x_t, t), velocity, atol=2e-3,
-                               rtol=1e-3)
+    torch.testing.assert_close(
+        path.to_sampler_output(target, x_t, t), velocity, atol=2e-3, rtol=1e-3
+    )
 
 
 @pytest.mark.parametrize("scheduler", ["condot", "cosine"])
@@ -75,10 +76,12 @@ def test_x1_prediction_oracle_integrates_to_the_data(scheduler):
     torch.testing.assert_close(out, x_1, atol=2e-2, rtol=0)
 
 
-@pytest.mark.parametrize("method,steps,expected_calls", [("rk4", 5, 18), ("dopri5", 10, None),
-                                                         ("midpoint", 5, 10)])
-def test_x1_prediction_stays_accurate_for_solvers_that_evaluate_at_t1(method, steps,
-                                                                      expected_calls):
+@pytest.mark.parametrize(
+    "method,steps,expected_calls", [("rk4", 5, 18), ("dopri5", 10, None), ("midpoint", 5, 10)]
+)
+def test_x1_prediction_stays_accurate_for_solvers_that_evaluate_at_t1(
+    method, steps, expected_calls
+):
     """An imperfect x1 predictor (its guess depends on x): rk4's last stage and dopri5 evaluate
     at t = 1, where the converted velocity (x1_hat - x) / (1 - t) amplifies the stage's error
     ~1000x; those samplers must still match a fine Euler solution."""
@@ -139,8 +142,11 @@ def test_unknown_names_are_refused_with_the_config_key():
 
 def test_mismatched_sampler_and_path_fail_at_build():
     with pytest.raises(ValueError, match="beta_schedule"):
-        GenerativeModel(tiny_net(), HFDiffusionPath(beta_schedule="linear"),
-                        HFDiffusionSampler(beta_schedule="squaredcos_cap_v2"))
+        GenerativeModel(
+            tiny_net(),
+            HFDiffusionPath(beta_schedule="linear"),
+            HFDiffusionSampler(beta_schedule="squaredcos_cap_v2"),
+        )
     with pytest.raises(ValueError, match="flow path"):
         GenerativeModel(tiny_net(), FBFlowMatchingPath(), HFDiffusionSampler())
     with pytest.raises(ValueError, match="diffusion path"):
@@ -161,8 +167,9 @@ class ConstantVelocity:
         return torch.ones_like(x) * 2 * t.view(-1, 1, 1, 1)  # dx/dt = 2t -> x1 = x0 + 1
 
 
-@pytest.mark.parametrize("method,expected_calls", [("euler", 8), ("midpoint", 16), ("rk4", 32),
-                                                   ("dopri5", None)])
+@pytest.mark.parametrize(
+    "method,expected_calls", [("euler", 8), ("midpoint", 16), ("rk4", 32), ("dopri5", None)]
+)
 def test_ode_sampler_integrates_known_flow(method, expected_calls):
     fn = ConstantVelocity()
     x0 = torch.zeros(2, 1, 4, 4)
@@ -198,8 +205,12 @@ def test_ddim_eta0_is_deterministic_and_ddpm_is_not():
     def run(kind, seed):
         sampler = HFDiffusionSampler(sampler_type=kind)
         sampler.attach(path)
-        return sampler.sample(lambda x, t: torch.zeros_like(x) + 0.1, x_init.clone(), 5,
-                              generator=torch.Generator().manual_seed(seed))
+        return sampler.sample(
+            lambda x, t: torch.zeros_like(x) + 0.1,
+            x_init.clone(),
+            5,
+            generator=torch.Generator().manual_seed(seed),
+        )
 
     assert torch.equal(run("ddim", 1), run("ddim", 2))
     assert not torch.equal(run("ddpm", 1), run("ddpm", 2))

@@ -22,12 +22,23 @@ CPU = DistContext(0, 0, 1, 1, torch.device("cpu"), None)
 REASONS = ("empty", "fragmented: ", "area ")
 
 
-def train_tiny_run(root: Path, data_dir: Path, config_name: str = "train_fb_flow_matching",
-                   *overrides: str) -> Path:
+def train_tiny_run(
+    root: Path, data_dir: Path, config_name: str = "train_fb_flow_matching", *overrides: str
+) -> Path:
     """A tiny CPU run (1-2 s) in ``root/outputs/tiny``; returns its run dir."""
-    cfg = compose_config(config_name, TINY + [
-        f"data.data_dir={data_dir}", f"output_dir={root}/outputs", "run_name=tiny",
-        f"data.cache_dir={root}/cache", "max_epochs=2", "val.num_images=0", *overrides])
+    cfg = compose_config(
+        config_name,
+        TINY
+        + [
+            f"data.data_dir={data_dir}",
+            f"output_dir={root}/outputs",
+            "run_name=tiny",
+            f"data.cache_dir={root}/cache",
+            "max_epochs=2",
+            "val.num_images=0",
+            *overrides,
+        ],
+    )
     run_dir = Path(cfg.output_dir) / cfg.run_name
     train(cfg, run_dir, CPU)
     return run_dir
@@ -147,9 +158,22 @@ def test_arrays_at_any_resolution_and_files_without_ground_truth(predictor, synt
     path = scene_files(synth_dir, 1)[0]
     with np.load(path) as npz:
         arrays = {k: npz[k] for k in npz.files}
-    full = np.stack([arrays[k] for k in ("robot_image", "goal_image", "movable_objects_image",
-                                         "static_objects_image", "target_object",
-                                         "target_goal")]).astype(np.float32) / 255
+    full = (
+        np.stack(
+            [
+                arrays[k]
+                for k in (
+                    "robot_image",
+                    "goal_image",
+                    "movable_objects_image",
+                    "static_objects_image",
+                    "target_object",
+                    "target_goal",
+                )
+            ]
+        ).astype(np.float32)
+        / 255
+    )
     from_file, from_array = predictor.predict([path, full], num_samples=2, seed=3)
     assert np.allclose(from_file.context, from_array.context)
     assert from_array.geometry is None and from_array.name == "scene1"
@@ -162,7 +186,8 @@ def test_arrays_at_any_resolution_and_files_without_ground_truth(predictor, synt
     save_npz(no_truth, {k: v for k, v in arrays.items() if k != "target_goal"})
     [q] = predictor.predict([no_truth], num_samples=2)
     assert q.truth is None and q.geometry["robot_radius"] == pytest.approx(
-        float(arrays["robot_radius"]))
+        float(arrays["robot_radius"])
+    )
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         predictor.predict([full * 2 - 1])
     with pytest.raises(ValueError, match="expected masks"):
@@ -191,12 +216,23 @@ def test_diffusion_sampler_override(tmp_path, synth_dir):
 
 
 # ----------------------------------------------------------------------------- CLI
-def test_cli_writes_outputs_and_agrees_with_the_api(run_dir, predictor, synth_dir, tmp_path,
-                                                    capsys):
+def test_cli_writes_outputs_and_agrees_with_the_api(
+    run_dir, predictor, synth_dir, tmp_path, capsys
+):
     files = scene_files(synth_dir, 2)
     out = tmp_path / "pred"
-    args = [str(run_dir), *map(str, files), "--samples", "3", "--seed", "5", "--out", str(out),
-            "--device", "cpu"]
+    args = [
+        str(run_dir),
+        *map(str, files),
+        "--samples",
+        "3",
+        "--seed",
+        "5",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     api = predictor.predict(files, num_samples=3, seed=5)
     for path, r in zip(files, api, strict=True):
@@ -243,7 +279,20 @@ def test_cli_warns_in_one_line_when_only_last_exists(run_dir, synth_dir, tmp_pat
     only_last.mkdir(parents=True)
     (only_last / "last.ckpt").write_bytes((run_dir / "checkpoints" / "last.ckpt").read_bytes())
     scene = str(scene_files(synth_dir, 1)[0])
-    assert main([str(tmp_path / "run"), scene, "--samples", "1", "--out", str(tmp_path / "o"),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                str(tmp_path / "run"),
+                scene,
+                "--samples",
+                "1",
+                "--out",
+                str(tmp_path / "o"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert err == f"goalgen-predict: warning: no best checkpoint in {only_last}: using last.ckpt\n"

@@ -45,8 +45,12 @@ def steps_logged(run_dir: Path) -> list[int]:
 def test_requeue_target_and_no_slurm():
     assert slurm_job_to_requeue({}) is None
     assert slurm_job_to_requeue({"SLURM_JOB_ID": "7"}) == "7"
-    assert slurm_job_to_requeue({"SLURM_JOB_ID": "9", "SLURM_ARRAY_JOB_ID": "7",
-                                 "SLURM_ARRAY_TASK_ID": "1"}) == "7_1"
+    assert (
+        slurm_job_to_requeue(
+            {"SLURM_JOB_ID": "9", "SLURM_ARRAY_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "1"}
+        )
+        == "7_1"
+    )
     assert requeue_job({}) is False
     assert requeue_job({"SLURM_JOB_ID": "7", "GOALGEN_NO_REQUEUE": "1"}) is False
 
@@ -94,11 +98,20 @@ def test_signal_saves_and_stops_then_resume_is_exact(tiny_cfg, monkeypatch, sig)
 
 
 def cli(tmp_path: Path, synth_dir: Path, run_name: str, *extra: str) -> list[str]:
-    return [sys.executable, str(ROOT / "src" / "train_generative.py"),
-            "--config-name=train_fb_flow_matching", *TINY, f"data.data_dir={synth_dir}",
-            f"data.cache_dir={tmp_path}/cache", f"output_dir={tmp_path}/out",
-            f"run_name={run_name}", "optim.decay_steps=100", "max_epochs=4",
-            "checkpoint.every_minutes=0", *extra]
+    return [
+        sys.executable,
+        str(ROOT / "src" / "train_generative.py"),
+        "--config-name=train_fb_flow_matching",
+        *TINY,
+        f"data.data_dir={synth_dir}",
+        f"data.cache_dir={tmp_path}/cache",
+        f"output_dir={tmp_path}/out",
+        f"run_name={run_name}",
+        "optim.decay_steps=100",
+        "max_epochs=4",
+        "checkpoint.every_minutes=0",
+        *extra,
+    ]
 
 
 def kill_repeatedly(cmd: list[str], last: Path, kills: int, seed: int) -> int:
@@ -107,8 +120,9 @@ def kill_repeatedly(cmd: list[str], last: Path, kills: int, seed: int) -> int:
     rng = random.Random(seed)
     landed = 0
     for _ in range(kills):
-        proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         before = last.stat().st_mtime_ns if last.exists() else 0
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
@@ -127,8 +141,9 @@ def kill_repeatedly(cmd: list[str], last: Path, kills: int, seed: int) -> int:
 
 @pytest.mark.slow
 def test_sigkill_at_random_points_resumes_bitwise(tmp_path, synth_dir):
-    ref = subprocess.run(cli(tmp_path, synth_dir, "ref"), cwd=ROOT, capture_output=True,
-                         text=True, timeout=300)
+    ref = subprocess.run(
+        cli(tmp_path, synth_dir, "ref"), cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert ref.returncode == 0, ref.stderr[-3000:]
     last = tmp_path / "out" / "killed" / "checkpoints" / "last.ckpt"
     landed = kill_repeatedly(cli(tmp_path, synth_dir, "killed"), last, kills=3, seed=0)
@@ -141,10 +156,20 @@ def test_sigkill_at_random_points_resumes_bitwise(tmp_path, synth_dir):
 
 @pytest.mark.slow
 def test_sigkill_two_process_ddp_resumes_bitwise(tmp_path, synth_dir):
-    ddp = ("trainer=multi_gpu", "trainer.devices=2", "trainer.accelerator=cpu",
-           "trainer.process_group_timeout_s=60", "trainer.precision=32")
-    ref = subprocess.run(cli(tmp_path, synth_dir, "ref2", *ddp), cwd=ROOT, capture_output=True,
-                         text=True, timeout=300)
+    ddp = (
+        "trainer=multi_gpu",
+        "trainer.devices=2",
+        "trainer.accelerator=cpu",
+        "trainer.process_group_timeout_s=60",
+        "trainer.precision=32",
+    )
+    ref = subprocess.run(
+        cli(tmp_path, synth_dir, "ref2", *ddp),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ref.returncode == 0, ref.stderr[-3000:]
     last = tmp_path / "out" / "killed2" / "checkpoints" / "last.ckpt"
     landed = kill_repeatedly(cli(tmp_path, synth_dir, "killed2", *ddp), last, kills=2, seed=1)

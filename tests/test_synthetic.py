@@ -256,13 +256,16 @@ def test_demo_generates_into_an_empty_folder_but_never_over_user_scenes(tmp_path
     from goalgen.train.entry import _ensure_synthetic_data
 
     def ensure(data_dir) -> None:
-        cfg = OmegaConf.create({"data": {"data_dir": data_dir,
-                                         "synthetic": {"num_scenes": 2, "seed": 0}}})
+        cfg = OmegaConf.create(
+            {"data": {"data_dir": data_dir, "synthetic": {"num_scenes": 2, "seed": 0}}}
+        )
         _ensure_synthetic_data(cfg, True, lambda: None)
 
     ensure(str(tmp_path / "new"))
     assert sorted(p.name for p in (tmp_path / "new").glob("*.npz")) == [
-        "scene_00000.npz", "scene_00001.npz"]
+        "scene_00000.npz",
+        "scene_00001.npz",
+    ]
     user = tmp_path / "user"
     user.mkdir()
     (user / "scene_00007.npz").write_bytes(b"the user's own scene")

@@ -117,12 +117,23 @@ def test_train_run_leaves_the_guide_output_tree(tiny_cfg, config_name, precision
     assert result.step == 2 * 5 and result.epoch == 2  # 43 train scenes / batch 8
     assert (run / "checkpoints" / "last.ckpt").is_file()
     best = sorted((run / "checkpoints").glob("epoch*-val_loss*.ckpt"))
-    assert 1 <= len(best) <= 3 and all(math.isfinite(float(p.stem.split("val_loss")[1]))
-                                       for p in best)
+    assert 1 <= len(best) <= 3 and all(
+        math.isfinite(float(p.stem.split("val_loss")[1])) for p in best
+    )
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     acc = EventAccumulator(str(run / "tensorboard")).Reload()
-    for tag in ("train_loss", "val_loss", "val_loss_best", "lr", "grad_norm", "samples_per_s",
-                "val_validity", "val_success_rate", "val_best_iou", "val_hit_at_k"):
+    for tag in (
+        "train_loss",
+        "val_loss",
+        "val_loss_best",
+        "lr",
+        "grad_norm",
+        "samples_per_s",
+        "val_validity",
+        "val_success_rate",
+        "val_best_iou",
+        "val_hit_at_k",
+    ):
         assert tag in acc.Tags()["scalars"], tag
     assert any(t.startswith("Validation_Samples_") for t in acc.Tags()["images"])
     assert list((run / "samples").glob("epoch*.png"))
@@ -138,8 +149,9 @@ def test_loader_worker_processes(tiny_cfg):
 
 
 def test_compiled_network_saves_plain_keys(tiny_cfg):
-    cfg = tiny_cfg("train_fb_flow_matching", "max_steps=1", "trainer.compile=true",
-                   "val.num_images=0")
+    cfg = tiny_cfg(
+        "train_fb_flow_matching", "max_steps=1", "trainer.compile=true", "val.num_images=0"
+    )
     train(cfg, run_dir_of(cfg), CPU)
     state = torch.load(run_dir_of(cfg) / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["model"] and not any("_orig_mod" in k for k in state["model"])
@@ -166,7 +178,8 @@ def test_resume_continues_the_same_curve_bitwise(tiny_cfg, tmp_path):
         assert torch.equal(a["ema"][key], b["ema"][key]), key
     full_curve = dict(scalars(run_dir_of(full), "train_loss"))
     resumed_curve = dict(scalars(run_dir_of(part), "train_loss")) | dict(
-        scalars(run_dir_of(resumed), "train_loss"))
+        scalars(run_dir_of(resumed), "train_loss")
+    )
     assert resumed_curve == full_curve
 
 
@@ -219,8 +232,9 @@ def test_nonfinite_steps_are_skipped_then_abort(tiny_cfg, monkeypatch, caplog):
         return losses
 
     monkeypatch.setattr(GenerativeModel, "forward", always_nan)
-    cfg = tiny_cfg("train_fb_flow_matching", "trainer.max_consecutive_nonfinite=3",
-                   "run_name=always_nan")
+    cfg = tiny_cfg(
+        "train_fb_flow_matching", "trainer.max_consecutive_nonfinite=3", "run_name=always_nan"
+    )
     with pytest.raises(NonFiniteLossError, match="3 steps in a row.*base_lr"):
         train(cfg, run_dir_of(cfg), CPU)
 
@@ -232,32 +246,51 @@ def test_validation_loss_is_deterministic(tiny_cfg):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config_name,extra", [
-    ("train_fb_flow_matching", []),
-    ("train_hf_diffusion", ["model.path.prediction_type=sample"]),
-])
+@pytest.mark.parametrize(
+    "config_name,extra",
+    [
+        ("train_fb_flow_matching", []),
+        ("train_hf_diffusion", ["model.path.prediction_type=sample"]),
+    ],
+)
 def test_short_training_learns(tiny_cfg, synth_dir, config_name, extra):
     """Fitting 16 scenes (validated on the same scenes through ``data.val_dir``), a short run
     lowers the val loss clearly, and its samples overlap the ground truth far better than noise
     does: the loss is wired to the sampler, so a broken sampler or path conversion fails here."""
     files = ",".join(sorted(str(p) for p in synth_dir.glob("*.npz"))[:16])
-    cfg = tiny_cfg(config_name, f"data.data_dir=[{files}]", f"data.val_dir=[{files}]",
-                   "image_size=32", "batch_size=16", "max_epochs=300", "base_lr=1e-3",
-                   "model.network.dim=64", "model.network.depth=2", "model.aux_loss_weight=1.0",
-                   "trainer.precision=bf16-mixed", "trainer.check_val_every_n_epoch=10",
-                   "val.num_images=0", "val.metric_scenes=0", "optim.warmup_steps=20",
-                   "ema.decay=0.9", "sampling_steps=10", *extra)
+    cfg = tiny_cfg(
+        config_name,
+        f"data.data_dir=[{files}]",
+        f"data.val_dir=[{files}]",
+        "image_size=32",
+        "batch_size=16",
+        "max_epochs=300",
+        "base_lr=1e-3",
+        "model.network.dim=64",
+        "model.network.depth=2",
+        "model.aux_loss_weight=1.0",
+        "trainer.precision=bf16-mixed",
+        "trainer.check_val_every_n_epoch=10",
+        "val.num_images=0",
+        "val.metric_scenes=0",
+        "optim.warmup_steps=20",
+        "ema.decay=0.9",
+        "sampling_steps=10",
+        *extra,
+    )
     result = train(cfg, run_dir_of(cfg), CPU)
     val = [v for _, v in scalars(run_dir_of(cfg), "val_loss")]
     assert val[-1] < 0.5 * val[0], val
     model = build_model(cfg)
     model.load_state_dict(torch.load(result.best_checkpoint, weights_only=True)["ema"])
-    train_set, _ = build_datasets(cfg.data.data_dir, 32, cache_dir=cfg.data.cache_dir,
-                                  val_dir=cfg.data.val_dir)
+    train_set, _ = build_datasets(
+        cfg.data.data_dir, 32, cache_dir=cfg.data.cache_dir, val_dir=cfg.data.val_dir
+    )
     batch = train_set.__getitems__(list(range(len(train_set))))
     k = 4
-    samples = model.sample(batch["context"].repeat_interleave(k, 0), 10,
-                           torch.Generator().manual_seed(0)).view(-1, k, 1, 32, 32)
+    samples = model.sample(
+        batch["context"].repeat_interleave(k, 0), 10, torch.Generator().manual_seed(0)
+    ).view(-1, k, 1, 32, 32)
     noise = torch.randn(samples.shape, generator=torch.Generator().manual_seed(0))
     learned = task_metrics(batch["context"], batch["target"], samples)
     floor = task_metrics(batch["context"], batch["target"], noise)
@@ -300,13 +333,22 @@ def test_ckpt_path_start_then_requeues_continue_from_the_runs_own_last(tiny_cfg,
     with caplog.at_level(logging.INFO, logger="goalgen"):
         again = Trainer(tiny_cfg("train_fb_flow_matching", *common, "max_steps=9"), run, CPU)
     assert again.step == 6 and "was this run's starting point" in caplog.text
-    fresh = Trainer(tiny_cfg("train_fb_flow_matching", *common, "max_steps=9", "resume=false"),
-                    run, CPU)
+    fresh = Trainer(
+        tiny_cfg("train_fb_flow_matching", *common, "max_steps=9", "resume=false"), run, CPU
+    )
     assert fresh.step == 3
     other = tiny_cfg("train_fb_flow_matching", "max_steps=2", "run_name=other")
     train(other, run_dir_of(other), CPU)
-    chosen = Trainer(tiny_cfg("train_fb_flow_matching", "run_name=continued", "max_steps=9",
-                              f"ckpt_path={run_dir_of(other)}/checkpoints/last.ckpt"), run, CPU)
+    chosen = Trainer(
+        tiny_cfg(
+            "train_fb_flow_matching",
+            "run_name=continued",
+            "max_steps=9",
+            f"ckpt_path={run_dir_of(other)}/checkpoints/last.ckpt",
+        ),
+        run,
+        CPU,
+    )
     assert chosen.step == 2  # a new ckpt_path wins over the run's own last.ckpt
 
 

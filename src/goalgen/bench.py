@@ -45,25 +45,55 @@ from torch import nn
 
 SECTIONS = ("train", "data", "sample", "checkpoint")
 QUICK_OVERRIDES = [
-    "image_size=16", "batch_size=8", "sampling_steps=2", "model.network.dim=32",
-    "model.network.depth=1", "model.network.heads=2", "model.network.patch_size=4",
+    "image_size=16",
+    "batch_size=8",
+    "sampling_steps=2",
+    "model.network.dim=32",
+    "model.network.depth=1",
+    "model.network.heads=2",
+    "model.network.patch_size=4",
 ]
 # (method, steps); steps None = adaptive. Flow methods use an ODE sampler, ddim/ddpm diffusers.
 # Kept small: on a CPU every network evaluation of the default model costs ~1.5 s here
 # (32 samples batched + 32 sequential), so this grid alone takes ~3 min per repeat.
-SAMPLE_GRID = [("euler", 5), ("euler", 10), ("midpoint", 5), ("rk4", 5), ("dopri5", None),
-               ("ddim", 10), ("ddim", 20), ("ddpm", 10)]
-QUICK_SAMPLE_GRID = [("euler", 2), ("midpoint", 2), ("rk4", 2), ("dopri5", None), ("ddim", 2),
-                     ("ddpm", 2)]
+SAMPLE_GRID = [
+    ("euler", 5),
+    ("euler", 10),
+    ("midpoint", 5),
+    ("rk4", 5),
+    ("dopri5", None),
+    ("ddim", 10),
+    ("ddim", 20),
+    ("ddpm", 10),
+]
+QUICK_SAMPLE_GRID = [
+    ("euler", 2),
+    ("midpoint", 2),
+    ("rk4", 2),
+    ("dopri5", None),
+    ("ddim", 2),
+    ("ddpm", 2),
+]
 DIFFUSION_METHODS = ("ddim", "ddpm")
 # --run: sampler settings scored by goalgen-eval, per family; steps None = adaptive
 QUALITY_GRID = {
-    "flow": [("euler", 5), ("euler", 10), ("euler", 20), ("midpoint", 5), ("midpoint", 10),
-             ("midpoint", 20), ("rk4", 5), ("rk4", 10), ("dopri5", None)],
+    "flow": [
+        ("euler", 5),
+        ("euler", 10),
+        ("euler", 20),
+        ("midpoint", 5),
+        ("midpoint", 10),
+        ("midpoint", 20),
+        ("rk4", 5),
+        ("rk4", 10),
+        ("dopri5", None),
+    ],
     "diffusion": [("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddpm", 50), ("ddpm", 100)],
 }
-QUICK_QUALITY_GRID = {"flow": [("euler", 2), ("midpoint", 2)],
-                      "diffusion": [("ddim", 2), ("ddpm", 2)]}
+QUICK_QUALITY_GRID = {
+    "flow": [("euler", 2), ("midpoint", 2)],
+    "diffusion": [("ddim", 2), ("ddpm", 2)],
+}
 QUALITY_POINTS = 2.0  # "as good as the best": success rate within this many points
 PRECISION_DTYPES = {"32": torch.float32, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
@@ -102,8 +132,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_runs(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int
-              ) -> list[float]:
+def time_runs(
+    fn: Callable[[], object], device: torch.device, repeats: int, warmup: int
+) -> list[float]:
     """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()
@@ -128,8 +159,9 @@ def load_avg() -> list[float]:
         return []
 
 
-def matmul_peak_gflop_per_s(dtype: torch.dtype, device: torch.device, repeats: int,
-                            quick: bool = False) -> float:
+def matmul_peak_gflop_per_s(
+    dtype: torch.dtype, device: torch.device, repeats: int, quick: bool = False
+) -> float:
     """Median FLOP rate of a large square matmul in ``dtype`` (the MFU denominator).
 
     2048² on the CPU (one product ~ 20-100 ms); 8192² on CUDA, where one product is long
@@ -219,10 +251,15 @@ def _flop_formulas() -> dict:
     def backward(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> int:
         return fc.sdpa_backward_flop_count(grad_out, q, k, v)
 
-    ops = {"_scaled_dot_product_flash_attention_for_cpu": forward,
-           "_scaled_dot_product_flash_attention_for_cpu_backward": backward}
-    return {getattr(torch.ops.aten, name): formula for name, formula in ops.items()
-            if hasattr(torch.ops.aten, name)}
+    ops = {
+        "_scaled_dot_product_flash_attention_for_cpu": forward,
+        "_scaled_dot_product_flash_attention_for_cpu_backward": backward,
+    }
+    return {
+        getattr(torch.ops.aten, name): formula
+        for name, formula in ops.items()
+        if hasattr(torch.ops.aten, name)
+    }
 
 
 @contextmanager
@@ -271,12 +308,16 @@ def _make_trainer_class():
                 self.model.network = torch.compile(self.model.network, backend=b.compile_backend)
             lr = cfg.base_lr
             self.optimizer = torch.optim.AdamW(
-                self.model.parameters(), lr=lr, betas=tuple(cfg.optim.betas),
-                weight_decay=cfg.optim.weight_decay)
+                self.model.parameters(),
+                lr=lr,
+                betas=tuple(cfg.optim.betas),
+                weight_decay=cfg.optim.weight_decay,
+            )
             warmup, decay = cfg.optim.warmup_steps, cfg.optim.decay_steps or 100_000
             self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
                 self.optimizer,
-                lambda s: lr_factor(s, warmup, decay, cfg.optim.end_lr / lr if lr > 0 else 0.0))
+                lambda s: lr_factor(s, warmup, decay, cfg.optim.end_lr / lr if lr > 0 else 0.0),
+            )
             self.top_k = ckpt.TopK(self.ckpt_dir, cfg.checkpoint.save_top_k)
             self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
             self.nonfinite_total, self.val_loss, self.val_loss_best = 0, float("nan"), math.inf
@@ -292,9 +333,11 @@ def synthetic_batch(cfg: DictConfig, device: torch.device) -> dict[str, torch.Te
     """A collated batch as the loader yields it (CPU; pinned for CUDA like the loop's loader)."""
     g = torch.Generator().manual_seed(0)
     b, s = cfg.batch_size, cfg.image_size
-    batch = {"context": torch.rand(b, 5, s, s, generator=g).gt(0.8).float() * 2 - 1,
-             "target": torch.rand(b, 1, s, s, generator=g).gt(0.9).float() * 2 - 1,
-             "index": torch.arange(b)}
+    batch = {
+        "context": torch.rand(b, 5, s, s, generator=g).gt(0.8).float() * 2 - 1,
+        "target": torch.rand(b, 1, s, s, generator=g).gt(0.9).float() * 2 - 1,
+        "index": torch.arange(b),
+    }
     if device.type == "cuda":
         batch = {k: v.pin_memory() for k, v in batch.items()}
     return batch
@@ -316,8 +359,7 @@ def train_step(tr, batch: dict[str, torch.Tensor]) -> None:
     tr.optimizer.zero_grad(set_to_none=True)
     tr.scaler.scale(losses["loss"]).backward()
     tr.scaler.unscale_(tr.optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(tr.model.parameters(),
-                                               cfg.trainer.gradient_clip_val)
+    grad_norm = torch.nn.utils.clip_grad_norm_(tr.model.parameters(), cfg.trainer.gradient_clip_val)
     tr.batch_in_epoch += 1
     if not torch.isfinite(losses["loss"]) or not torch.isfinite(grad_norm):
         if tr.precision.use_scaler and torch.isfinite(losses["loss"]):
@@ -353,8 +395,9 @@ def train_precisions(device: torch.device) -> list[str]:
     return ["32"] + (["bf16-mixed"] if torch.cuda.is_bf16_supported() else []) + ["16-mixed"]
 
 
-def measure_train_run(b: Bench, precision: str, compiled: bool, gflop: float,
-                      batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+def measure_train_run(
+    b: Bench, precision: str, compiled: bool, gflop: float, batch: dict[str, torch.Tensor]
+) -> dict[str, Any]:
     """Step time, throughput, MFU and peak memory of one (precision, compile) combination.
 
     The matmul peak in the same dtype is measured right before, so MFU compares two figures
@@ -367,19 +410,26 @@ def measure_train_run(b: Bench, precision: str, compiled: bool, gflop: float,
     sync(b.device)
     first_s = time.perf_counter() - start
     with PeakMemory(b.device) as mem:
-        times = time_runs(lambda: train_step(tr, batch), b.device, b.repeats,
-                          warmup=max(0, b.warmup - 1))
+        times = time_runs(
+            lambda: train_step(tr, batch), b.device, b.repeats, warmup=max(0, b.warmup - 1)
+        )
     step_ms = ms(times)
     achieved = gflop / (step_ms / 1e3)
     row = {
-        "precision": precision, "compiled": compiled,
+        "precision": precision,
+        "compiled": compiled,
         "compile_backend": b.compile_backend if compiled else None,
-        "step_ms": step_ms, "step_ms_runs": [1e3 * t for t in times],
+        "step_ms": step_ms,
+        "step_ms_runs": [1e3 * t for t in times],
         "samples_per_s": b.cfg.batch_size / (step_ms / 1e3),
-        "achieved_gflop_per_s": achieved, "peak_gflop_per_s": peak, "mfu": achieved / peak,
-        "peak_mem_mb": mem.peak_mb, "peak_mem_kind": mem.kind,
+        "achieved_gflop_per_s": achieved,
+        "peak_gflop_per_s": peak,
+        "mfu": achieved / peak,
+        "peak_mem_mb": mem.peak_mb,
+        "peak_mem_kind": mem.kind,
         **({"peak_rss_mb": mem.rss_mb} if mem.rss_mb is not None else {}),
-        "first_step_s": first_s, "load_avg": load_avg(),
+        "first_step_s": first_s,
+        "load_avg": load_avg(),
     }
     return row
 
@@ -400,39 +450,53 @@ def bench_train(b: Bench) -> dict[str, Any]:
     auto = resolve_compile(b.cfg.trainer.compile, b.device)  # the guide's default: a long run
     by_key = {(r["precision"], r["compiled"]): r for r in runs}
     chosen = by_key.get((default, auto)) or by_key[(default, False)]
-    out.update({
-        "batch_size": b.cfg.batch_size, "image_size": b.cfg.image_size,
-        "network": OmegaConf.to_container(b.cfg.model.network, resolve=True),
-        "params_m": params_m,
-        "gflop_per_step": gflop,
-        "default_precision": default, "compile_setting": str(b.cfg.trainer.compile),
-        "step_ms": chosen["step_ms"], "samples_per_s": chosen["samples_per_s"],
-        "achieved_gflop_per_s": chosen["achieved_gflop_per_s"],
-        "peak_gflop_per_s": chosen["peak_gflop_per_s"], "mfu": chosen["mfu"],
-        "peak_mem_mb": chosen["peak_mem_mb"], "runs": runs,
-    })
+    out.update(
+        {
+            "batch_size": b.cfg.batch_size,
+            "image_size": b.cfg.image_size,
+            "network": OmegaConf.to_container(b.cfg.model.network, resolve=True),
+            "params_m": params_m,
+            "gflop_per_step": gflop,
+            "default_precision": default,
+            "compile_setting": str(b.cfg.trainer.compile),
+            "step_ms": chosen["step_ms"],
+            "samples_per_s": chosen["samples_per_s"],
+            "achieved_gflop_per_s": chosen["achieved_gflop_per_s"],
+            "peak_gflop_per_s": chosen["peak_gflop_per_s"],
+            "mfu": chosen["mfu"],
+            "peak_mem_mb": chosen["peak_mem_mb"],
+            "runs": runs,
+        }
+    )
     fp32 = by_key[("32", False)]
     out["mixed_precision"] = {  # speedup = the default precision over fp32, both eager
-        "precision": default, "fp32_step_ms": fp32["step_ms"],
+        "precision": default,
+        "fp32_step_ms": fp32["step_ms"],
         "mixed_step_ms": by_key[(default, False)]["step_ms"],
-        "speedup": fp32["step_ms"] / by_key[(default, False)]["step_ms"]}
+        "speedup": fp32["step_ms"] / by_key[(default, False)]["step_ms"],
+    }
     if b.compile:
-        eager_ms, compiled_ms = by_key[(default, False)]["step_ms"], by_key[(default, True)][
-            "step_ms"]
+        eager_ms, compiled_ms = (
+            by_key[(default, False)]["step_ms"],
+            by_key[(default, True)]["step_ms"],
+        )
         picked, other = (compiled_ms, eager_ms) if auto else (eager_ms, compiled_ms)
         # the first compiled step pays for compilation: steps until that is earned back
-        extra_s = (by_key[(default, True)]["first_step_s"]
-                   - by_key[(default, False)]["first_step_s"])
+        extra_s = by_key[(default, True)]["first_step_s"] - by_key[(default, False)]["first_step_s"]
         saved_s = (eager_ms - compiled_ms) / 1e3
         out["compile"] = {  # speedup = compiled over eager, at the default precision
-            "precision": default, "backend": b.compile_backend,
-            "eager_step_ms": eager_ms, "compiled_step_ms": compiled_ms,
-            "speedup": eager_ms / compiled_ms, "compile_warmup_s": extra_s,
+            "precision": default,
+            "backend": b.compile_backend,
+            "eager_step_ms": eager_ms,
+            "compiled_step_ms": compiled_ms,
+            "speedup": eager_ms / compiled_ms,
+            "compile_warmup_s": extra_s,
             "break_even_steps": math.ceil(extra_s / saved_s) if saved_s > 0 else None,
             "auto_picks": "compiled" if auto else "eager",
             # the target: auto is never slower than eager (per step, compilation aside)
             "auto_over_eager_speedup": eager_ms / picked,
-            "auto_is_faster": picked <= other}
+            "auto_is_faster": picked <= other,
+        }
     b.shared["step_ms"] = chosen["step_ms"]
     out["load_avg_end"] = load_avg()
     return out
@@ -452,8 +516,9 @@ def _measure_default_step_ms(b: Bench) -> float:
     compiled = b.compile and resolve_compile(b.cfg.trainer.compile, b.device)
     tr = make_trainer(b, b.precision, compiled)
     batch = synthetic_batch(b.cfg, b.device)
-    return ms(time_runs(lambda: train_step(tr, batch), b.device, b.repeats,
-                        warmup=max(1, b.warmup)))
+    return ms(
+        time_runs(lambda: train_step(tr, batch), b.device, b.repeats, warmup=max(1, b.warmup))
+    )
 
 
 # ------------------------------------------------------------------------------ data
@@ -477,31 +542,49 @@ def bench_data(b: Bench) -> dict[str, Any]:
     out: dict[str, Any] = {"load_avg": load_avg()}
     data_dir = bench_data_dir(b)
     batch = b.cfg.batch_size
-    runs = [benchmark_loader(data_dir, b.cfg.image_size, batch, 5 if b.quick else 40,
-                             per_file_samples=2 * batch if b.quick else 256,
-                             cache_dir=b.cfg.data.cache_dir, workers=b.cfg.data.pack_workers,
-                             seed=i)
-            for i in range(b.repeats)]
+    runs = [
+        benchmark_loader(
+            data_dir,
+            b.cfg.image_size,
+            batch,
+            5 if b.quick else 40,
+            per_file_samples=2 * batch if b.quick else 256,
+            cache_dir=b.cfg.data.cache_dir,
+            workers=b.cfg.data.pack_workers,
+            seed=i,
+        )
+        for i in range(b.repeats)
+    ]
     packed = statistics.median(r["packed_samples_per_s"] for r in runs)
     per_file = statistics.median(r["per_file_samples_per_s"] for r in runs)
     step_ms = reference_step_ms(b)
     loader_ms = 1e3 * batch / packed
     b.shared["num_scenes"] = runs[0]["num_scenes"]
-    out.update({
-        "data_dir": str(data_dir), "num_scenes": runs[0]["num_scenes"],
-        "image_size": b.cfg.image_size, "batch_size": batch,
-        "packed_samples_per_s": packed, "per_file_samples_per_s": per_file,
-        "speedup": packed / per_file,  # packed cache over per-file load + resize
-        "packed_ms_per_batch": loader_ms, "per_file_ms_per_batch": 1e3 * batch / per_file,
-        "train_step_ms": step_ms, "loader_share": loader_ms / step_ms,
-        "per_file_loader_share": 1e3 * batch / per_file / step_ms,
-        "runs": [{k: r[k] for k in ("packed_samples_per_s", "per_file_samples_per_s")}
-                 for r in runs],
-        "load_avg_end": load_avg(),
-    })
+    out.update(
+        {
+            "data_dir": str(data_dir),
+            "num_scenes": runs[0]["num_scenes"],
+            "image_size": b.cfg.image_size,
+            "batch_size": batch,
+            "packed_samples_per_s": packed,
+            "per_file_samples_per_s": per_file,
+            "speedup": packed / per_file,  # packed cache over per-file load + resize
+            "packed_ms_per_batch": loader_ms,
+            "per_file_ms_per_batch": 1e3 * batch / per_file,
+            "train_step_ms": step_ms,
+            "loader_share": loader_ms / step_ms,
+            "per_file_loader_share": 1e3 * batch / per_file / step_ms,
+            "runs": [
+                {k: r[k] for k in ("packed_samples_per_s", "per_file_samples_per_s")} for r in runs
+            ],
+            "load_avg_end": load_avg(),
+        }
+    )
     if runs[0]["num_scenes"] < 500:
-        out["note"] = (f"{runs[0]['num_scenes']} scenes: fewer than the 500 the contract asks "
-                       "for" + (" (--quick)" if b.quick else ""))
+        out["note"] = (
+            f"{runs[0]['num_scenes']} scenes: fewer than the 500 the contract asks "
+            "for" + (" (--quick)" if b.quick else "")
+        )
     return out
 
 
@@ -553,14 +636,16 @@ def sample_network(b: Bench) -> tuple[nn.Module, str]:
         from goalgen.train.checkpoint import load_checkpoint
 
         ema = load_checkpoint(b.ckpt)["ema"]  # GenerativeModel keys: network.*, path.*, ...
-        network.load_state_dict({k.removeprefix("network."): v for k, v in ema.items()
-                                 if k.startswith("network.")})
+        network.load_state_dict(
+            {k.removeprefix("network."): v for k, v in ema.items() if k.startswith("network.")}
+        )
         weights = f"EMA of {b.ckpt}"
     return network.to(b.device).eval(), weights
 
 
-def measure_sampling(b: Bench, network: nn.Module, method: str, steps: int | None
-                     ) -> dict[str, Any]:
+def measure_sampling(
+    b: Bench, network: nn.Module, method: str, steps: int | None
+) -> dict[str, Any]:
     """``samples_per_scene`` samples of one scene: one batched call (context repeated) vs
     one call per sample; ms per scene, scenes/s, network evaluations (NFE) per sample."""
     from goalgen.train.precision import resolve_precision
@@ -594,10 +679,14 @@ def measure_sampling(b: Bench, network: nn.Module, method: str, steps: int | Non
     nfe_sequential = counter.calls / (b.repeats * k)
     batched_ms, sequential_ms = ms(batched_times), ms(sequential_times)
     return {
-        "method": method, "steps": steps, "nfe_per_sample_batched": nfe_batched,
+        "method": method,
+        "steps": steps,
+        "nfe_per_sample_batched": nfe_batched,
         "nfe_per_sample_sequential": nfe_sequential,
-        "batched_ms_per_scene": batched_ms, "sequential_ms_per_scene": sequential_ms,
-        "batched_scenes_per_s": 1e3 / batched_ms, "sequential_scenes_per_s": 1e3 / sequential_ms,
+        "batched_ms_per_scene": batched_ms,
+        "sequential_ms_per_scene": sequential_ms,
+        "batched_scenes_per_s": 1e3 / batched_ms,
+        "sequential_scenes_per_s": 1e3 / sequential_ms,
         "speedup": sequential_ms / batched_ms,  # batched over sequential
         "load_avg": load_avg(),
     }
@@ -612,8 +701,11 @@ def count_forward_gflop(b: Bench, network: nn.Module) -> float:
 
 
 def bench_sample(b: Bench) -> dict[str, Any]:
-    out: dict[str, Any] = {"load_avg": load_avg(), "samples_per_scene": b.samples_per_scene,
-                           "precision": b.precision}
+    out: dict[str, Any] = {
+        "load_avg": load_avg(),
+        "samples_per_scene": b.samples_per_scene,
+        "precision": b.precision,
+    }
     network, out["weights"] = sample_network(b)
     gflop = count_forward_gflop(b, network)
     rows = [measure_sampling(b, network, method, steps) for method, steps in b.sample_grid]
@@ -642,32 +734,54 @@ def bench_sample_quality(b: Bench) -> dict[str, Any]:
     grid = (QUICK_QUALITY_GRID if b.quick else QUALITY_GRID)[family]
     rows = []
     for method, steps in grid:
-        report = evaluate_run(b.run_dir, num_samples=b.samples_per_scene, steps=steps,
-                              method=method, max_scenes=b.quality_scenes, seed=0,
-                              device=str(b.device), per_scene=False)
+        report = evaluate_run(
+            b.run_dir,
+            num_samples=b.samples_per_scene,
+            steps=steps,
+            method=method,
+            max_scenes=b.quality_scenes,
+            seed=0,
+            device=str(b.device),
+            per_scene=False,
+        )
         model, cost = report["methods"]["model"], report["cost"]
-        rows.append({
-            "method": method, "steps": steps, "nfe": cost["nfe"],
-            "ms_per_scene": 1e3 * cost["seconds_per_scene"],
-            "success_rate": model["success_rate"], "success_at_k": model["success_at_k"],
-            "validity": model["validity"], "best_iou": model["best_iou"],
-            "hit_at_k": model["hit_at_k"], "diversity": model["diversity"],
-        })
+        rows.append(
+            {
+                "method": method,
+                "steps": steps,
+                "nfe": cost["nfe"],
+                "ms_per_scene": 1e3 * cost["seconds_per_scene"],
+                "success_rate": model["success_rate"],
+                "success_at_k": model["success_at_k"],
+                "validity": model["validity"],
+                "best_iou": model["best_iou"],
+                "hit_at_k": model["hit_at_k"],
+                "diversity": model["diversity"],
+            }
+        )
     points = [100 * r["success_rate"] for r in rows]
     best = max(points)
     good = [r for r, p in zip(rows, points, strict=True) if p >= best - QUALITY_POINTS]
     fastest = min(good, key=lambda r: r["ms_per_scene"])
-    best_row = min((r for r, p in zip(rows, points, strict=True) if p == best),
-                   key=lambda r: r["ms_per_scene"])
+    best_row = min(
+        (r for r, p in zip(rows, points, strict=True) if p == best), key=lambda r: r["ms_per_scene"]
+    )
     return {
-        "run_dir": str(b.run_dir), "family": family, "scenes": report["num_scenes"],
-        "samples_per_scene": b.samples_per_scene, "within_points": QUALITY_POINTS,
-        "best_success_rate": best / 100, "runs": rows,
-        "recommended": {"method": fastest["method"], "steps": fastest["steps"],
-                        "success_rate": fastest["success_rate"],
-                        "ms_per_scene": fastest["ms_per_scene"],
-                        # the recommendation over the best-scoring setting
-                        "speedup": best_row["ms_per_scene"] / fastest["ms_per_scene"]},
+        "run_dir": str(b.run_dir),
+        "family": family,
+        "scenes": report["num_scenes"],
+        "samples_per_scene": b.samples_per_scene,
+        "within_points": QUALITY_POINTS,
+        "best_success_rate": best / 100,
+        "runs": rows,
+        "recommended": {
+            "method": fastest["method"],
+            "steps": fastest["steps"],
+            "success_rate": fastest["success_rate"],
+            "ms_per_scene": fastest["ms_per_scene"],
+            # the recommendation over the best-scoring setting
+            "speedup": best_row["ms_per_scene"] / fastest["ms_per_scene"],
+        },
     }
 
 
@@ -680,7 +794,9 @@ def bench_sample_compiled(b: Bench, network: nn.Module, eager_rows: list[dict]) 
     row = measure_sampling(b, compiled_net, eager["method"], eager["steps"])
     torch._dynamo.reset()
     return {
-        "method": eager["method"], "steps": eager["steps"], "backend": b.compile_backend,
+        "method": eager["method"],
+        "steps": eager["steps"],
+        "backend": b.compile_backend,
         "eager": {k: eager[k] for k in ("batched_ms_per_scene", "sequential_ms_per_scene")},
         "compiled": row,
         # compiled over eager, batched
@@ -718,30 +834,44 @@ def bench_checkpoint(b: Bench) -> dict[str, Any]:
     epoch_s = steps * step_ms / 1e3
     every_s = 60 * float(b.cfg.checkpoint.every_minutes)
     saves_per_epoch = 1 + math.floor(epoch_s / every_s)
-    out.update({
-        "file_mb": path.stat().st_size / 2**20, "save_ms": save_ms, "load_ms": load_ms,
-        "save_ms_runs": [1e3 * t for t in save], "load_ms_runs": [1e3 * t for t in load],
-        "train_step_ms": step_ms, "save_in_steps": save_ms / step_ms,
-        "load_in_steps": load_ms / step_ms,
-        "epoch_steps": steps, "every_minutes": float(b.cfg.checkpoint.every_minutes),
-        "saves_per_epoch": saves_per_epoch,
-        "overhead_pct": 100 * saves_per_epoch * save_ms / 1e3 / epoch_s,
-        # validation may also write a top-k checkpoint every epoch (when val_loss improves)
-        "overhead_with_top_k_pct": 100 * (saves_per_epoch + 1) * save_ms / 1e3 / epoch_s,
-        "epoch_steps_for_1pct": math.ceil(100 * save_ms / step_ms),
-        "load_avg_end": load_avg(),
-    })
+    out.update(
+        {
+            "file_mb": path.stat().st_size / 2**20,
+            "save_ms": save_ms,
+            "load_ms": load_ms,
+            "save_ms_runs": [1e3 * t for t in save],
+            "load_ms_runs": [1e3 * t for t in load],
+            "train_step_ms": step_ms,
+            "save_in_steps": save_ms / step_ms,
+            "load_in_steps": load_ms / step_ms,
+            "epoch_steps": steps,
+            "every_minutes": float(b.cfg.checkpoint.every_minutes),
+            "saves_per_epoch": saves_per_epoch,
+            "overhead_pct": 100 * saves_per_epoch * save_ms / 1e3 / epoch_s,
+            # validation may also write a top-k checkpoint every epoch (when val_loss improves)
+            "overhead_with_top_k_pct": 100 * (saves_per_epoch + 1) * save_ms / 1e3 / epoch_s,
+            "epoch_steps_for_1pct": math.ceil(100 * save_ms / step_ms),
+            "load_avg_end": load_avg(),
+        }
+    )
     path.unlink(missing_ok=True)
     return out
 
 
 # ------------------------------------------------------------------------------ report
 def device_info(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {"type": device.type, "threads": torch.get_num_threads(),
-                            "cpu": _cpu_name(), "cpu_count": os.cpu_count()}
+    info: dict[str, Any] = {
+        "type": device.type,
+        "threads": torch.get_num_threads(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+    }
     if device.type == "cuda":
-        info.update(name=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
-                    memory_gb=torch.cuda.get_device_properties(device).total_memory / 2**30)
+        info.update(
+            name=torch.cuda.get_device_name(device),
+            cuda=torch.version.cuda,
+            memory_gb=torch.cuda.get_device_properties(device).total_memory / 2**30,
+        )
     else:
         info["name"] = info["cpu"]
     return info
@@ -770,62 +900,86 @@ def versions() -> dict[str, str]:
 
 def summary_lines(results: dict[str, Any]) -> list[str]:
     """A few human-readable lines per section (the JSON has everything)."""
-    lines = [f"device: {results['device']['name']} ({results['device']['type']}, "
-             f"{results['device']['threads']} threads){'  [--quick]' if results['quick'] else ''}"]
+    lines = [
+        f"device: {results['device']['name']} ({results['device']['type']}, "
+        f"{results['device']['threads']} threads){'  [--quick]' if results['quick'] else ''}"
+    ]
     if "train" in results:
         t = results["train"]
-        lines.append(f"train: {t['gflop_per_step']:.1f} GFLOP/step, batch {t['batch_size']}, "
-                     f"load {t['load_avg']}")
+        lines.append(
+            f"train: {t['gflop_per_step']:.1f} GFLOP/step, batch {t['batch_size']}, "
+            f"load {t['load_avg']}"
+        )
         for r in t["runs"]:
             mode = "compiled" if r["compiled"] else "eager"
-            lines.append(f"  {r['precision']:>10} {mode:<8} {r['step_ms']:9.1f} ms/step "
-                         f"{r['samples_per_s']:8.1f} samples/s  MFU {100 * r['mfu']:5.1f}% of "
-                         f"{r['peak_gflop_per_s']:.0f} GFLOP/s  peak mem {r['peak_mem_mb']:.0f}"
-                         " MiB")
+            lines.append(
+                f"  {r['precision']:>10} {mode:<8} {r['step_ms']:9.1f} ms/step "
+                f"{r['samples_per_s']:8.1f} samples/s  MFU {100 * r['mfu']:5.1f}% of "
+                f"{r['peak_gflop_per_s']:.0f} GFLOP/s  peak mem {r['peak_mem_mb']:.0f}"
+                " MiB"
+            )
         if "compile" in t:
             c = t["compile"]
             even = c["break_even_steps"]
-            lines.append(f"  compile=auto picks {c['auto_picks']}: compiled/eager speedup "
-                         f"{c['speedup']:.2f} after {c['compile_warmup_s']:.0f} s of compiling"
-                         f"{f' (earned back after {even} steps)' if even else ''}; auto/eager "
-                         f"{c['auto_over_eager_speedup']:.2f}")
+            lines.append(
+                f"  compile=auto picks {c['auto_picks']}: compiled/eager speedup "
+                f"{c['speedup']:.2f} after {c['compile_warmup_s']:.0f} s of compiling"
+                f"{f' (earned back after {even} steps)' if even else ''}; auto/eager "
+                f"{c['auto_over_eager_speedup']:.2f}"
+            )
     if "data" in results:
         d = results["data"]
-        lines.append(f"data: packed {d['packed_samples_per_s']:.0f} vs per-file "
-                     f"{d['per_file_samples_per_s']:.0f} samples/s = {d['speedup']:.0f}x; "
-                     f"loader {100 * d['loader_share']:.2f}% of a {d['train_step_ms']:.0f} ms "
-                     f"step ({d['num_scenes']} scenes)")
+        lines.append(
+            f"data: packed {d['packed_samples_per_s']:.0f} vs per-file "
+            f"{d['per_file_samples_per_s']:.0f} samples/s = {d['speedup']:.0f}x; "
+            f"loader {100 * d['loader_share']:.2f}% of a {d['train_step_ms']:.0f} ms "
+            f"step ({d['num_scenes']} scenes)"
+        )
     if "sample" in results:
         s = results["sample"]
         lines.append(f"sample: {s['samples_per_scene']} samples/scene, {s['precision']}")
         for r in s["runs"]:
-            lines.append(f"  {r['method']:>8} {r['steps'] or 'adaptive':>8} NFE "
-                         f"{r['nfe_per_sample_batched']:5.1f}  batched "
-                         f"{r['batched_ms_per_scene']:9.1f} ms/scene  sequential "
-                         f"{r['sequential_ms_per_scene']:9.1f} ms  speedup {r['speedup']:.1f}x")
+            lines.append(
+                f"  {r['method']:>8} {r['steps'] or 'adaptive':>8} NFE "
+                f"{r['nfe_per_sample_batched']:5.1f}  batched "
+                f"{r['batched_ms_per_scene']:9.1f} ms/scene  sequential "
+                f"{r['sequential_ms_per_scene']:9.1f} ms  speedup {r['speedup']:.1f}x"
+            )
         if "compile" in s:
-            lines.append(f"  compiled {s['compile']['method']}: batched speedup over eager "
-                         f"{s['compile']['speedup']:.2f}")
+            lines.append(
+                f"  compiled {s['compile']['method']}: batched speedup over eager "
+                f"{s['compile']['speedup']:.2f}"
+            )
         if "quality" in s:
             q = s["quality"]
-            lines.append(f"  quality on {q['scenes']} scenes x {q['samples_per_scene']} samples "
-                         f"({q['run_dir']}):")
+            lines.append(
+                f"  quality on {q['scenes']} scenes x {q['samples_per_scene']} samples "
+                f"({q['run_dir']}):"
+            )
             for r in q["runs"]:
-                lines.append(f"  {r['method']:>8} {r['steps'] or 'adaptive':>8} NFE "
-                             f"{r['nfe']:5.1f}  {r['ms_per_scene']:9.1f} ms/scene  success "
-                             f"{100 * r['success_rate']:5.1f}%  hit@K {100 * r['hit_at_k']:5.1f}%")
+                lines.append(
+                    f"  {r['method']:>8} {r['steps'] or 'adaptive':>8} NFE "
+                    f"{r['nfe']:5.1f}  {r['ms_per_scene']:9.1f} ms/scene  success "
+                    f"{100 * r['success_rate']:5.1f}%  hit@K {100 * r['hit_at_k']:5.1f}%"
+                )
             rec = q["recommended"]
-            lines.append(f"  recommended: {rec['method']} {rec['steps'] or 'adaptive'} "
-                         f"(within {q['within_points']:g} points of the best, "
-                         f"{rec['speedup']:.1f}x faster than the best-scoring setting)")
+            lines.append(
+                f"  recommended: {rec['method']} {rec['steps'] or 'adaptive'} "
+                f"(within {q['within_points']:g} points of the best, "
+                f"{rec['speedup']:.1f}x faster than the best-scoring setting)"
+            )
     if "checkpoint" in results:
         c = results["checkpoint"]
-        lines.append(f"checkpoint: {c['file_mb']:.1f} MiB, save {c['save_ms']:.0f} ms "
-                     f"({c['save_in_steps']:.2f} steps), load {c['load_ms']:.0f} ms; overhead "
-                     f"{c['overhead_pct']:.2f}% at {c['epoch_steps']} steps/epoch")
+        lines.append(
+            f"checkpoint: {c['file_mb']:.1f} MiB, save {c['save_ms']:.0f} ms "
+            f"({c['save_in_steps']:.2f} steps), load {c['load_ms']:.0f} ms; overhead "
+            f"{c['overhead_pct']:.2f}% at {c['epoch_steps']} steps/epoch"
+        )
     for row in results.get("targets", []):
-        lines.append(f"target {'met' if row['met'] else 'MISSED'}: {row['target']} = "
-                     f"{row['value']:.3g} ({row['op']} {row['threshold']:g})")
+        lines.append(
+            f"target {'met' if row['met'] else 'MISSED'}: {row['target']} = "
+            f"{row['value']:.3g} ({row['op']} {row['threshold']:g})"
+        )
     return lines
 
 
@@ -836,35 +990,64 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> _Parser:
-    p = _Parser(prog="goalgen-bench", description=(
-        "Benchmark training (eager/compiled, fp32/mixed precision, MFU, peak memory), the data "
-        "loader, sampling and checkpointing on this machine's device (CUDA if present)."))
-    p.add_argument("items", nargs="*", metavar="SECTION|OVERRIDE",
-                   help="sections (train, data, sample, checkpoint, all; default all), then "
-                        "Hydra overrides of the training config (key=value)")
+    p = _Parser(
+        prog="goalgen-bench",
+        description=(
+            "Benchmark training (eager/compiled, fp32/mixed precision, MFU, peak memory), the data "
+            "loader, sampling and checkpointing on this machine's device (CUDA if present)."
+        ),
+    )
+    p.add_argument(
+        "items",
+        nargs="*",
+        metavar="SECTION|OVERRIDE",
+        help="sections (train, data, sample, checkpoint, all; default all), then "
+        "Hydra overrides of the training config (key=value)",
+    )
     p.add_argument("--config-name", default="train_fb_flow_matching")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON here")
-    p.add_argument("--quick", action="store_true",
-                   help="seconds-long smoke run (tiny model, few repeats; CI)")
+    p.add_argument(
+        "--quick", action="store_true", help="seconds-long smoke run (tiny model, few repeats; CI)"
+    )
     p.add_argument("--repeats", type=int, help="timed runs per figure (default 3; quick 1)")
     p.add_argument("--warmup", type=int, help="untimed runs first (default 2; quick 1)")
-    p.add_argument("--data-dir", type=Path, help="scenes for the data section (default: "
-                   "synthetic scenes generated into the work dir)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help="scenes for the data section (default: synthetic scenes generated into the work dir)",
+    )
     p.add_argument("--num-scenes", type=int, help="synthetic scenes (default 512; quick 24)")
-    p.add_argument("--work-dir", type=Path, default=Path.home() / ".cache" / "goalgen-bench",
-                   help="synthetic scenes, checkpoints (default ~/.cache/goalgen-bench)")
-    p.add_argument("--epoch-steps", type=int, help="steps per epoch for the checkpoint overhead "
-                   "(default: the data set's scenes x train_split / batch_size)")
+    p.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path.home() / ".cache" / "goalgen-bench",
+        help="synthetic scenes, checkpoints (default ~/.cache/goalgen-bench)",
+    )
+    p.add_argument(
+        "--epoch-steps",
+        type=int,
+        help="steps per epoch for the checkpoint overhead "
+        "(default: the data set's scenes x train_split / batch_size)",
+    )
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile runs")
-    p.add_argument("--compile-backend", help="torch.compile backend (default inductor; quick "
-                   "aot_eager)")
+    p.add_argument(
+        "--compile-backend", help="torch.compile backend (default inductor; quick aot_eager)"
+    )
     p.add_argument("--samples-per-scene", type=int, help="default 32; quick 4")
     p.add_argument("--ckpt", type=Path, help="sample with this checkpoint's EMA weights")
-    p.add_argument("--run", type=Path, metavar="RUN_DIR", help="sample section: also score "
-                   "each sampler setting of this run (goalgen-eval) and recommend the fastest "
-                   "within 2 points of the best")
-    p.add_argument("--quality-scenes", type=int, help="validation scenes scored per setting "
-                   "with --run (default 64; quick 4)")
+    p.add_argument(
+        "--run",
+        type=Path,
+        metavar="RUN_DIR",
+        help="sample section: also score "
+        "each sampler setting of this run (goalgen-eval) and recommend the fastest "
+        "within 2 points of the best",
+    )
+    p.add_argument(
+        "--quality-scenes",
+        type=int,
+        help="validation scenes scored per setting with --run (default 64; quick 4)",
+    )
     return p
 
 
@@ -874,8 +1057,10 @@ def _split_items(parser: _Parser, items: list[str]) -> tuple[list[str], list[str
     while rest and "=" not in rest[0]:
         name = rest.pop(0)
         if name not in (*SECTIONS, "all"):
-            parser.error(f"unknown section {name!r}; choose from {', '.join(SECTIONS)}, all "
-                         "(Hydra overrides look like key=value)")
+            parser.error(
+                f"unknown section {name!r}; choose from {', '.join(SECTIONS)}, all "
+                "(Hydra overrides look like key=value)"
+            )
         sections.extend(SECTIONS if name == "all" else [name])
     if bad := [x for x in rest if "=" not in x]:
         parser.error(f"{bad[0]!r} is neither a section nor a key=value override")
@@ -903,16 +1088,27 @@ def build_bench(args: argparse.Namespace, overrides: list[str]) -> Bench:
     precision = resolve_precision(cfg.trainer.precision, device).name
     num_scenes = args.num_scenes or (24 if args.quick else 512)
     return Bench(
-        cfg=cfg, config_name=args.config_name, overrides=full, device=device, quick=args.quick,
+        cfg=cfg,
+        config_name=args.config_name,
+        overrides=full,
+        device=device,
+        quick=args.quick,
         repeats=args.repeats or (1 if args.quick else 3),
         warmup=args.warmup if args.warmup is not None else (1 if args.quick else 2),
-        work_dir=args.work_dir.expanduser(), scratch=args.work_dir, data_dir=args.data_dir, num_scenes=num_scenes,
-        epoch_steps=args.epoch_steps, compile=not args.no_compile,
+        work_dir=args.work_dir.expanduser(),
+        scratch=args.work_dir,
+        data_dir=args.data_dir,
+        num_scenes=num_scenes,
+        epoch_steps=args.epoch_steps,
+        compile=not args.no_compile,
         compile_backend=args.compile_backend or ("aot_eager" if args.quick else "inductor"),
         samples_per_scene=args.samples_per_scene or (4 if args.quick else 32),
-        sample_grid=QUICK_SAMPLE_GRID if args.quick else SAMPLE_GRID, ckpt=args.ckpt,
-        run_dir=args.run, quality_scenes=args.quality_scenes or (4 if args.quick else 64),
-        precision=precision)
+        sample_grid=QUICK_SAMPLE_GRID if args.quick else SAMPLE_GRID,
+        ckpt=args.ckpt,
+        run_dir=args.run,
+        quality_scenes=args.quality_scenes or (4 if args.quick else 64),
+        precision=precision,
+    )
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -922,8 +1118,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     def add(name: str, value: float, op: str, threshold: float) -> None:
         met = value >= threshold if op == ">=" else value < threshold
-        rows.append({"target": name, "value": value, "op": op, "threshold": threshold,
-                     "met": bool(met)})
+        rows.append(
+            {"target": name, "value": value, "op": op, "threshold": threshold, "met": bool(met)}
+        )
 
     if "data" in results:
         d = results["data"]
@@ -936,23 +1133,39 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         if "compile" in t:
             add("train: compile=auto / eager", t["compile"]["auto_over_eager_speedup"], ">=", 1.0)
     if "sample" in results:
-        add("sample: batched / sequential (min over settings)",
-            results["sample"]["speedup_min"], ">=", 10)
+        add(
+            "sample: batched / sequential (min over settings)",
+            results["sample"]["speedup_min"],
+            ">=",
+            10,
+        )
     if "checkpoint" in results:
-        add("checkpoint: share of training time (with top-k saves)",
-            results["checkpoint"]["overhead_with_top_k_pct"] / 100, "<", 0.01)
+        add(
+            "checkpoint: share of training time (with top-k saves)",
+            results["checkpoint"]["overhead_with_top_k_pct"] / 100,
+            "<",
+            0.01,
+        )
     return rows
 
 
 def run(b: Bench, sections: list[str]) -> dict[str, Any]:
     results: dict[str, Any] = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "quick": b.quick, "config_name": b.config_name, "overrides": b.overrides,
-        "repeats": b.repeats, "warmup": b.warmup,
-        "device": device_info(b.device), "versions": versions(),
+        "quick": b.quick,
+        "config_name": b.config_name,
+        "overrides": b.overrides,
+        "repeats": b.repeats,
+        "warmup": b.warmup,
+        "device": device_info(b.device),
+        "versions": versions(),
     }
-    bench_fns = {"train": bench_train, "data": bench_data, "sample": bench_sample,
-                 "checkpoint": bench_checkpoint}
+    bench_fns = {
+        "train": bench_train,
+        "data": bench_data,
+        "sample": bench_sample,
+        "checkpoint": bench_checkpoint,
+    }
     for name in sections:
         start = time.perf_counter()
         results[name] = bench_fns[name](b)

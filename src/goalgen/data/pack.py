@@ -350,8 +350,9 @@ def _checked(packed: PackedScenes, on_bad_file: str) -> PackedScenes:
     if packed.skipped and packed.reused:
         for path, problem in packed.skipped.items():
             log.warning("skipped %s: %s", path, problem)
-        log.warning("cache %s skips %d bad files (listed above)", packed.manifest_path,
-                    len(packed.skipped))
+        log.warning(
+            "cache %s skips %d bad files (listed above)", packed.manifest_path, len(packed.skipped)
+        )
     return packed
 
 

@@ -79,9 +79,7 @@ def _same_files(a: Any, b: Any) -> bool:
         return False
 
 
-def choose_files(
-    data: Any, split: str, config: Mapping[str, Any]
-) -> tuple[list[Path], str]:
+def choose_files(data: Any, split: str, config: Mapping[str, Any]) -> tuple[list[Path], str]:
     """Scene files of ``data`` for ``split`` (``all``, ``val``, ``train`` or ``auto``).
 
     ``val``/``train`` repeat the training split (:func:`goalgen.data.dataset.split_indices`
@@ -97,8 +95,9 @@ def choose_files(
         own = data_cfg.get("data_dir")
         split = "val" if own and not data_cfg.get("val_dir") and _same_files(own, data) else "all"
     if split != "all":
-        train, val = split_indices(len(files), float(data_cfg.get("train_split", 0.9)),
-                                   int(config.get("seed", 42)))
+        train, val = split_indices(
+            len(files), float(data_cfg.get("train_split", 0.9)), int(config.get("seed", 42))
+        )
         files = [files[i] for i in (val if split == "val" else train)]
     if not files:
         raise ValueError(f"the {split} split of {data} is empty")
@@ -107,7 +106,10 @@ def choose_files(
 
 # ----------------------------------------------------------------------------- baselines
 def random_valid_placements(
-    scene: SceneMasks, soft_object: np.ndarray, k: int, rng: np.random.Generator,
+    scene: SceneMasks,
+    soft_object: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
     tries: int = RANDOM_TRIES,
 ) -> tuple[np.ndarray, int]:
     """``k`` random valid placements ``(k, S, S)`` of the selected object and how many fell
@@ -130,8 +132,9 @@ def random_valid_placements(
             phi = rng.uniform(0, np.pi)
             c1 = free[rng.integers(len(free))] + rng.uniform(-0.5, 0.5, 2)
             rot = np.array([[np.cos(phi), -np.sin(phi)], [np.sin(phi), np.cos(phi)]])
-            moved = ndimage.affine_transform(soft_object, rot, offset=c0 - rot @ c1, order=1,
-                                             mode="constant", cval=0.0)
+            moved = ndimage.affine_transform(
+                soft_object, rot, offset=c0 - rot @ c1, order=1, mode="constant", cval=0.0
+            )
             candidate = moved >= THRESHOLD
             if invalid_reason(candidate, scene) is None:
                 break
@@ -156,7 +159,10 @@ def _clean(value: Any) -> Any:
 
 
 def score_scene(
-    scene: SceneInput, model_masks: np.ndarray, index: int, seed: int,
+    scene: SceneInput,
+    model_masks: np.ndarray,
+    index: int,
+    seed: int,
 ) -> tuple[dict[str, dict[str, Any]], int]:
     """Metrics of the model's masks ``(K, S, S)`` and of the three reference rows for one
     scene; returns ``({method: metrics}, random placements that found no valid pose)``."""
@@ -234,8 +240,12 @@ def evaluate_run(
         "split": split_used,
         "num_scenes": len(scenes),
         "scenes_with_world_geometry": sum(1 for s in scenes if s.geometry),
-        "settings": {"threshold": THRESHOLD, "static_threshold": STATIC_THRESHOLD,
-                     "area_tolerance": AREA_TOLERANCE, "hit_iou": HIT_IOU},
+        "settings": {
+            "threshold": THRESHOLD,
+            "static_threshold": STATIC_THRESHOLD,
+            "area_tolerance": AREA_TOLERANCE,
+            "hit_iou": HIT_IOU,
+        },
         "methods": methods,
         "cost": cost.to_dict(),
     }
@@ -246,8 +256,9 @@ def evaluate_run(
 
 # ----------------------------------------------------------------------------- tables
 def _signature(report: Mapping[str, Any]) -> tuple:
-    return tuple(report.get(k) for k in ("data", "split", "image_size", "num_samples",
-                                         "num_scenes", "seed"))
+    return tuple(
+        report.get(k) for k in ("data", "split", "image_size", "num_samples", "num_scenes", "seed")
+    )
 
 
 def _value(report: Mapping[str, Any], method: str, key: str) -> Any:
@@ -265,14 +276,16 @@ def _fmt(key: str, value: Any) -> str:
 
 
 def format_table(
-    reports: Sequence[Mapping[str, Any]], names: Sequence[str] | None = None,
+    reports: Sequence[Mapping[str, Any]],
+    names: Sequence[str] | None = None,
     markdown: bool = False,
 ) -> str:
     """Metrics (rows) side by side: one column per report's model, then the reference rows
     once per distinct evaluation setting (data, split, resolution, K, scenes, seed)."""
     names = list(names or [r.get("run_name") or f"run{i}" for i, r in enumerate(reports)])
     columns: list[tuple[str, Mapping[str, Any], str]] = [
-        (name, r, "model") for name, r in zip(names, reports, strict=True)]
+        (name, r, "model") for name, r in zip(names, reports, strict=True)
+    ]
     settings: dict[tuple, str] = {}
     for name, r in zip(names, reports, strict=True):
         settings.setdefault(_signature(r), name)
@@ -281,14 +294,17 @@ def format_table(
         suffix = f" [{name}]" if len(settings) > 1 else ""
         columns += [(m + suffix, r, m) for m in METHODS[1:] if m in r["methods"]]
     header = ["metric"] + [c[0] for c in columns]
-    body = [[label] + [_fmt(key, _value(r, m, key)) for _, r, m in columns]
-            for key, label in TABLE_ROWS]
+    body = [
+        [label] + [_fmt(key, _value(r, m, key)) for _, r, m in columns] for key, label in TABLE_ROWS
+    ]
     lines = []
     for r, name in zip(reports, names, strict=True):
-        lines.append(f"{name}: {r.get('family')} {r.get('method')} steps={r.get('steps')} "
-                     f"K={r.get('num_samples')} scenes={r.get('num_scenes')} "
-                     f"({r.get('split')} of {r.get('data')}) at {r.get('image_size')}px, "
-                     f"checkpoint {Path(str(r.get('checkpoint'))).name}")
+        lines.append(
+            f"{name}: {r.get('family')} {r.get('method')} steps={r.get('steps')} "
+            f"K={r.get('num_samples')} scenes={r.get('num_scenes')} "
+            f"({r.get('split')} of {r.get('data')}) at {r.get('image_size')}px, "
+            f"checkpoint {Path(str(r.get('checkpoint'))).name}"
+        )
     if markdown:
         lines = [f"- {line}" for line in lines] + [""]
         lines.append("| " + " | ".join(header) + " |")
@@ -298,8 +314,12 @@ def format_table(
         widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
         lines.append("")
         for row in [header, *body]:
-            lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                   for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+            lines.append(
+                "  ".join(
+                    c.ljust(w) if i == 0 else c.rjust(w)
+                    for i, (c, w) in enumerate(zip(row, widths, strict=True))
+                )
+            )
     return "\n".join(lines)
 
 
@@ -328,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(
         prog="goalgen-eval",
         description="Score a run's sampled goals (validity, IoU/Dice vs ground truth, "
-                    "diversity, path-opening success, cost) next to random-valid, "
-                    "leave-in-place and ground-truth rows; or compare runs/reports.",
+        "diversity, path-opening success, cost) next to random-valid, "
+        "leave-in-place and ground-truth rows; or compare runs/reports.",
     )
     parser.add_argument("run_dir", nargs="?", help="training run directory")
     parser.add_argument("--data", help="scene folder or .npz (default: the run's own data)")
@@ -339,16 +359,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", help="ODE method (flow) or ddim/ddpm (diffusion)")
     parser.add_argument("--checkpoint", default="best", help="best (default), last or a path")
     parser.add_argument("--seed", type=int, default=0, help="noise and baseline seed (0)")
-    parser.add_argument("--split", choices=SPLITS, default="auto",
-                        help="auto (default): the run's val split when --data is its data")
+    parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="auto",
+        help="auto (default): the run's val split when --data is its data",
+    )
     parser.add_argument("--batch-size", type=int, help="scenes per sampling call")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
-    parser.add_argument("--out", type=Path,
-                        help=f"report path (default: RUN_DIR/{DEFAULT_REPORT})")
+    parser.add_argument("--out", type=Path, help=f"report path (default: RUN_DIR/{DEFAULT_REPORT})")
     parser.add_argument("--no-per-scene", action="store_true", help="omit per-scene records")
-    parser.add_argument("--compare", nargs="+", metavar="RUN_OR_REPORT",
-                        help="runs (their saved report, or evaluated now with --data) or "
-                             "report .json files to print side by side")
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="RUN_OR_REPORT",
+        help="runs (their saved report, or evaluated now with --data) or "
+        "report .json files to print side by side",
+    )
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     args = parser.parse_args(argv)
     if (args.run_dir is None) == (args.compare is None):
@@ -361,9 +388,20 @@ def main(argv: list[str] | None = None) -> int:
     def run_eval(run_dir: str) -> dict[str, Any]:
         with warnings_as_lines("goalgen-eval"):
             report = evaluate_run(
-                run_dir, args.data, args.samples, args.max_scenes, args.steps, args.method,
-                args.seed, args.checkpoint, args.device, args.batch_size, args.split,
-                per_scene=not args.no_per_scene, progress=sys.stderr.isatty())
+                run_dir,
+                args.data,
+                args.samples,
+                args.max_scenes,
+                args.steps,
+                args.method,
+                args.seed,
+                args.checkpoint,
+                args.device,
+                args.batch_size,
+                args.split,
+                per_scene=not args.no_per_scene,
+                progress=sys.stderr.isatty(),
+            )
         return report
 
     try:
@@ -383,8 +421,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise FileNotFoundError(f"{entry} is neither a report nor a run directory")
             elif args.data is None and (path / DEFAULT_REPORT).is_file():
                 report = load_report(path / DEFAULT_REPORT)
-                print(f"{entry}: using its saved report {path / DEFAULT_REPORT}",
-                      file=sys.stderr)
+                print(f"{entry}: using its saved report {path / DEFAULT_REPORT}", file=sys.stderr)
             else:
                 report = run_eval(entry)
             reports.append(report)

@@ -186,9 +186,16 @@ def invalid_reason(
     if edge or (sample & ~scene.interior).any():
         return "outside map"
     if geo.placement_collides(scene.static, scene.others, sample, scene.robot, scene.goal):
-        hits = [name for name, m in (("static", scene.static), ("movable", scene.others),
-                                     ("robot", scene.robot), ("goal", scene.goal))
-                if (sample & m).any()]
+        hits = [
+            name
+            for name, m in (
+                ("static", scene.static),
+                ("movable", scene.others),
+                ("robot", scene.robot),
+                ("goal", scene.goal),
+            )
+            if (sample & m).any()
+        ]
         return "collision with " + "+".join(hits)
     return None
 
@@ -204,7 +211,12 @@ def reason_kind(reason: str) -> str:
 def opens_path(sample: np.ndarray, scene: SceneMasks) -> bool:
     """Does the robot reach its goal once the selected object is moved to ``sample``?"""
     return geo.path_open_after_move(
-        scene.static, scene.movable, scene.target_object, sample, scene.robot, scene.goal,
+        scene.static,
+        scene.movable,
+        scene.target_object,
+        sample,
+        scene.robot,
+        scene.goal,
         scene.robot_radius_px,
     )
 
@@ -305,5 +317,8 @@ def task_metrics(context, truth, samples, geometry=None) -> dict[str, float]:
         scene = SceneMasks.from_soft(ctx[i], None if gt is None else gt[i], geoms[i])
         scores.append(score_samples(samp[i], scene))
     agg = aggregate(scores)
-    return {k: (float("nan") if v is None else float(v)) for k, v in agg.items()
-            if k not in ("invalid", "scenes")}
+    return {
+        k: (float("nan") if v is None else float(v))
+        for k, v in agg.items()
+        if k not in ("invalid", "scenes")
+    }

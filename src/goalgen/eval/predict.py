@@ -200,8 +200,9 @@ def load_scene_file(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]
     try:
         masks = load_scene(path)
     except SceneError as error:
-        absent = error.problem.startswith(f"missing key {TARGET_KEY!r}") or error.problem.startswith(
-            f"{TARGET_KEY!r} is empty")
+        absent = error.problem.startswith(
+            f"missing key {TARGET_KEY!r}"
+        ) or error.problem.startswith(f"{TARGET_KEY!r} is empty")
         if not absent:
             raise
         masks = _read_context_only(path)
@@ -220,7 +221,9 @@ def _array_scene(array: np.ndarray | Tensor, name: str) -> np.ndarray:
 
 
 def prepare_scene(
-    scene: SceneLike, image_size: int, name: str | None = None,
+    scene: SceneLike,
+    image_size: int,
+    name: str | None = None,
     geometry: Mapping[str, Any] | None = None,
 ) -> SceneInput:
     """Load (``.npz`` path) or check (array) one scene and resize it to ``image_size``."""
@@ -271,7 +274,7 @@ class Prediction:
             "object_area_px": round(float(self.context[4].sum()), 3),
             "world_bounds": None if not self.geometry else self.geometry.get("world_bounds"),
             "angle_convention": "long side, radians in [0, pi), counter-clockwise from the "
-                                "column axis (world x), rows growing downwards",
+            "column axis (world x), rows growing downwards",
             "samples": samples,
         }
 
@@ -345,7 +348,9 @@ class GoalPredictor:
     # ---------------------------------------------------------------- construction
     @classmethod
     def from_checkpoint(
-        cls, path: str | os.PathLike, device: str | torch.device | None = None,
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device | None = None,
         use_ema: bool = True,
     ) -> GoalPredictor:
         """Build the model from the checkpoint's ``config`` and load its (EMA) weights."""
@@ -365,15 +370,19 @@ class GoalPredictor:
         except RuntimeError as error:
             raise ckpt.CheckpointError(
                 f"checkpoint {path}: weights do not fit the model of its config "
-                f"({str(error).splitlines()[0]})") from error
+                f"({str(error).splitlines()[0]})"
+            ) from error
         info = {k: state.get(k) for k in ("epoch", "step", "val_loss")}
         info["weights"] = "ema" if use_ema and state.get("ema") else "model"
         return cls(model, config, device, path, info)
 
     @classmethod
     def from_run(
-        cls, run_dir: str | os.PathLike, checkpoint: str | os.PathLike = "best",
-        device: str | torch.device | None = None, use_ema: bool = True,
+        cls,
+        run_dir: str | os.PathLike,
+        checkpoint: str | os.PathLike = "best",
+        device: str | torch.device | None = None,
+        use_ema: bool = True,
     ) -> GoalPredictor:
         """The run's ``checkpoint`` (``"best"``, ``"last"`` or a path; see
         :func:`select_checkpoint`) with EMA weights, on ``device`` (default: CUDA if any)."""
@@ -399,8 +408,10 @@ class GoalPredictor:
             yield
             return
         if method not in self.methods():
-            raise ValueError(f"method {method!r} is not a {self.family} sampler; choose one of "
-                             f"{', '.join(self.methods())}")
+            raise ValueError(
+                f"method {method!r} is not a {self.family} sampler; choose one of "
+                f"{', '.join(self.methods())}"
+            )
         old = self.model.sampler
         if self.family == "flow":
             new = FBODESampler(method=method, atol=old.atol, rtol=old.rtol)
@@ -475,23 +486,30 @@ class GoalPredictor:
             One :class:`Prediction` per scene, in order. ``self.last_cost`` holds the
             :class:`SamplingCost` of this call.
         """
-        items = [scenes] if isinstance(scenes, (str, os.PathLike, np.ndarray, Tensor)) else list(
-            scenes)
+        items = (
+            [scenes] if isinstance(scenes, (str, os.PathLike, np.ndarray, Tensor)) else list(scenes)
+        )
         if not items:
             raise ValueError("no scenes given")
-        geoms = (list(geometry) if isinstance(geometry, Sequence) else [geometry] * len(items))
+        geoms = list(geometry) if isinstance(geometry, Sequence) else [geometry] * len(items)
         if len(geoms) != len(items):
             raise ValueError(f"geometry has {len(geoms)} entries for {len(items)} scenes")
         inputs = [
-            prepare_scene(s, self.image_size, None if isinstance(s, (str, os.PathLike))
-                          else f"scene{i}", g)
+            prepare_scene(
+                s, self.image_size, None if isinstance(s, (str, os.PathLike)) else f"scene{i}", g
+            )
             for i, (s, g) in enumerate(zip(items, geoms, strict=True))
         ]
         return self.predict_inputs(inputs, num_samples, steps, method, seed, batch_size)
 
     def predict_inputs(
-        self, inputs: Sequence[SceneInput], num_samples: int = 32, steps: int | None = None,
-        method: str | None = None, seed: int = 0, batch_size: int | None = None,
+        self,
+        inputs: Sequence[SceneInput],
+        num_samples: int = 32,
+        steps: int | None = None,
+        method: str | None = None,
+        seed: int = 0,
+        batch_size: int | None = None,
     ) -> list[Prediction]:
         """:meth:`predict` on already prepared scenes (:func:`prepare_scene`)."""
         per_call = batch_size or max(1, DEFAULT_ROWS // max(num_samples, 1))
@@ -509,8 +527,18 @@ class GoalPredictor:
                 masks = p >= THRESHOLD
                 bounds = scene.geometry.get("world_bounds") if scene.geometry else None
                 poses, rejected = masks_to_poses(masks, float(scene.context[4].sum()), bounds)
-                results.append(Prediction(scene.name, p, masks, poses, rejected, scene.context,
-                                          scene.truth, scene.geometry))
+                results.append(
+                    Prediction(
+                        scene.name,
+                        p,
+                        masks,
+                        poses,
+                        rejected,
+                        scene.context,
+                        scene.truth,
+                        scene.geometry,
+                    )
+                )
         self.last_cost = cost
         return results
 
@@ -532,16 +560,21 @@ def write_prediction(result: Prediction, out_dir: Path, stem: str) -> list[Path]
 
     out_dir.mkdir(parents=True, exist_ok=True)
     masks_path = out_dir / f"{stem}_masks.npz"
-    np.savez_compressed(masks_path, masks=result.masks, probs=result.probs.astype(np.float32),
-                        context=result.context)
+    np.savez_compressed(
+        masks_path,
+        masks=result.masks,
+        probs=result.probs.astype(np.float32),
+        context=result.context,
+    )
     poses_path = out_dir / f"{stem}_poses.json"
     poses_path.write_text(json.dumps(result.to_json(), indent=1) + "\n")
     context = torch.from_numpy(result.context)[None] * 2 - 1
     truth = None if result.truth is None else torch.from_numpy(result.truth)[None, None] * 2 - 1
     samples = torch.from_numpy(result.probs)[None, :, None] * 2 - 1
     grid_path = out_dir / f"{stem}_grid.png"
-    save_png(sample_grid(context, truth, samples), grid_path,
-             scale=max(1, 128 // result.masks.shape[-1]))
+    save_png(
+        sample_grid(context, truth, samples), grid_path, scale=max(1, 128 // result.masks.shape[-1])
+    )
     return [masks_path, poses_path, grid_path]
 
 
@@ -576,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(
         prog="goalgen-predict",
         description="Sample goal masks for the selected object of each scene and fit poses. "
-                    "Writes <stem>_masks.npz, <stem>_poses.json and <stem>_grid.png per scene.",
+        "Writes <stem>_masks.npz, <stem>_poses.json and <stem>_grid.png per scene.",
     )
     parser.add_argument("run_dir", help="training run directory (or a .ckpt file)")
     parser.add_argument("scenes", nargs="+", help=".npz scene files")
@@ -598,21 +631,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings_as_lines("goalgen-predict"):
             predictor = GoalPredictor.from_run(args.run_dir, args.checkpoint, args.device)
-            results = predictor.predict(args.scenes, args.samples, args.steps, args.method,
-                                        args.seed, args.batch_size)
+            results = predictor.predict(
+                args.scenes, args.samples, args.steps, args.method, args.seed, args.batch_size
+            )
         stems = unique_stems([r.name for r in results])
         for result, stem in zip(results, stems, strict=True):
             write_prediction(result, args.out, stem)
-            print(f"{result.name}: {len(result.valid_poses)}/{args.samples} samples give a pose "
-                  f"-> {args.out / stem}_{{masks.npz,poses.json,grid.png}}")
+            print(
+                f"{result.name}: {len(result.valid_poses)}/{args.samples} samples give a pose "
+                f"-> {args.out / stem}_{{masks.npz,poses.json,grid.png}}"
+            )
     except USER_ERRORS as error:
         print(f"goalgen-predict: error: {one_line(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     cost = predictor.last_cost
-    print(f"checkpoint {predictor.checkpoint_path} ({predictor.family}, {predictor.method}, "
-          f"{cost.nfe:.0f} network evaluations per sample, {cost.seconds:.2f} s sampling)")
+    print(
+        f"checkpoint {predictor.checkpoint_path} ({predictor.family}, {predictor.method}, "
+        f"{cost.nfe:.0f} network evaluations per sample, {cost.seconds:.2f} s sampling)"
+    )
     return 0
 
 

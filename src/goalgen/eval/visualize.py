@@ -13,8 +13,13 @@ from PIL import Image
 from torch import Tensor
 
 # robot, goal, movable, static, target_object -> RGB, painted in this order (last on top)
-_PAINT_ORDER = ((3, (0.35, 0.35, 0.35)), (2, (0.25, 0.45, 0.95)), (4, (0.95, 0.25, 0.2)),
-                (0, (0.2, 0.8, 0.3)), (1, (0.95, 0.8, 0.1)))
+_PAINT_ORDER = (
+    (3, (0.35, 0.35, 0.35)),
+    (2, (0.25, 0.45, 0.95)),
+    (4, (0.95, 0.25, 0.2)),
+    (0, (0.2, 0.8, 0.3)),
+    (1, (0.95, 0.8, 0.1)),
+)
 
 
 def _unit(mask: Tensor) -> Tensor:
@@ -52,8 +57,9 @@ def sample_grid(context: Tensor, truth: Tensor | None, samples: Tensor, pad: int
         if truth is not None:
             cells.append(overlay_rgb(context[i], truth[i]))
         cells += [overlay_rgb(context[i], s) for s in samples[i]]
-        rows.append(torch.cat([torch.nn.functional.pad(c, (pad,) * 4, value=1.0)
-                               for c in cells], dim=2))
+        rows.append(
+            torch.cat([torch.nn.functional.pad(c, (pad,) * 4, value=1.0) for c in cells], dim=2)
+        )
     return torch.cat(rows, dim=1)
 
 

@@ -30,8 +30,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """``softmax(q k^T / sqrt(d)) v`` for (B, H, N, d) inputs: SDPA (flash / memory-efficient
     kernels), except bf16 on the CPU while the scores stay small: explicit matmuls."""
     b, h, n, d = q.shape
-    if (q.device.type != "cpu" or q.dtype != torch.bfloat16
-            or b * h * n * k.shape[-2] > CPU_EXPLICIT_ATTENTION_MAX_SCORES):
+    if (
+        q.device.type != "cpu"
+        or q.dtype != torch.bfloat16
+        or b * h * n * k.shape[-2] > CPU_EXPLICIT_ATTENTION_MAX_SCORES
+    ):
         return F.scaled_dot_product_attention(q, k, v)
     scores = torch.matmul(q * d**-0.5, k.transpose(-2, -1))
     return torch.matmul(scores.softmax(dim=-1), v)
@@ -76,9 +79,7 @@ class DiTBlock(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(
-            nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
-        )
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.ada_ln = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:

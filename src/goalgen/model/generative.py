@@ -62,8 +62,9 @@ class GenerativeModel(nn.Module):
     def family(self) -> str:
         return self.path.family
 
-    def predict(self, x_t: Tensor, t: Tensor, context: Tensor, network: nn.Module | None = None
-                ) -> Tensor:
+    def predict(
+        self, x_t: Tensor, t: Tensor, context: Tensor, network: nn.Module | None = None
+    ) -> Tensor:
         """Network output for noisy target ``x_t`` (B, 1, S, S) at times ``t`` (B,)."""
         net = network if network is not None else self.network
         coords = coordinate_grid(x_t.shape[0], x_t.shape[-1], x_t.device, x_t.dtype)

@@ -69,8 +69,9 @@ class FBFlowMatchingPath:
             raise ValueError(f"model.path.prediction={prediction!r}; choose velocity or x1")
         self.scheduler_name, self.prediction = scheduler, prediction
         self.t_max = t_max
-        self.path = AffineProbPath(self._make_scheduler(scheduler, vp_beta_min, vp_beta_max,
-                                                        polynomial_n))
+        self.path = AffineProbPath(
+            self._make_scheduler(scheduler, vp_beta_min, vp_beta_max, polynomial_n)
+        )
 
     @staticmethod
     def _make_scheduler(name: str, beta_min: float, beta_max: float, n: float) -> Scheduler:
@@ -166,8 +167,9 @@ class HFDiffusionPath:
 
     def draw(self, x_1: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         noise = torch.randn(x_1.shape, generator=generator, device=x_1.device)
-        k = torch.randint(0, self.num_train_timesteps, (x_1.shape[0],), generator=generator,
-                          device=x_1.device)
+        k = torch.randint(
+            0, self.num_train_timesteps, (x_1.shape[0],), generator=generator, device=x_1.device
+        )
         return noise, self.timestep_to_t(k)
 
     def sample(self, x_1: Tensor, noise: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -70,7 +70,11 @@ class FBODESampler:
 
     @torch.no_grad()
     def sample(
-        self, model_fn: ModelFn, x_init: Tensor, steps: int, generator: torch.Generator | None = None
+        self,
+        model_fn: ModelFn,
+        x_init: Tensor,
+        steps: int,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
         """Integrate from 0 to 1 in ``steps`` uniform steps (adaptive methods: ``atol``/``rtol``).
 
@@ -97,8 +101,7 @@ class FBODESampler:
         own steps between the grid's ends."""
         if method in ADAPTIVE_METHODS:
             grid = grid[[0, -1]]
-        return solver.sample(x, None, method=method, atol=self.atol, rtol=self.rtol,
-                             time_grid=grid)
+        return solver.sample(x, None, method=method, atol=self.atol, rtol=self.rtol, time_grid=grid)
 
 
 class HFDiffusionSampler:

@@ -63,8 +63,10 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, pickle of forbidden types, ...
-        raise CheckpointError(f"checkpoint {path} cannot be read ({exc.__class__.__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")
     missing = [k for k in REQUIRED_KEYS if k not in state]
@@ -84,8 +86,11 @@ def latest_good_checkpoint(folder: Path) -> tuple[Path, dict[str, Any]] | None:
         return None
     for stale in folder.glob(".*.tmp"):
         stale.unlink(missing_ok=True)
-    others = sorted((p for p in folder.glob("*.ckpt") if p.name != LAST),
-                    key=lambda p: p.stat().st_mtime, reverse=True)
+    others = sorted(
+        (p for p in folder.glob("*.ckpt") if p.name != LAST),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
     candidates = ([folder / LAST] if (folder / LAST).exists() else []) + others
     for path in candidates:
         try:
@@ -138,4 +143,3 @@ class TopK:
         for _, _, old in evicted:
             (self.folder / old).unlink(missing_ok=True)
         return path
-

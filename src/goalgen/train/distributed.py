@@ -37,8 +37,13 @@ class LaunchEnv:
 
 def _first_host(nodelist: str) -> str:
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
-                             text=True, check=True, timeout=30)
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
         return out.stdout.split()[0]
     except (OSError, subprocess.SubprocessError, IndexError):
         # "n[1-2],m3" -> "n1" without scontrol
@@ -149,8 +154,9 @@ def pick_device(accelerator: str, local_rank: int) -> torch.device:
     return torch.device("cuda", index)
 
 
-def init_distributed(accelerator: str = "auto", timeout_s: float = 1800.0,
-                     env: LaunchEnv | None = None) -> DistContext:
+def init_distributed(
+    accelerator: str = "auto", timeout_s: float = 1800.0, env: LaunchEnv | None = None
+) -> DistContext:
     """Create the process group if the launcher started several processes."""
     env = env or detect_launch()
     device = pick_device(accelerator, env.local_rank)
@@ -169,10 +175,18 @@ def init_distributed(accelerator: str = "auto", timeout_s: float = 1800.0,
             timeout=datetime.timedelta(seconds=timeout_s),
             device_id=device if device.type == "cuda" else None,
         )
-    log.info("rank %d/%d (local %d) on %s via %s, backend %s", env.rank, env.world_size,
-             env.local_rank, device, env.launcher, backend)
-    return DistContext(env.rank, env.local_rank, env.world_size, env.local_world_size, device,
-                       backend)
+    log.info(
+        "rank %d/%d (local %d) on %s via %s, backend %s",
+        env.rank,
+        env.world_size,
+        env.local_rank,
+        device,
+        env.launcher,
+        backend,
+    )
+    return DistContext(
+        env.rank, env.local_rank, env.world_size, env.local_world_size, device, backend
+    )
 
 
 def shutdown_distributed(ctx: DistContext) -> None:

@@ -33,8 +33,16 @@ from goalgen.train.preemption import ignore_early_stop_signals
 log = logging.getLogger("goalgen")
 
 # Overrides that do not change what is trained: they must not move the run directory.
-RUN_NAME_IGNORED = {"ckpt_path", "resume", "output_dir", "run_name", "num_workers",
-                    "data.pack_workers", "data.cache_dir", "trainer.progress_log_every_s"}
+RUN_NAME_IGNORED = {
+    "ckpt_path",
+    "resume",
+    "output_dir",
+    "run_name",
+    "num_workers",
+    "data.pack_workers",
+    "data.cache_dir",
+    "trainer.progress_log_every_s",
+}
 
 
 def run_name_for(config_name: str, overrides: list[str]) -> str:
@@ -64,8 +72,10 @@ def _run_name_resolver(*, _root_: DictConfig) -> str:
     # the -m process resolves hydra.sweep.dir before HydraConfig is set: read its own node
     node = _root_.get("hydra") if isinstance(_root_, DictConfig) else None
     if node is None:
-        raise ValueError("run_name is derived from the Hydra command line; outside "
-                         "@hydra.main set it explicitly (run_name=NAME)")
+        raise ValueError(
+            "run_name is derived from the Hydra command line; outside "
+            "@hydra.main set it explicitly (run_name=NAME)"
+        )
     return run_name_for(node.job.config_name or "train", list(node.overrides.task))
 
 
@@ -82,22 +92,38 @@ def _ensure_synthetic_data(cfg: DictConfig, is_local_main: bool, barrier) -> Non
     if not synth or cfg.data.data_dir is None:
         return
     if not isinstance(cfg.data.data_dir, str):
-        raise ValueError(f"data.synthetic generates one folder, but data.data_dir="
-                         f"{cfg.data.data_dir}; give one folder or set data.synthetic=null")
+        raise ValueError(
+            f"data.synthetic generates one folder, but data.data_dir="
+            f"{cfg.data.data_dir}; give one folder or set data.synthetic=null"
+        )
     from goalgen.data.synthetic import STAMP_NAME, generate_dataset
 
     out = Path(cfg.data.data_dir)
-    ours = not out.exists() or (out.is_dir() and not any(out.iterdir())) or (
-        out / STAMP_NAME).is_file()
+    ours = (
+        not out.exists()
+        or (out.is_dir() and not any(out.iterdir()))
+        or (out / STAMP_NAME).is_file()
+    )
     if not ours:
         if is_local_main:
-            log.info("data.data_dir=%s holds scenes not written by goalgen-synth: training on "
-                     "them, generating nothing (data.synthetic ignored)", out)
+            log.info(
+                "data.data_dir=%s holds scenes not written by goalgen-synth: training on "
+                "them, generating nothing (data.synthetic ignored)",
+                out,
+            )
     elif is_local_main:
-        log.info("synthetic scenes in %s (%d, seed %d): generating what is missing", out,
-                 int(synth.num_scenes), int(synth.seed))
-        generate_dataset(out, int(synth.num_scenes), seed=int(synth.seed),
-                         workers=max(1, min(4, os.cpu_count() or 1)))
+        log.info(
+            "synthetic scenes in %s (%d, seed %d): generating what is missing",
+            out,
+            int(synth.num_scenes),
+            int(synth.seed),
+        )
+        generate_dataset(
+            out,
+            int(synth.num_scenes),
+            seed=int(synth.seed),
+            workers=max(1, min(4, os.cpu_count() or 1)),
+        )
     barrier()
 
 
@@ -138,11 +164,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawned_worker(local_rank: int, world: int, port: int, config: dict[str, Any],
-                    run_dir: str) -> None:
-    os.environ.update({"RANK": str(local_rank), "LOCAL_RANK": str(local_rank),
-                       "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+def _spawned_worker(
+    local_rank: int, world: int, port: int, config: dict[str, Any], run_dir: str
+) -> None:
+    os.environ.update(
+        {
+            "RANK": str(local_rank),
+            "LOCAL_RANK": str(local_rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
     # split this task's CPUs (its affinity: a Slurm allocation, not the whole node); the env
     # var tells run() not to recompute it from SLURM_CPUS_PER_TASK, which is per task, not
     # per worker
@@ -172,11 +206,18 @@ def launch(cfg: DictConfig, run_dir: Path) -> TrainResult | None:
             if process.is_alive():
                 os.kill(process.pid, signum)
 
-    previous = {sig: signal.signal(sig, forward)
-                for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)}
-    workers.append(mp.start_processes(_spawned_worker, nprocs=n, join=False,
-                                      args=(n, _free_port(), config, str(run_dir)),
-                                      start_method="spawn"))
+    previous = {
+        sig: signal.signal(sig, forward) for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
+    }
+    workers.append(
+        mp.start_processes(
+            _spawned_worker,
+            nprocs=n,
+            join=False,
+            args=(n, _free_port(), config, str(run_dir)),
+            start_method="spawn",
+        )
+    )
     try:
         while not workers[0].join():
             pass

@@ -17,8 +17,7 @@ log = logging.getLogger("goalgen")
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 
-def setup_process_logging(run_dir: Path, is_main: bool, others_level: int = logging.INFO
-                          ) -> None:
+def setup_process_logging(run_dir: Path, is_main: bool, others_level: int = logging.INFO) -> None:
     """What ``@hydra.main`` does, for processes it did not start (submitit jobs, spawned
     workers): INFO to stderr, and on the main rank ``train.log`` in the run dir (appended, so
     the attempts before a requeue are kept). Other ranks log at ``others_level``."""
@@ -96,8 +95,12 @@ class Progress:
             )
 
             self._bar = RichProgress(
-                TextColumn(f"epoch {epoch}"), BarColumn(), MofNCompleteColumn(),
-                TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=True,
+                TextColumn(f"epoch {epoch}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                transient=True,
             )
             self._bar.start()
             self._task = self._bar.add_task("train", total=total, completed=done, info="")
@@ -110,8 +113,7 @@ class Progress:
             self._bar.update(self._task, completed=batch, info=text)
         elif time.monotonic() - self._last_line >= self.log_every_s:
             self._last_line = time.monotonic()
-            log.info("epoch %d batch %d/%d step %d %s", self._epoch, batch, self._total, step,
-                     text)
+            log.info("epoch %d batch %d/%d step %d %s", self._epoch, batch, self._total, step, text)
 
     def end_epoch(self) -> None:
         if self._bar is not None:

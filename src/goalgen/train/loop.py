@@ -60,8 +60,10 @@ def build_model(cfg: DictConfig) -> GenerativeModel:
     except InstantiationException as exc:  # surface our own message, not Hydra's wrapper
         raise ValueError(str(exc.__cause__ or exc)) from exc
     if getattr(model.network, "in_ch", 8) != 8:
-        raise ValueError(f"model.network.in_ch={model.network.in_ch}; it must be 8 "
-                         "(5 context + 2 coordinate + 1 noisy channels)")
+        raise ValueError(
+            f"model.network.in_ch={model.network.in_ch}; it must be 8 "
+            "(5 context + 2 coordinate + 1 noisy channels)"
+        )
     return model
 
 
@@ -71,8 +73,7 @@ def build_model(cfg: DictConfig) -> GenerativeModel:
 CPU_COMPILE_MIN_STEPS = 2000
 
 
-def resolve_compile(setting: Any, device: torch.device, planned_steps: int | None = None
-                    ) -> bool:
+def resolve_compile(setting: Any, device: torch.device, planned_steps: int | None = None) -> bool:
     """``trainer.compile``: true/false, or auto = on for CUDA; on a CPU only for a run of at
     least ``CPU_COMPILE_MIN_STEPS`` planned steps (None: a long run) and where inductor has a
     C++ compiler to generate code with."""
@@ -96,14 +97,24 @@ class Trainer:
         tc = cfg.trainer
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.train_set, self.val_set = build_datasets(
-            cfg.data.data_dir, cfg.image_size, val_dir=cfg.data.val_dir,
-            train_split=cfg.data.train_split, seed=cfg.seed, cache_dir=cfg.data.cache_dir,
-            on_bad_file=cfg.data.on_bad_file, workers=cfg.data.pack_workers,
-            local_rank=ctx.local_rank, barrier=ctx.barrier if ctx.distributed else None,
+            cfg.data.data_dir,
+            cfg.image_size,
+            val_dir=cfg.data.val_dir,
+            train_split=cfg.data.train_split,
+            seed=cfg.seed,
+            cache_dir=cfg.data.cache_dir,
+            on_bad_file=cfg.data.on_bad_file,
+            workers=cfg.data.pack_workers,
+            local_rank=ctx.local_rank,
+            barrier=ctx.barrier if ctx.distributed else None,
         )
         self.sampler = ResumableDistributedSampler(
-            len(self.train_set), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-            seed=cfg.seed, drop_last=True,
+            len(self.train_set),
+            num_replicas=ctx.world_size,
+            rank=ctx.rank,
+            shuffle=True,
+            seed=cfg.seed,
+            drop_last=True,
         )
         self.batches_per_epoch = len(self.sampler) // cfg.batch_size
         if self.batches_per_epoch == 0:
@@ -124,12 +135,16 @@ class Trainer:
             if tc.sync_batchnorm:  # a no-op for the DiT (LayerNorm only); kept for BN networks
                 self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.train_model = DistributedDataParallel(
-                self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                static_graph=tc.static_graph, find_unused_parameters=tc.find_unused_parameters,
+                self.model,
+                device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                static_graph=tc.static_graph,
+                find_unused_parameters=tc.find_unused_parameters,
             )
         lr = cfg.base_lr * (ctx.world_size if cfg.optim.scale_lr_with_world_size else 1)
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=lr, betas=tuple(cfg.optim.betas),
+            self.model.parameters(),
+            lr=lr,
+            betas=tuple(cfg.optim.betas),
             weight_decay=cfg.optim.weight_decay,
         )
         self.total_steps = self._planned_steps()
@@ -149,12 +164,23 @@ class Trainer:
             log.info(
                 "%s: %d train / %d val scenes, %d batches/epoch, effective batch %d "
                 "(%d x %d), lr %.3g, precision %s, compile %s, device %s",
-                self.model.family, len(self.train_set), len(self.val_set),
-                self.batches_per_epoch, cfg.batch_size * ctx.world_size, cfg.batch_size,
-                ctx.world_size, lr, self.precision.name, self.compiled, ctx.device,
+                self.model.family,
+                len(self.train_set),
+                len(self.val_set),
+                self.batches_per_epoch,
+                cfg.batch_size * ctx.world_size,
+                cfg.batch_size,
+                ctx.world_size,
+                lr,
+                self.precision.name,
+                self.compiled,
+                ctx.device,
             )
-        self.logger = RunLogger(self.run_dir / "tensorboard", ctx.is_main,
-                                purge_step=self.step + 1 if self.step > 0 else None)
+        self.logger = RunLogger(
+            self.run_dir / "tensorboard",
+            ctx.is_main,
+            purge_step=self.step + 1 if self.step > 0 else None,
+        )
         self.progress = Progress(ctx.is_main, tc.progress_log_every_s)
 
     # ---------------------------------------------------------------- bookkeeping
@@ -200,11 +226,18 @@ class Trainer:
         state, given_file = ckpt.load_checkpoint(given), Path(given).resolve()
         if own is not None and Path(own[0]).resolve() != given_file:
             started_from = own[1]["config"].get("ckpt_path")
-            if (started_from is not None and Path(started_from).resolve() == given_file
-                    and own[1]["step"] >= state["step"]):
+            if (
+                started_from is not None
+                and Path(started_from).resolve() == given_file
+                and own[1]["step"] >= state["step"]
+            ):
                 if self.ctx.is_main:
-                    log.info("ckpt_path=%s was this run's starting point; continuing from its "
-                             "newer %s (resume=false restarts from ckpt_path)", given, own[0])
+                    log.info(
+                        "ckpt_path=%s was this run's starting point; continuing from its "
+                        "newer %s (resume=false restarts from ckpt_path)",
+                        given,
+                        own[0],
+                    )
                 return str(own[0]), own[1]
         return str(given), state
 
@@ -225,7 +258,8 @@ class Trainer:
         state = source[1] if source else ckpt.load_checkpoint(path)
         try:
             self._raw_network().load_state_dict(
-                {k.removeprefix("network."): v for k, v in state["model"].items()})
+                {k.removeprefix("network."): v for k, v in state["model"].items()}
+            )
             self.ema.module.load_state_dict(state["ema"])
         except RuntimeError as exc:
             raise ValueError(
@@ -242,8 +276,9 @@ class Trainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.batch_in_epoch = state["batch_in_epoch"]
         # entries of another run's folder (ckpt_path) are not ours to rank against or evict
-        self.top_k.load_state_dict([e for e in state.get("top_k", [])
-                                    if (self.ckpt_dir / e[2]).is_file()])
+        self.top_k.load_state_dict(
+            [e for e in state.get("top_k", []) if (self.ckpt_dir / e[2]).is_file()]
+        )
         self.val_loss_best = float(state.get("val_loss_best", math.inf))
         self.val_loss = state.get("val_loss", float("nan"))
         self.nonfinite_total = state.get("nonfinite_total", 0)
@@ -276,19 +311,26 @@ class Trainer:
     # ---------------------------------------------------------------- training
     def _done(self) -> bool:
         return self.epoch >= self.cfg.max_epochs or (
-            self.cfg.max_steps > 0 and self.step >= self.cfg.max_steps)
+            self.cfg.max_steps > 0 and self.step >= self.cfg.max_steps
+        )
 
     def fit(self) -> TrainResult:
         cfg = self.cfg
         if self._done():
             if self.ctx.is_main:
-                log.info("Run already complete (epoch %d, step %d): nothing to do",
-                         self.epoch, self.step)
+                log.info(
+                    "Run already complete (epoch %d, step %d): nothing to do", self.epoch, self.step
+                )
             return self._result()
         loader = DataLoader(
-            self.train_set, batch_size=cfg.batch_size, sampler=self.sampler,
-            collate_fn=collate_batch, num_workers=cfg.num_workers, drop_last=True,
-            worker_init_fn=ignore_stop_signals, pin_memory=self.ctx.device.type == "cuda",
+            self.train_set,
+            batch_size=cfg.batch_size,
+            sampler=self.sampler,
+            collate_fn=collate_batch,
+            num_workers=cfg.num_workers,
+            drop_last=True,
+            worker_init_fn=ignore_stop_signals,
+            pin_memory=self.ctx.device.type == "cuda",
             persistent_workers=cfg.num_workers > 0,
         )
         self.stop_flag = StopFlag()
@@ -312,8 +354,12 @@ class Trainer:
             self.logger.close()
         self.check_ranks_agree()
         if self.stopped:
-            log.info("stopped by %s at epoch %d step %d; last.ckpt saved",
-                     signal.Signals(self.stop_flag.signum).name, self.epoch, self.step)
+            log.info(
+                "stopped by %s at epoch %d step %d; last.ckpt saved",
+                signal.Signals(self.stop_flag.signum).name,
+                self.epoch,
+                self.step,
+            )
             if self.ctx.is_main:
                 self.requeued = requeue_job()
         return self._result()
@@ -329,15 +375,24 @@ class Trainer:
             digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
         hashes = self.ctx.all_gather_object(digest.hexdigest()[:16])
         if len(set(hashes)) > 1:
-            raise RuntimeError(f"DDP ranks hold different weights at step {self.step}: "
-                               f"{hashes} (one hash per rank)")
+            raise RuntimeError(
+                f"DDP ranks hold different weights at step {self.step}: "
+                f"{hashes} (one hash per rank)"
+            )
         if self.ctx.is_main:
             log.info("weights identical on all %d ranks (sha1 %s)", len(hashes), hashes[0])
 
     def _result(self) -> TrainResult:
         best = self.top_k.folder / self.top_k.entries[0][2] if self.top_k.entries else None
-        return TrainResult(self.step, self.epoch, self.val_loss, self.val_loss_best, best,
-                           self.stopped, self.requeued)
+        return TrainResult(
+            self.step,
+            self.epoch,
+            self.val_loss,
+            self.val_loss_best,
+            best,
+            self.stopped,
+            self.requeued,
+        )
 
     def _train_epoch(self, loader: DataLoader) -> None:
         cfg, tc, ctx = self.cfg, self.cfg.trainer, self.ctx
@@ -346,20 +401,23 @@ class Trainer:
         consecutive_bad, window_t0, window_samples = 0, time.perf_counter(), 0
         for batch in loader:
             if self.batch_in_epoch >= self.batches_per_epoch or (
-                    cfg.max_steps > 0 and self.step >= cfg.max_steps):
+                cfg.max_steps > 0 and self.step >= cfg.max_steps
+            ):
                 break
             context = batch["context"].to(ctx.device, non_blocking=True)
             x_1 = batch["target"].to(ctx.device, non_blocking=True)
-            noise, t = per_sample_noise(self.model.path, x_1.shape[1:], batch["index"], cfg.seed,
-                                        self.epoch)
+            noise, t = per_sample_noise(
+                self.model.path, x_1.shape[1:], batch["index"], cfg.seed, self.epoch
+            )
             noise, t = noise.to(ctx.device), t.to(ctx.device)
             with self.precision.autocast():
                 losses = self.train_model(context, x_1, noise, t)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(losses["loss"]).backward()
             self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                       tc.gradient_clip_val)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), tc.gradient_clip_val
+            )
             self.batch_in_epoch += 1
             window_samples += x_1.shape[0] * ctx.world_size
             # grads are all-reduced, so every rank sees the same grad_norm and skips together
@@ -371,9 +429,14 @@ class Trainer:
                 consecutive_bad += 1
                 self.nonfinite_total += 1
                 self.logger.scalars({"nonfinite_steps": self.nonfinite_total}, self.step)
-                log.warning("non-finite loss/gradient at epoch %d batch %d (step %d): step "
-                            "skipped (%d in a row)", self.epoch, self.batch_in_epoch, self.step,
-                            consecutive_bad)
+                log.warning(
+                    "non-finite loss/gradient at epoch %d batch %d (step %d): step "
+                    "skipped (%d in a row)",
+                    self.epoch,
+                    self.batch_in_epoch,
+                    self.step,
+                    consecutive_bad,
+                )
                 if consecutive_bad >= tc.max_consecutive_nonfinite:
                     raise NonFiniteLossError(
                         f"loss was NaN/inf for {consecutive_bad} steps in a row (step "
@@ -393,11 +456,19 @@ class Trainer:
                 elapsed = time.perf_counter() - window_t0
                 # mean over ranks (every rank takes part in the all-reduce)
                 names = sorted(losses)
-                means = ctx.all_reduce_sum(torch.stack([losses[k].detach().float().cpu()
-                                                        for k in names])) / ctx.world_size
+                means = (
+                    ctx.all_reduce_sum(
+                        torch.stack([losses[k].detach().float().cpu() for k in names])
+                    )
+                    / ctx.world_size
+                )
                 mean = dict(zip(names, means.tolist(), strict=True))
-                info = {"train_loss": mean["loss"], "lr": self.lr_schedule.get_last_lr()[0],
-                        "grad_norm": grad_norm.item(), "samples_per_s": window_samples / elapsed}
+                info = {
+                    "train_loss": mean["loss"],
+                    "lr": self.lr_schedule.get_last_lr()[0],
+                    "grad_norm": grad_norm.item(),
+                    "samples_per_s": window_samples / elapsed,
+                }
                 extra = {f"train_{k}": v for k, v in mean.items() if k != "loss"}
                 self.logger.scalars({**info, **extra, "epoch": self.epoch}, self.step)
                 self.progress.update(self.batch_in_epoch, self.step, info)
@@ -418,20 +489,27 @@ class Trainer:
         ema_model = self.ema.module
         ema_model.eval()
         positions = list(range(ctx.rank, len(self.val_set), ctx.world_size))
-        loader = DataLoader(self.val_set, batch_size=cfg.batch_size, sampler=positions,
-                            collate_fn=collate_batch, num_workers=0)
+        loader = DataLoader(
+            self.val_set,
+            batch_size=cfg.batch_size,
+            sampler=positions,
+            collate_fn=collate_batch,
+            num_workers=0,
+        )
         totals = torch.zeros(2, dtype=torch.float64)
         for batch in loader:
             context = batch["context"].to(ctx.device)
             x_1 = batch["target"].to(ctx.device)
             # fixed per validation sample (epoch -1 never occurs in training)
-            noise, t = per_sample_noise(ema_model.path, x_1.shape[1:], batch["index"],
-                                        cfg.val.seed, epoch=-1)
+            noise, t = per_sample_noise(
+                ema_model.path, x_1.shape[1:], batch["index"], cfg.val.seed, epoch=-1
+            )
             noise, t = noise.to(ctx.device), t.to(ctx.device)
             with self.precision.autocast():
                 losses = ema_model(context, x_1, noise, t)
-            totals += torch.tensor([losses["loss"].item() * x_1.shape[0], x_1.shape[0]],
-                                   dtype=torch.float64)
+            totals += torch.tensor(
+                [losses["loss"].item() * x_1.shape[0], x_1.shape[0]], dtype=torch.float64
+            )
         totals = ctx.all_reduce_sum(totals)
         rngs = self.gather_rng()
         self.val_loss = float(totals[0] / totals[1])
@@ -444,8 +522,12 @@ class Trainer:
             metrics["val_loss_best"] = self.val_loss_best
             self.logger.scalars(metrics, self.step)
             self.logger.flush()
-            log.info("epoch %d step %d: %s", self.epoch, self.step,
-                     " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            log.info(
+                "epoch %d step %d: %s",
+                self.epoch,
+                self.step,
+                " ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
+            )
         ctx.barrier()
         return self.val_loss
 
@@ -465,10 +547,10 @@ class Trainer:
         samples = samples.float().cpu().view(n, k, 1, *samples.shape[-2:])
         shown = min(cfg.val.num_images, n)
         if shown:
-            grid = sample_grid(batch["context"][:shown], batch["target"][:shown],
-                               samples[:shown])
-            tag = "Validation_Samples_" + ("flow_matching" if ema_model.family == "flow"
-                                           else "diffusion")
+            grid = sample_grid(batch["context"][:shown], batch["target"][:shown], samples[:shown])
+            tag = "Validation_Samples_" + (
+                "flow_matching" if ema_model.family == "flow" else "diffusion"
+            )
             self.logger.image(tag, grid, self.step)
             save_png(grid, self.run_dir / "samples" / f"epoch{epoch_label:03d}.png")
         if cfg.val.metric_scenes == 0:
@@ -483,6 +565,11 @@ def train(cfg: DictConfig | dict, run_dir: Path, ctx: DistContext) -> TrainResul
     trainer = Trainer(cfg, run_dir, ctx)
     result = trainer.fit()
     if not math.isnan(result.val_loss) and ctx.is_main:
-        log.info("done: step %d, val_loss %.4f, best %.4f (%s)", result.step, result.val_loss,
-                 result.val_loss_best, result.best_checkpoint)
+        log.info(
+            "done: step %d, val_loss %.4f, best %.4f (%s)",
+            result.step,
+            result.val_loss,
+            result.val_loss_best,
+            result.best_checkpoint,
+        )
     return result

@@ -57,6 +57,7 @@ def resolve_precision(name: str | int, device: torch.device) -> Precision:
         return Precision(name, kind, torch.float16, True)
     log.warning(
         "trainer.precision=16-mixed on %s: fp16 has no fast CPU kernels, using bf16-mixed "
-        "instead (set trainer.precision=bf16-mixed or 32 to silence this)", kind
+        "instead (set trainer.precision=bf16-mixed or 32 to silence this)",
+        kind,
     )
     return Precision("bf16-mixed", kind, torch.bfloat16, False)

@@ -42,8 +42,11 @@ class StopFlag:
         if self.signum is None:
             self.signum = signum
             # logging inside a handler can deadlock on the handler's lock: print instead
-            print(f"goalgen: received {signal.Signals(signum).name}, will save and stop at the "
-                  "next step", flush=True)
+            print(
+                f"goalgen: received {signal.Signals(signum).name}, will save and stop at the "
+                "next step",
+                flush=True,
+            )
 
     @property
     def requested(self) -> bool:
@@ -94,8 +97,7 @@ def requeue_job(env: Mapping[str, str] | None = None) -> bool:
     job = slurm_job_to_requeue(env)
     if job is None or env.get("GOALGEN_NO_REQUEUE"):
         return False
-    out = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
     if out.returncode != 0:  # e.g. already requeued from outside ("pending execution")
         log.info("scontrol requeue %s: %s", job, out.stderr.strip())
         return False

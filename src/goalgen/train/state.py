@@ -33,8 +33,9 @@ def make_ema(model: torch.nn.Module, decay: float, warmup: bool) -> AveragedMode
     """
 
     @torch.no_grad()
-    def ema_update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor
-                   ) -> None:
+    def ema_update(
+        averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor
+    ) -> None:
         d = min(decay, (1 + int(n)) / (10 + int(n))) if warmup else decay
         torch._foreach_lerp_(averaged, current, 1 - d)
 
@@ -46,8 +47,13 @@ def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "python": _to_plain(random.getstate()),
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),
-                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -59,8 +65,9 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(_to_tuple(state["python"]))
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["cached"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         cuda = state["cuda"]
@@ -79,8 +86,9 @@ def _to_tuple(value: Any) -> Any:
     return tuple(_to_tuple(v) for v in value) if isinstance(value, list) else value
 
 
-def per_sample_noise(path, shape: tuple[int, ...], indices: torch.Tensor, seed: int, epoch: int
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def per_sample_noise(
+    path, shape: tuple[int, ...], indices: torch.Tensor, seed: int, epoch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Noise (B, *shape) and time (B,) for the samples ``indices`` of one epoch, on the CPU.
 
     Each sample's draw depends only on (seed, epoch, sample index): a resumed run draws exactly
