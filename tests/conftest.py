@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from goalgen.paths import config_dir
+from goalgen.config import compose
 
 pytest_plugins = ["slurm_cluster"]
 
@@ -35,8 +34,7 @@ TINY = [
 
 def compose_config(config_name: str, overrides: list[str] | None = None) -> DictConfig:
     """The real primary config with ``overrides`` (run_name must be given: no Hydra run)."""
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides or [])
+    return compose(config_name, overrides or [])
 
 
 @pytest.fixture(scope="session")

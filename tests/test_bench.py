@@ -15,7 +15,10 @@ from importlib import metadata
 import pytest
 import torch
 
-from goalgen import bench
+from data_helpers import write_scenes
+from goalgen.bench import cli, measure, settings
+from goalgen.bench.data import benchmark_loader
+from goalgen.bench.train import train_precisions
 
 NFE_PER_STEP = {"euler": 1, "midpoint": 2, "rk4": 4, "ddim": 1, "ddpm": 1}
 
@@ -69,10 +72,10 @@ def quick_results(tmp_path_factory, synth_dir):
 def test_quick_json_has_every_section_device_and_versions(quick_results):
     r = quick_results
     assert r["quick"] is True and r["repeats"] == 1
-    assert set(bench.SECTIONS) <= set(r)
+    assert set(settings.SECTIONS) <= set(r)
     assert r["device"]["type"] in ("cpu", "cuda") and r["device"]["threads"] >= 1
     assert r["versions"]["torch"] == torch.__version__
-    for section in bench.SECTIONS:
+    for section in settings.SECTIONS:
         assert len(r[section]["load_avg"]) in (0, 3)
         assert r[section]["section_s"] > 0
     figures = list(raw_figures(r))
@@ -87,7 +90,7 @@ def test_quick_train_figures_agree(quick_results):
     t = quick_results["train"]
     assert t["gflop_per_step"] > 0 and t["params_m"] > 0
     combos = {(run["precision"], run["compiled"]) for run in t["runs"]}
-    expected = bench.train_precisions(torch.device(quick_results["device"]["type"]))
+    expected = train_precisions(torch.device(quick_results["device"]["type"]))
     assert combos == {(p, c) for p in expected for c in (False, True)}
     for run in t["runs"]:
         assert close(run["samples_per_s"], t["batch_size"] / (run["step_ms"] / 1e3))
@@ -130,7 +133,7 @@ def test_quick_data_figures_agree(quick_results):
 def test_quick_sample_counts_function_evaluations(quick_results):
     s = quick_results["sample"]
     methods = [(run["method"], run["steps"]) for run in s["runs"]]
-    assert methods == [tuple(x) for x in bench.QUICK_SAMPLE_GRID]
+    assert methods == [tuple(x) for x in settings.QUICK_SAMPLE_GRID]
     for run in s["runs"]:
         if run["method"] in NFE_PER_STEP:
             nfe = NFE_PER_STEP[run["method"]] * run["steps"]
@@ -159,7 +162,7 @@ def test_quick_checkpoint_figures_agree(quick_results):
 
 
 def test_peak_memory_sees_an_allocation():
-    with bench.PeakMemory(torch.device("cpu")) as mem:
+    with measure.PeakMemory(torch.device("cpu")) as mem:
         x = torch.ones(16 * 2**20)  # 64 MiB, every page touched
         del x
     if mem.kind != "rss_peak_above_entry":
@@ -178,7 +181,7 @@ def test_peak_memory_sees_an_allocation():
 )
 def test_bad_input_exits_2_with_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
-        bench.main(argv)
+        cli.main(argv)
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
@@ -186,10 +189,10 @@ def test_bad_input_exits_2_with_one_line(argv, message, capsys):
 
 def test_help_and_console_script(capsys):
     with pytest.raises(SystemExit) as exc:
-        bench.main(["--help"])
+        cli.main(["--help"])
     assert exc.value.code == 0 and "--quick" in capsys.readouterr().out
     scripts = {e.name: e.value for e in metadata.entry_points(group="console_scripts")}
-    assert scripts.get("goalgen-bench") == "goalgen.bench:main"
+    assert scripts.get("goalgen-bench") == "goalgen.bench.cli:main"
 
 
 @pytest.mark.slow
@@ -204,7 +207,7 @@ def test_sample_section_with_a_trained_run_scores_settings_and_recommends(tiny_c
     result = train(cfg, run_dir, DistContext(0, 0, 1, 1, torch.device("cpu"), None))
     out = tmp_path / "sample.json"
     assert (
-        bench.main(
+        cli.main(
             [
                 "sample",
                 "--quick",
@@ -225,15 +228,15 @@ def test_sample_section_with_a_trained_run_scores_settings_and_recommends(tiny_c
     assert s["weights"].startswith("EMA of")
     q = s["quality"]
     assert [(r["method"], r["steps"]) for r in q["runs"]] == [
-        tuple(x) for x in bench.QUICK_QUALITY_GRID["flow"]
+        tuple(x) for x in settings.QUICK_QUALITY_GRID["flow"]
     ]
     assert q["scenes"] == 4 and all(r["ms_per_scene"] > 0 for r in q["runs"])
     rec = q["recommended"]
-    assert 100 * rec["success_rate"] >= 100 * q["best_success_rate"] - bench.QUALITY_POINTS
+    assert 100 * rec["success_rate"] >= 100 * q["best_success_rate"] - settings.QUALITY_POINTS
     band = [
         r
         for r in q["runs"]
-        if 100 * r["success_rate"] >= 100 * q["best_success_rate"] - bench.QUALITY_POINTS
+        if 100 * r["success_rate"] >= 100 * q["best_success_rate"] - settings.QUALITY_POINTS
     ]
     assert rec["ms_per_scene"] == min(r["ms_per_scene"] for r in band)
     assert rec["speedup"] >= 1
@@ -241,7 +244,7 @@ def test_sample_section_with_a_trained_run_scores_settings_and_recommends(tiny_c
 
 def test_run_without_checkpoints_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        bench.main(["sample", "--run", str(tmp_path)])
+        cli.main(["sample", "--run", str(tmp_path)])
     assert exc.value.code == 2 and "has no checkpoints/ folder" in capsys.readouterr().err
 
 
@@ -255,3 +258,45 @@ def test_quick_targets_restate_the_section_figures(quick_results):
     ckpt_row = by_name["checkpoint: share of training time (with top-k saves)"]
     assert close(ckpt_row["value"], quick_results["checkpoint"]["overhead_with_top_k_pct"] / 100)
     assert ckpt_row["met"] == (ckpt_row["value"] < 0.01)
+
+
+def test_benchmark_loader(tmp_path):
+    write_scenes(tmp_path, 6)
+    r = benchmark_loader(tmp_path, 8, batch_size=4, num_batches=3, per_file_samples=8, workers=1)
+    assert r["num_scenes"] == 6 and r["image_size"] == 8
+    assert r["packed_samples_per_s"] > 0 and r["per_file_samples_per_s"] > 0
+    assert r["speedup"] == pytest.approx(r["packed_samples_per_s"] / r["per_file_samples_per_s"])
+
+
+def test_the_benchmark_times_the_loops_own_step(tiny_cfg):
+    """The learner ``goalgen-bench train`` times, fed the loop's first batches, ends with the
+    loop's weights: the benchmark measures the training step itself, not a copy of it."""
+    from types import SimpleNamespace
+
+    from torch.utils.data import DataLoader
+
+    from goalgen.bench.train import make_learner
+    from goalgen.checkpoint import network_state
+    from goalgen.data.dataset import collate_batch
+    from goalgen.train.loop import Trainer, train
+    from run_helpers import CPU, run_dir_of
+
+    common = ("max_steps=4", "optim.warmup_steps=1")  # the LR decays within the 4 steps
+    cfg = tiny_cfg("train_fb_flow_matching", *common, "val.samples_per_scene=0")
+    train(cfg, run_dir_of(cfg), CPU)
+    state = torch.load(run_dir_of(cfg) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["step"] == 4
+    fresh = tiny_cfg("train_fb_flow_matching", *common, "run_name=batches")
+    trainer = Trainer(fresh, run_dir_of(fresh), CPU)  # only for the loop's batch order
+    trainer.sampler.set_epoch(0)
+    loader = DataLoader(
+        trainer.train_set, cfg.batch_size, sampler=trainer.sampler, collate_fn=collate_batch
+    )
+    bench_settings = SimpleNamespace(cfg=cfg, device=torch.device("cpu"), compile_backend="eager")
+    learner = make_learner(bench_settings, "32", False, total_steps=trainer.total_steps)
+    for _, batch in zip(range(4), loader, strict=False):
+        assert learner.train_step(batch, 0).outcome == "applied"
+    for key, value in network_state(learner.model.network).items():
+        assert torch.equal(value, state["model"][key]), key
+    for key, value in learner.ema.module.state_dict().items():
+        assert torch.equal(value, state["ema"][key]), key

@@ -11,8 +11,8 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_config
+from goalgen.model.build import build_model
 from goalgen.train.entry import requested_devices, run_name_for
-from goalgen.train.loop import build_model
 from goalgen.train.precision import resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,6 @@ from data_helpers import write_scene, write_scenes
 from goalgen.data.dataset import (
     PackedSceneDataset,
     ResumableDistributedSampler,
-    benchmark_loader,
     build_datasets,
     collate_batch,
     split_indices,
@@ -173,11 +172,3 @@ def test_build_datasets_empty_val_split(tmp_path):
     write_scene(tmp_path / "only.npz")
     with pytest.raises(ValueError, match="validation split is empty.*1 usable scene"):
         build_datasets(tmp_path, S, workers=1)
-
-
-def test_benchmark_loader(tmp_path):
-    write_scenes(tmp_path, 6)
-    r = benchmark_loader(tmp_path, 8, batch_size=4, num_batches=3, per_file_samples=8, workers=1)
-    assert r["num_scenes"] == 6 and r["image_size"] == 8
-    assert r["packed_samples_per_s"] > 0 and r["per_file_samples_per_s"] > 0
-    assert r["speedup"] == pytest.approx(r["packed_samples_per_s"] / r["per_file_samples_per_s"])

@@ -19,8 +19,8 @@ from goalgen.eval.evaluate import (
     random_valid_placements,
 )
 from goalgen.eval.metrics import invalid_reason
+from run_helpers import train_tiny_run
 from test_metrics import corridor_scene, scene_masks
-from test_predict import train_tiny_run
 
 METRICS = (
     "validity",

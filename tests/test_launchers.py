@@ -17,12 +17,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import TINY
 from goalgen import launch
-from goalgen.paths import config_dir
+from goalgen.config import compose
 from goalgen.train.entry import run_name_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -295,7 +294,7 @@ def test_submit_run_dir_is_the_entry_run_name_and_absolute(tmp_path, monkeypatch
     assert run_dir == tmp_path / "outputs" / name
     assert overrides[-2:] == [f"output_dir={tmp_path / 'outputs'}", f"run_name={name}"]
     # the job composes exactly these overrides without @hydra.main
-    cfg = launch.compose(FM, overrides)
+    cfg = compose(FM, overrides)
     assert cfg.run_name == name and Path(cfg.output_dir).is_absolute()
     # an explicit run_name / output_dir wins and is not duplicated
     overrides, run_dir = launch.plan(parse("run_name=mine", "output_dir=rel"))
@@ -440,8 +439,7 @@ def test_submit_local_cluster_two_tasks_train_as_ddp_ranks(tmp_path, synth_dir):
 
 # ----------------------------------------------------------------------------- Hydra presets
 def compose_with_hydra(*overrides: str):
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose(config_name=FM, overrides=list(overrides), return_hydra_config=True)
+    return compose(FM, overrides, return_hydra_config=True)
 
 
 def test_slurm_launcher_preset_composes_with_requeue_settings():

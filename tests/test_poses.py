@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from goalgen.data import geometry as geo
-from goalgen.eval.poses import (
+from goalgen.infer.poses import (
     convex_hull,
     fit_rectangle,
     mask_to_pose,

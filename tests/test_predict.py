@@ -10,38 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, compose_config
 from goalgen.data.synthetic import save_npz
 from goalgen.eval import predict as predict_mod
-from goalgen.eval.predict import GoalPredictor, main, rank_checkpoints, select_checkpoint
+from goalgen.eval.predict import main
+from goalgen.infer import GoalPredictor
 from goalgen.model.generative import GenerativeModel
-from goalgen.train.distributed import DistContext
-from goalgen.train.loop import train
+from run_helpers import train_tiny_run
 
-CPU = DistContext(0, 0, 1, 1, torch.device("cpu"), None)
 REASONS = ("empty", "fragmented: ", "area ")
-
-
-def train_tiny_run(
-    root: Path, data_dir: Path, config_name: str = "train_fb_flow_matching", *overrides: str
-) -> Path:
-    """A tiny CPU run (1-2 s) in ``root/outputs/tiny``; returns its run dir."""
-    cfg = compose_config(
-        config_name,
-        TINY
-        + [
-            f"data.data_dir={data_dir}",
-            f"output_dir={root}/outputs",
-            "run_name=tiny",
-            f"data.cache_dir={root}/cache",
-            "max_epochs=2",
-            "val.num_images=0",
-            *overrides,
-        ],
-    )
-    run_dir = Path(cfg.output_dir) / cfg.run_name
-    train(cfg, run_dir, CPU)
-    return run_dir
 
 
 @pytest.fixture(scope="module")
@@ -59,47 +35,6 @@ def scene_files(synth_dir: Path, n: int) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def fake(path: Path, **state) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
-
-
-def test_best_checkpoint_follows_recorded_val_loss_not_file_order(tmp_path):
-    ckpts = tmp_path / "checkpoints"
-    # written best-first (oldest mtime) and named so that neither listing nor name order helps
-    fake(ckpts / "epoch009-val_loss0.9000.ckpt", val_loss=0.25)  # the name lies; the file rules
-    fake(ckpts / "epoch002-val_loss0.7000.ckpt", val_loss=0.7)
-    fake(ckpts / "epoch010-val_loss0.3000.ckpt", val_loss=0.3)
-    fake(ckpts / "last.ckpt", val_loss=0.9, top_k=[])
-    assert select_checkpoint(tmp_path).name == "epoch009-val_loss0.9000.ckpt"
-    assert [e[0] for e in rank_checkpoints(ckpts)] == [0.25, 0.3, 0.7]
-    assert select_checkpoint(tmp_path, "last").name == "last.ckpt"
-    assert select_checkpoint(tmp_path, "epoch002-val_loss0.7000.ckpt").name.startswith("epoch002")
-
-
-def test_best_checkpoint_falls_back_to_top_k_table_then_name(tmp_path):
-    ckpts = tmp_path / "checkpoints"
-    fake(ckpts / "epoch001-val_loss0.1000.ckpt", step=1)  # no val_loss: the table says 0.8
-    fake(ckpts / "epoch004-val_loss0.4000.ckpt", step=4)  # not in the table: its name, 0.4
-    fake(ckpts / "last.ckpt", top_k=[[0.8, 1, "epoch001-val_loss0.1000.ckpt"]])
-    ranked = rank_checkpoints(ckpts)
-    assert [(e[0], e[1]) for e in ranked] == [(0.4, "name"), (0.8, "top_k")]
-    (ckpts / "broken-val_loss0.0100.ckpt").write_bytes(b"PK\x03\x04 not a zip")
-    with pytest.warns(UserWarning, match="unreadable"):
-        assert select_checkpoint(tmp_path).name == "epoch004-val_loss0.4000.ckpt"
-
-
-def test_best_without_best_files_uses_last_with_a_warning(tmp_path):
-    fake(tmp_path / "checkpoints" / "last.ckpt", val_loss=1.0)
-    with pytest.warns(UserWarning, match="no best checkpoint"):
-        assert select_checkpoint(tmp_path).name == "last.ckpt"
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        select_checkpoint(tmp_path / "nowhere")
-    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        select_checkpoint(tmp_path / "empty")
-
-
 def test_from_run_loads_the_best_checkpoint_with_ema_weights(run_dir, predictor):
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     best_loss, _, best_name = last["top_k"][0]

@@ -12,34 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import TINY
 from goalgen.model.generative import GenerativeModel
-from goalgen.train import checkpoint as ckpt
-from goalgen.train.distributed import DistContext
 from goalgen.train.loop import train
 from goalgen.train.preemption import requeue_job, slurm_job_to_requeue
+from run_helpers import CPU, assert_same_weights, run_dir_of, steps_logged
 
 ROOT = Path(__file__).resolve().parents[1]
-CPU = DistContext(0, 0, 1, 1, torch.device("cpu"), None)
-
-
-def run_dir_of(cfg) -> Path:
-    return Path(cfg.output_dir) / cfg.run_name
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    sa, sb = (torch.load(p, weights_only=True) for p in (a, b))
-    assert sa["step"] == sb["step"] and sa["epoch"] == sb["epoch"]
-    for part in ("model", "ema"):
-        for key in sa[part]:
-            assert torch.equal(sa[part][key], sb[part][key]), (part, key)
-
-
-def steps_logged(run_dir: Path) -> list[int]:
-    acc = EventAccumulator(str(run_dir / "tensorboard")).Reload()
-    return [e.step for e in acc.Scalars("train_loss")]
 
 
 def test_requeue_target_and_no_slurm():
@@ -53,16 +33,6 @@ def test_requeue_target_and_no_slurm():
     )
     assert requeue_job({}) is False
     assert requeue_job({"SLURM_JOB_ID": "7", "GOALGEN_NO_REQUEUE": "1"}) is False
-
-
-def test_corrupt_last_checkpoint_falls_back_to_the_previous_good_one(tmp_path, caplog):
-    ckpt.save_atomic({k: 0 for k in ckpt.REQUIRED_KEYS}, tmp_path / "epoch000-val_loss1.0000.ckpt")
-    (tmp_path / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")
-    (tmp_path / ".last.ckpt.abc.tmp").write_bytes(b"half")
-    path, state = ckpt.latest_good_checkpoint(tmp_path)
-    assert path.name == "epoch000-val_loss1.0000.ckpt" and state["step"] == 0
-    assert "last.ckpt cannot be read" in caplog.text
-    assert not list(tmp_path.glob(".*.tmp"))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM])

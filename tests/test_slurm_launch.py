@@ -23,6 +23,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import TINY
+from run_helpers import assert_same_weights, steps_logged
 from slurm_cluster import wait_until
 
 pytestmark = pytest.mark.slow
@@ -94,19 +95,6 @@ def assert_trained(run_dir: Path, step: int) -> None:
     assert last_state(run_dir)["step"] == step
     assert list((run_dir / "checkpoints").glob("epoch*-val_loss*.ckpt"))
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    sa, sb = (torch.load(p, weights_only=True) for p in (a, b))
-    assert (sa["step"], sa["epoch"]) == (sb["step"], sb["epoch"])
-    for part in ("model", "ema"):
-        for key in sa[part]:
-            assert torch.equal(sa[part][key], sb[part][key]), (part, key)
-
-
-def steps_logged(run_dir: Path) -> list[int]:
-    acc = EventAccumulator(str(run_dir / "tensorboard")).Reload()
-    return [e.step for e in acc.Scalars("train_loss")]
 
 
 def step_wall_time(run_dir: Path, step: int) -> float:

@@ -38,6 +38,9 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from goalgen.checkpoint import run_is_complete
+from goalgen.cli import one_line, want_traceback
+from goalgen.config import compose
 from goalgen.train.logger import setup_process_logging
 
 log = logging.getLogger("goalgen")
@@ -46,19 +49,6 @@ CLUSTERS = ("slurm", "local", "debug")
 
 
 # --------------------------------------------------------------------------- the job
-def compose(config_name: str, overrides: list[str]):
-    """The primary config with ``overrides``, composed without ``@hydra.main``."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from goalgen.paths import config_dir
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=list(overrides))
-
-
 def _will_be_requeued(env: dict[str, str] | None = None) -> bool:
     """A run that stopped early under Slurm is requeued by rank 0 (unless disabled)."""
     env = os.environ if env is None else env
@@ -350,9 +340,9 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # one line, not a traceback (GOALGEN_TRACEBACK=1 for the rest)
         if job is not None and args.cluster == "local":  # local processes die with us
             job.cancel(check=False)
-        if os.environ.get("GOALGEN_TRACEBACK"):
+        if want_traceback():
             raise
-        msg = " ".join(str(exc).split()) or type(exc).__name__
+        msg = one_line(exc)
         print(f"goalgen-submit: error: {msg[:500]}", file=sys.stderr)
         sys.exit(1)
 
@@ -360,16 +350,11 @@ def main(argv: list[str] | None = None) -> None:
 # --------------------------------------------------------------------------- Hydra sweeps
 def _run_incomplete(ret) -> bool:
     """Whether a finished Hydra job's run stopped early (a signal) instead of completing."""
-    import torch
-
     try:
-        cfg = ret.cfg
-        last = Path(ret.hydra_cfg.hydra.runtime.output_dir) / "checkpoints" / "last.ckpt"
-        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # no run dir, no checkpoint, a failed job: nothing to hold back
+        cfg, run_dir = ret.cfg, ret.hydra_cfg.hydra.runtime.output_dir
+    except Exception:  # no config or run dir (a failed job): nothing to hold back
         return False
-    epoch, step = int(state["epoch"]), int(state["step"])
-    return not (epoch >= cfg.max_epochs or (cfg.max_steps > 0 and step >= cfg.max_steps))
+    return run_is_complete(run_dir, cfg.max_epochs, cfg.max_steps) is False
 
 
 class SweepRequeueCallback(Callback):

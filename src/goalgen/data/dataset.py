@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import Dataset, Sampler, default_collate
 
-from goalgen.data.pack import PackedScenes, pack_scenes, prepare_scenes, resize_masks
-from goalgen.data.scenes import CONTEXT_KEYS, Sources, as_path_list, load_scene
+from goalgen.data.pack import PackedScenes, prepare_scenes
+from goalgen.data.scenes import CONTEXT_KEYS, Sources, as_path_list
 
 NO_DATA_MESSAGE = (
     "data.data_dir is not set: set data.data_dir=/path/to/npz, or run "
@@ -198,70 +197,3 @@ def build_datasets(
             "add scenes or set data.val_dir"
         )
     return PackedSceneDataset(train, train_idx), PackedSceneDataset(train, val_idx)
-
-
-class _PerFileSceneDataset(Dataset):
-    """The naive baseline: ``load_scene`` + area resize for every item."""
-
-    def __init__(self, files: Sequence[str], image_size: int) -> None:
-        self.files, self.image_size = files, image_size
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        x = torch.from_numpy(resize_masks(load_scene(self.files[i]), self.image_size)) * 2 - 1
-        return {"context": x[:_C], "target": x[_C:], "index": torch.tensor(i)}
-
-
-def _samples_per_s(loader: DataLoader, num_batches: int) -> float:
-    """Steady-state throughput: one warm-up batch, then ``num_batches`` timed batches."""
-    it = iter(loader)
-    next(it)
-    count, t0 = 0, time.perf_counter()
-    for _ in range(num_batches):
-        count += len(next(it)["index"])
-    return count / (time.perf_counter() - t0)
-
-
-def benchmark_loader(
-    data_dir: Sources,
-    image_size: int = 64,
-    batch_size: int = 64,
-    num_batches: int = 50,
-    *,
-    per_file_samples: int = 256,
-    cache_dir: str | os.PathLike | None = None,
-    workers: int | None = None,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Samples/s of the packed loader vs per-file ``load_scene`` + resize (both num_workers=0).
-
-    The cache is built (or reused) before timing. The packed side times ``num_batches``
-    shuffled batches; the per-file side times ``per_file_samples`` samples (>= 200 advised),
-    files drawn in a seeded random order (repeated when there are fewer files).
-    """
-    packed = pack_scenes(data_dir, image_size, cache_dir=cache_dir, workers=workers)
-    n = len(packed.files)
-    g = torch.Generator().manual_seed(seed)
-    steps = num_batches + 1  # + warm-up
-    order = torch.randint(n, (steps * batch_size,), generator=g).tolist()
-    fast = DataLoader(
-        PackedSceneDataset(packed), batch_size=batch_size, sampler=order, collate_fn=collate_batch
-    )
-    per_file_batches = max(1, math.ceil(per_file_samples / batch_size))
-    slow = DataLoader(
-        _PerFileSceneDataset(packed.files, image_size),
-        batch_size=batch_size,
-        sampler=order[: (per_file_batches + 1) * batch_size],
-    )
-    fast_rate = _samples_per_s(fast, num_batches)
-    slow_rate = _samples_per_s(slow, per_file_batches)
-    return {
-        "packed_samples_per_s": fast_rate,
-        "per_file_samples_per_s": slow_rate,
-        "speedup": fast_rate / slow_rate,
-        "num_scenes": n,
-        "image_size": image_size,
-        "batch_size": batch_size,
-    }

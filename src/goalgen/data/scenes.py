@@ -14,6 +14,7 @@ import zipfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -199,3 +200,58 @@ def find_scene_files(data_dir: Sources) -> list[Path]:
             "no .npz scene files found in " + ", ".join(str(e) for e in entries)
         )
     return sorted(files)
+
+
+GEOMETRY_KEYS = ("world_bounds", "robot_radius")
+
+
+def read_geometry(path: str | os.PathLike) -> dict[str, Any] | None:
+    """``world_bounds`` and ``robot_radius`` from a synthetic scene file, or None."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if not all(k in npz.files for k in GEOMETRY_KEYS):
+                return None
+            bounds = np.asarray(npz["world_bounds"], dtype=np.float64).reshape(-1)
+            radius = float(np.asarray(npz["robot_radius"], dtype=np.float64))
+    except (OSError, ValueError, TypeError):
+        return None
+    if bounds.shape != (4,):
+        return None
+    return {"world_bounds": tuple(float(v) for v in bounds), "robot_radius": radius}
+
+
+def _read_context_only(path: Path) -> np.ndarray:
+    """The five context masks ``(5, H, W)`` of a file without a usable ``target_goal``."""
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = []
+        for key in CONTEXT_KEYS:
+            stored = key if key in npz.files else LEGACY_ALIASES.get(key)
+            if stored not in npz.files:
+                raise SceneError(path, f"missing key {key!r}; found keys {sorted(npz.files)}")
+            arrays.append(_to_unit(path, key, npz[stored]))
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1 or arrays[0].ndim != 2:
+        raise SceneError(path, f"context masks must be equal 2-D shapes, got {sorted(shapes)}")
+    h, w = arrays[0].shape
+    if h != w or h < MIN_SIZE:
+        raise SceneError(path, f"masks have shape {(h, w)}; expected square, >= {MIN_SIZE}")
+    if not arrays[4].any():
+        raise SceneError(path, "'target_object' is empty (all zeros)")
+    return np.stack(arrays)
+
+
+def load_scene_file(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """``(masks, geometry)``: masks ``(6, H, W)`` with a ground truth, else ``(5, H, W)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise SceneError(path, "no such file")
+    try:
+        masks = load_scene(path)
+    except SceneError as error:
+        absent = error.problem.startswith(
+            f"missing key {TARGET_KEY!r}"
+        ) or error.problem.startswith(f"{TARGET_KEY!r} is empty")
+        if not absent:
+            raise
+        masks = _read_context_only(path)
+    return masks, read_geometry(path)

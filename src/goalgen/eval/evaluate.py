@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from goalgen.cli import USER_ERRORS, OneLineParser, one_line, warnings_as_lines
 from goalgen.data.dataset import split_indices
 from goalgen.data.scenes import find_scene_files
 from goalgen.eval.metrics import (
@@ -38,15 +39,8 @@ from goalgen.eval.metrics import (
     invalid_reason,
     score_samples,
 )
-from goalgen.eval.predict import (
-    USER_ERRORS,
-    GoalPredictor,
-    OneLineParser,
-    SceneInput,
-    one_line,
-    prepare_scene,
-    warnings_as_lines,
-)
+from goalgen.infer import GoalPredictor, SceneInput, prepare_scene
+from goalgen.io import atomic_write_text
 from goalgen.model.samplers import ADAPTIVE_METHODS
 
 REPORT_VERSION = 1
@@ -336,10 +330,7 @@ def load_report(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def write_report(report: Mapping[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(report, indent=1, allow_nan=False) + "\n")
 
 
 # ----------------------------------------------------------------------------- CLI

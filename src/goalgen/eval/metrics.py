@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from goalgen.data import geometry as geo
-from goalgen.eval.poses import AREA_TOLERANCE, rejection_reason
+from goalgen.infer.poses import AREA_TOLERANCE, rejection_reason
 
 THRESHOLD = 0.5
 STATIC_THRESHOLD = 0.3

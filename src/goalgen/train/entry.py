@@ -23,8 +23,9 @@ import torch.multiprocessing as mp
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from goalgen.paths import config_dir
-from goalgen.train.checkpoint import CheckpointError
+from goalgen.checkpoint import CheckpointError
+from goalgen.cli import want_traceback
+from goalgen.config import config_dir
 from goalgen.train.distributed import detect_launch, init_distributed, shutdown_distributed
 from goalgen.train.logger import setup_process_logging
 from goalgen.train.loop import NonFiniteLossError, TrainResult, train
@@ -238,7 +239,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     try:
         result = launch(cfg, run_dir)
     except (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError) as exc:
-        if os.environ.get("GOALGEN_TRACEBACK"):
+        if want_traceback():
             raise
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)

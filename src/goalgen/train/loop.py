@@ -1,7 +1,9 @@
 """The training loop, top to bottom: data, model, optimizer, resume, epochs, validation.
 
 ``train(cfg, run_dir, ctx)`` takes a resolved config (a DictConfig or a plain dict), the run
-directory chosen once by the entry point, and this process's :class:`DistContext`.
+directory chosen once by the entry point, and this process's :class:`DistContext`. The step
+itself (forward, backward, the non-finite policy, optimizer, EMA) is
+:meth:`goalgen.train.step.Learner.train_step`.
 """
 
 from __future__ import annotations
@@ -9,31 +11,27 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
-import shutil
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from goalgen import __version__
+from goalgen import checkpoint as ckpt
 from goalgen.data.dataset import ResumableDistributedSampler, build_datasets, collate_batch
 from goalgen.eval.metrics import task_metrics
 from goalgen.eval.visualize import sample_grid, save_png
 from goalgen.model.generative import GenerativeModel
-from goalgen.train import checkpoint as ckpt
 from goalgen.train.distributed import DistContext
 from goalgen.train.logger import Progress, RunLogger
-from goalgen.train.precision import resolve_precision
 from goalgen.train.preemption import StopFlag, ignore_stop_signals, requeue_job
-from goalgen.train.state import lr_factor, make_ema, per_sample_noise, rng_state, set_rng_state
+from goalgen.train.state import per_sample_noise, rng_state, set_rng_state
+from goalgen.train.step import Learner, resolve_compile
 
 log = logging.getLogger("goalgen")
 
@@ -53,49 +51,12 @@ class TrainResult:
     requeued: bool = False  # ... and the Slurm job was requeued to resume
 
 
-def build_model(cfg: DictConfig) -> GenerativeModel:
-    """Instantiate the model from ``cfg.model`` (``_target_`` classes), checking its shape."""
-    try:
-        model = hydra.utils.instantiate(cfg.model, _convert_="all")
-    except InstantiationException as exc:  # surface our own message, not Hydra's wrapper
-        raise ValueError(str(exc.__cause__ or exc)) from exc
-    if getattr(model.network, "in_ch", 8) != 8:
-        raise ValueError(
-            f"model.network.in_ch={model.network.in_ch}; it must be 8 "
-            "(5 context + 2 coordinate + 1 noisy channels)"
-        )
-    return model
-
-
-# On the CPU compiling pays only for long runs: goalgen-bench (2 cores, default DiT, bf16)
-# measured compiled steps 1.56x faster than eager (fp32: 1.14x) after ~50 s of compiling,
-# ~31 steps of the default model; a small model (the demo) earns it back far later.
-CPU_COMPILE_MIN_STEPS = 2000
-
-
-def resolve_compile(setting: Any, device: torch.device, planned_steps: int | None = None) -> bool:
-    """``trainer.compile``: true/false, or auto = on for CUDA; on a CPU only for a run of at
-    least ``CPU_COMPILE_MIN_STEPS`` planned steps (None: a long run) and where inductor has a
-    C++ compiler to generate code with."""
-    if isinstance(setting, bool):
-        return setting
-    if str(setting).lower() != "auto":
-        raise ValueError(f"trainer.compile={setting!r}; choose auto, true or false")
-    if device.type == "cuda":
-        return True
-    long_run = planned_steps is None or planned_steps >= CPU_COMPILE_MIN_STEPS
-    compiler = os.environ.get("CXX", "g++")
-    return long_run and device.type == "cpu" and shutil.which(compiler) is not None
-
-
 class Trainer:
     """Holds the objects of one run; ``fit()`` runs it."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, ctx: DistContext):
         self.cfg, self.run_dir, self.ctx = cfg, Path(run_dir), ctx
-        self.ckpt_dir = self.run_dir / "checkpoints"
-        tc = cfg.trainer
-        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.ckpt_dir = ckpt.run_checkpoint_dir(self.run_dir)
         self.train_set, self.val_set = build_datasets(
             cfg.data.data_dir,
             cfg.image_size,
@@ -122,38 +83,9 @@ class Trainer:
                 f"batch_size={cfg.batch_size} x {ctx.world_size} process(es) exceeds the "
                 f"{len(self.train_set)} training scenes; lower batch_size or add data"
             )
-        self.model = build_model(cfg).to(ctx.device)
-        self.ema = make_ema(self.model, cfg.ema.decay, cfg.ema.warmup)
-        self.precision = resolve_precision(tc.precision, ctx.device)
-        self.scaler = self.precision.grad_scaler()
-        self.train_model: torch.nn.Module = self.model
-        self.compiled = resolve_compile(tc.compile, ctx.device, self._planned_steps())
-        if self.compiled:
-            # compile the network, then wrap in DDP: torch.compile(DDP(m)) compiles nothing
-            self.model.network = torch.compile(self.model.network)
-        if ctx.distributed:
-            if tc.sync_batchnorm:  # a no-op for the DiT (LayerNorm only); kept for BN networks
-                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-            self.train_model = DistributedDataParallel(
-                self.model,
-                device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                static_graph=tc.static_graph,
-                find_unused_parameters=tc.find_unused_parameters,
-            )
-        lr = cfg.base_lr * (ctx.world_size if cfg.optim.scale_lr_with_world_size else 1)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=lr,
-            betas=tuple(cfg.optim.betas),
-            weight_decay=cfg.optim.weight_decay,
-        )
         self.total_steps = self._planned_steps()
-        warmup = cfg.optim.warmup_steps
-        decay = cfg.optim.decay_steps or max(0, self.total_steps - warmup)
-        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda s: lr_factor(s, warmup, decay, cfg.optim.end_lr / lr if lr > 0 else 0.0),
-        )
+        compiled = resolve_compile(cfg.trainer.compile, ctx.device, self.total_steps)
+        self.learner = Learner(cfg, ctx, self.total_steps, compiled)
         self.top_k = ckpt.TopK(self.ckpt_dir, cfg.checkpoint.save_top_k)
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         self.nonfinite_total, self.val_loss, self.val_loss_best = 0, float("nan"), math.inf
@@ -171,9 +103,9 @@ class Trainer:
                 cfg.batch_size * ctx.world_size,
                 cfg.batch_size,
                 ctx.world_size,
-                lr,
-                self.precision.name,
-                self.compiled,
+                self.learner.lr,
+                self.learner.precision.name,
+                compiled,
                 ctx.device,
             )
         self.logger = RunLogger(
@@ -181,27 +113,17 @@ class Trainer:
             ctx.is_main,
             purge_step=self.step + 1 if self.step > 0 else None,
         )
-        self.progress = Progress(ctx.is_main, tc.progress_log_every_s)
+        self.progress = Progress(ctx.is_main, cfg.trainer.progress_log_every_s)
 
     # ---------------------------------------------------------------- bookkeeping
     def _planned_steps(self) -> int:
         by_epochs = self.cfg.max_epochs * self.batches_per_epoch
         return min(by_epochs, self.cfg.max_steps) if self.cfg.max_steps > 0 else by_epochs
 
-    def _raw_network(self) -> torch.nn.Module:
-        net = self.model.network
-        return getattr(net, "_orig_mod", net)
-
     def state_dict(self, rng_per_rank: list[dict[str, Any]]) -> dict[str, Any]:
         """Everything a resume needs; ``rng_per_rank`` from :meth:`gather_rng` (a collective)."""
-        model_state = {f"network.{k}": v for k, v in self._raw_network().state_dict().items()}
         return {
-            "model": model_state,
-            "ema": self.ema.module.state_dict(),
-            "ema_n_averaged": int(self.ema.n_averaged.item()),
-            "optimizer": self.optimizer.state_dict(),
-            "lr_schedule": self.lr_schedule.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            **self.learner.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
             "batch_in_epoch": self.batch_in_epoch,
@@ -212,34 +134,8 @@ class Trainer:
             "nonfinite_total": self.nonfinite_total,
             "family": self.model.family,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
-            "versions": {"torch": str(torch.__version__), "goalgen": "0.1.0"},
+            "versions": {"torch": str(torch.__version__), "goalgen": __version__},
         }
-
-    def _resume_source(self) -> tuple[str, dict[str, Any]] | None:
-        """Which checkpoint to resume from: ``ckpt_path`` wins, unless this run dir already
-        continued from that very ``ckpt_path`` (a requeue or re-run of the same command: its own
-        ``last.ckpt`` is further on); else the run dir's newest good checkpoint (``resume``)."""
-        own = ckpt.latest_good_checkpoint(self.ckpt_dir) if self.cfg.resume else None
-        given = self.cfg.ckpt_path
-        if given is None:
-            return (str(own[0]), own[1]) if own else None
-        state, given_file = ckpt.load_checkpoint(given), Path(given).resolve()
-        if own is not None and Path(own[0]).resolve() != given_file:
-            started_from = own[1]["config"].get("ckpt_path")
-            if (
-                started_from is not None
-                and Path(started_from).resolve() == given_file
-                and own[1]["step"] >= state["step"]
-            ):
-                if self.ctx.is_main:
-                    log.info(
-                        "ckpt_path=%s was this run's starting point; continuing from its "
-                        "newer %s (resume=false restarts from ckpt_path)",
-                        given,
-                        own[0],
-                    )
-                return str(own[0]), own[1]
-        return str(given), state
 
     def _maybe_resume(self) -> None:
         # rank 0 decides and every rank loads that file: ranks whose reads of a shared
@@ -247,7 +143,7 @@ class Trainer:
         source, error = None, None
         if self.ctx.is_main:
             try:
-                source = self._resume_source()
+                source = ckpt.resume_source(self.ckpt_dir, self.cfg.ckpt_path, self.cfg.resume)
             except ckpt.CheckpointError as exc:
                 error = str(exc)
         path, error = self.ctx.broadcast_object((source[0] if source else None, error))
@@ -257,22 +153,13 @@ class Trainer:
             return
         state = source[1] if source else ckpt.load_checkpoint(path)
         try:
-            self._raw_network().load_state_dict(
-                {k.removeprefix("network."): v for k, v in state["model"].items()}
-            )
-            self.ema.module.load_state_dict(state["ema"])
-        except RuntimeError as exc:
+            self.learner.load_state_dict(state, path)
+        except ckpt.CheckpointError as exc:
             raise ValueError(
                 f"checkpoint {path} was written by a model of another shape than "
-                f"model.network={dict(self.cfg.model.network)} ({str(exc).splitlines()[0]}). "
-                "Give this run its own run_name, set resume=false, or point ckpt_path at a "
-                "matching checkpoint."
+                f"model.network={dict(self.cfg.model.network)} ({exc}). Give this run its own "
+                "run_name, set resume=false, or point ckpt_path at a matching checkpoint."
             ) from exc
-        self.ema.n_averaged.fill_(state.get("ema_n_averaged", 1))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.lr_schedule.load_state_dict(state["lr_schedule"])
-        if "scaler" in state:
-            self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.batch_in_epoch = state["batch_in_epoch"]
         # entries of another run's folder (ckpt_path) are not ours to rank against or evict
@@ -309,10 +196,12 @@ class Trainer:
         return stop, due
 
     # ---------------------------------------------------------------- training
+    @property
+    def model(self) -> GenerativeModel:
+        return self.learner.model
+
     def _done(self) -> bool:
-        return self.epoch >= self.cfg.max_epochs or (
-            self.cfg.max_steps > 0 and self.step >= self.cfg.max_steps
-        )
+        return ckpt.is_complete(self.epoch, self.step, self.cfg.max_epochs, self.cfg.max_steps)
 
     def fit(self) -> TrainResult:
         cfg = self.cfg
@@ -371,7 +260,7 @@ class Trainer:
         if not self.ctx.distributed:
             return
         digest = hashlib.sha1()
-        for tensor in self._raw_network().state_dict().values():
+        for tensor in ckpt.network_state(self.model.network).values():
             digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
         hashes = self.ctx.all_gather_object(digest.hexdigest()[:16])
         if len(set(hashes)) > 1:
@@ -396,7 +285,7 @@ class Trainer:
 
     def _train_epoch(self, loader: DataLoader) -> None:
         cfg, tc, ctx = self.cfg, self.cfg.trainer, self.ctx
-        self.train_model.train()
+        self.learner.train_model.train()
         self.progress.start_epoch(self.epoch, self.batches_per_epoch, self.batch_in_epoch)
         consecutive_bad, window_t0, window_samples = 0, time.perf_counter(), 0
         for batch in loader:
@@ -404,28 +293,12 @@ class Trainer:
                 cfg.max_steps > 0 and self.step >= cfg.max_steps
             ):
                 break
-            context = batch["context"].to(ctx.device, non_blocking=True)
-            x_1 = batch["target"].to(ctx.device, non_blocking=True)
-            noise, t = per_sample_noise(
-                self.model.path, x_1.shape[1:], batch["index"], cfg.seed, self.epoch
-            )
-            noise, t = noise.to(ctx.device), t.to(ctx.device)
-            with self.precision.autocast():
-                losses = self.train_model(context, x_1, noise, t)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(losses["loss"]).backward()
-            self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                self.model.parameters(), tc.gradient_clip_val
-            )
+            result = self.learner.train_step(batch, self.epoch)
             self.batch_in_epoch += 1
-            window_samples += x_1.shape[0] * ctx.world_size
-            # grads are all-reduced, so every rank sees the same grad_norm and skips together
-            if not torch.isfinite(losses["loss"]) or not torch.isfinite(grad_norm):
-                if self.precision.use_scaler and torch.isfinite(losses["loss"]):
-                    self.scaler.step(self.optimizer)  # fp16 overflow: the scaler skips & backs off
-                    self.scaler.update()
-                    continue
+            window_samples += len(batch["index"]) * ctx.world_size
+            if result.outcome == "overflow":  # fp16: the scaler skipped the step, backed off
+                continue
+            if result.outcome == "nonfinite":
                 consecutive_bad += 1
                 self.nonfinite_total += 1
                 self.logger.scalars({"nonfinite_steps": self.nonfinite_total}, self.step)
@@ -440,22 +313,18 @@ class Trainer:
                 if consecutive_bad >= tc.max_consecutive_nonfinite:
                     raise NonFiniteLossError(
                         f"loss was NaN/inf for {consecutive_bad} steps in a row (step "
-                        f"{self.step}, lr {self.lr_schedule.get_last_lr()[0]:.3g}). Lower "
-                        "base_lr (e.g. base_lr=5e-5), check the data (goalgen-pack validates "
-                        "every file), or try trainer.precision=32. last.ckpt holds the last "
-                        "good state."
+                        f"{self.step}, lr {self.learner.lr_schedule.get_last_lr()[0]:.3g}). "
+                        "Lower base_lr (e.g. base_lr=5e-5), check the data (goalgen-pack "
+                        "validates every file), or try trainer.precision=32. last.ckpt holds "
+                        "the last good state."
                     )
                 continue
             consecutive_bad = 0
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.lr_schedule.step()
-            self.ema.update_parameters(self.model)
             self.step += 1
             if self.step % tc.log_every_n_steps == 0:
                 elapsed = time.perf_counter() - window_t0
                 # mean over ranks (every rank takes part in the all-reduce)
-                names = sorted(losses)
+                losses, names = result.losses, sorted(result.losses)
                 means = (
                     ctx.all_reduce_sum(
                         torch.stack([losses[k].detach().float().cpu() for k in names])
@@ -465,8 +334,8 @@ class Trainer:
                 mean = dict(zip(names, means.tolist(), strict=True))
                 info = {
                     "train_loss": mean["loss"],
-                    "lr": self.lr_schedule.get_last_lr()[0],
-                    "grad_norm": grad_norm.item(),
+                    "lr": self.learner.lr_schedule.get_last_lr()[0],
+                    "grad_norm": result.grad_norm.item(),
                     "samples_per_s": window_samples / elapsed,
                 }
                 extra = {f"train_{k}": v for k, v in mean.items() if k != "loss"}
@@ -486,7 +355,7 @@ class Trainer:
     def validate(self, epoch_label: int) -> float:
         """Deterministic val loss with EMA weights; top-k update; sample grid. All ranks call."""
         cfg, ctx = self.cfg, self.ctx
-        ema_model = self.ema.module
+        ema_model = self.learner.ema.module
         ema_model.eval()
         positions = list(range(ctx.rank, len(self.val_set), ctx.world_size))
         loader = DataLoader(
@@ -505,7 +374,7 @@ class Trainer:
                 ema_model.path, x_1.shape[1:], batch["index"], cfg.val.seed, epoch=-1
             )
             noise, t = noise.to(ctx.device), t.to(ctx.device)
-            with self.precision.autocast():
+            with self.learner.precision.autocast():
                 losses = ema_model(context, x_1, noise, t)
             totals += torch.tensor(
                 [losses["loss"].item() * x_1.shape[0], x_1.shape[0]], dtype=torch.float64
@@ -542,7 +411,7 @@ class Trainer:
         batch = self.val_set.__getitems__(list(range(n)))
         context = batch["context"].to(self.ctx.device)
         g = torch.Generator(device=self.ctx.device).manual_seed(cfg.val.seed)
-        with self.precision.autocast():
+        with self.learner.precision.autocast():
             samples = ema_model.sample(context.repeat_interleave(k, 0), cfg.sampling_steps, g)
         samples = samples.float().cpu().view(n, k, 1, *samples.shape[-2:])
         shown = min(cfg.val.num_images, n)
