@@ -178,3 +178,71 @@ def test_diverged_ranks_are_an_error_not_a_silent_model(tiny_cfg, tmp_path):
     trainer.ctx = TwoRanks(0, 0, 2, 2, cpu, "gloo", other="0123456789abcdef")
     with pytest.raises(RuntimeError, match="DDP ranks hold different weights"):
         trainer.check_ranks_agree()
+
+
+def _fp16_nan_on_rank_1(rank: int, port: int, cfg_dict: dict, out: str) -> None:
+    """One gloo rank of the test below: 3 fp16 (grad-scaler) steps, rank 1's second loss NaN."""
+    import json
+
+    import torch.distributed as dist
+    from omegaconf import OmegaConf
+
+    from goalgen.checkpoint import network_state
+    from goalgen.model.generative import GenerativeModel
+    from goalgen.train import step as step_module
+    from goalgen.train.distributed import DistContext
+    from goalgen.train.precision import Precision
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    step_module.resolve_precision = lambda *_: Precision("16-mixed", "cpu", None, True)
+    real_forward = GenerativeModel.forward
+    poison = {"on": False}
+
+    def forward(self, *args):
+        losses = real_forward(self, *args)
+        if poison["on"]:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    GenerativeModel.forward = forward
+    ctx = DistContext(rank, rank, 2, 2, torch.device("cpu"), "gloo")
+    learner = step_module.Learner(OmegaConf.create(cfg_dict), ctx, 10, compiled=False)
+    g = torch.Generator().manual_seed(rank)
+    batch = {
+        "context": torch.rand(4, 5, 16, 16, generator=g).gt(0.8).float() * 2 - 1,
+        "target": torch.rand(4, 1, 16, 16, generator=g).gt(0.9).float() * 2 - 1,
+        "index": torch.arange(4) + 4 * rank,
+    }
+    outcomes = []
+    for i in range(3):
+        poison["on"] = rank == 1 and i == 1
+        outcomes.append(learner.train_step(batch, 0).outcome)
+    digest = sum(float(v.double().sum()) for v in network_state(learner.model.network).values())
+    with open(f"{out}/rank{rank}.json", "w") as f:
+        json.dump({"outcomes": outcomes, "scale": learner.scaler.get_scale(), "w": digest}, f)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_fp16_nonfinite_loss_on_one_rank_is_skipped_by_every_rank(tiny_cfg, tmp_path):
+    """A NaN loss on rank 1 only: both ranks skip that step (an all-reduced flag), the grad
+    scaler backs off on both, and the next steps apply with identical weights. Before, rank 0
+    took the fp16 'overflow' branch and rank 1 the NaN branch without scaler.update(), whose
+    next unscale_() raised."""
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+    from omegaconf import OmegaConf
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = OmegaConf.to_container(tiny_cfg("train_fb_flow_matching"), resolve=True)
+    mp.spawn(_fp16_nan_on_rank_1, args=(port, cfg, str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for r in ranks:
+        assert r["outcomes"] == ["applied", "nonfinite", "applied"], r
+        assert r["scale"] == 2.0**16 / 2  # one back-off, no growth
+    assert ranks[0]["w"] == ranks[1]["w"]

@@ -10,6 +10,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from goalgen import checkpoint as ckpt
 from goalgen.data.dataset import build_datasets
 from goalgen.eval.metrics import task_metrics
 from goalgen.model.build import build_model
@@ -331,3 +332,40 @@ def test_decay_steps_zero_means_no_decay_and_null_the_whole_run(tiny_cfg):
     base = flat.learner.lr
     assert flat.learner.lr_schedule.get_last_lr()[0] == pytest.approx(base)  # 0: flat after warmup
     assert full.learner.lr_schedule.get_last_lr()[0] < 0.2 * base  # null: decays over the run
+
+
+def test_run_path_fine_tunes_from_another_runs_best_weights(tiny_cfg, caplog):
+    source_cfg = tiny_cfg("train_fb_flow_matching", "max_epochs=2", "run_name=source")
+    train(source_cfg, run_dir_of(source_cfg), CPU)
+    source_dir = run_dir_of(source_cfg)
+    best = ckpt.select_checkpoint(source_dir, "best")
+    best_state = torch.load(best, weights_only=True)
+    cfg = tiny_cfg("train_fb_flow_matching", "max_steps=2", f"run_path={source_dir}")
+    with caplog.at_level(logging.INFO, logger="goalgen"):
+        trainer = Trainer(cfg, run_dir_of(cfg), CPU)
+    assert f"Fine-tuning from {best}" in caplog.text and trainer.step == 0
+    for key, value in ckpt.network_state(trainer.model.network).items():
+        assert torch.equal(value, best_state["model"][key]), key
+    for key, value in trainer.learner.ema.module.state_dict().items():
+        assert torch.equal(value, best_state["ema"][key]), key
+    assert not trainer.learner.optimizer.state  # a new optimizer, LR schedule at its start
+    assert trainer.learner.lr_schedule.last_epoch == 0
+    result = trainer.fit()
+    assert result.step == 2
+    # a requeue (same command) resumes the fine-tuning run's own last.ckpt, never re-inits
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="goalgen"):
+        again = Trainer(
+            tiny_cfg("train_fb_flow_matching", "max_steps=3", f"run_path={best}"),
+            run_dir_of(cfg),
+            CPU,
+        )
+    assert again.step == 2 and "Resuming from" in caplog.text and "Fine-tuning" not in caplog.text
+    wide = tiny_cfg(
+        "train_fb_flow_matching", f"run_path={best}", "model.network.dim=64", "run_name=wide"
+    )
+    with pytest.raises(ValueError, match=r"shape patch_embed.weight .*another shape.*run_path"):
+        Trainer(wide, run_dir_of(wide), CPU)
+    both = tiny_cfg("train_fb_flow_matching", f"run_path={best}", f"ckpt_path={best}")
+    with pytest.raises(ValueError, match="give one"):
+        Trainer(both, run_dir_of(both), CPU)

@@ -277,6 +277,19 @@ def resume_source(
     return str(ckpt_path), state
 
 
+def finetune_source(run_path: str | os.PathLike, ckpt_dir: Path) -> tuple[str, dict[str, Any]]:
+    """The checkpoint a fine-tuning run (``run_path=``) takes its weights from: the best one
+    of the run dir ``run_path`` (lowest recorded val_loss), or ``run_path`` itself when it is
+    a file. It must not be a file of the new run's own ``ckpt_dir``."""
+    path = select_checkpoint(run_path, "best")
+    if Path(path).resolve().parent == Path(ckpt_dir).resolve():
+        raise CheckpointError(
+            f"run_path={run_path} is this run's own folder; give the fine-tuning run its own "
+            "run_name (or resume it with resume=true and no run_path)"
+        )
+    return str(path), load_checkpoint(path)
+
+
 # ----------------------------------------------------------------------------- weights
 def _raw(network: nn.Module) -> nn.Module:
     return getattr(network, "_orig_mod", network)  # torch.compile's wrapper

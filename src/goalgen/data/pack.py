@@ -48,6 +48,7 @@ from goalgen.data.scenes import (
     find_scene_files,
     load_scene,
 )
+from goalgen.io import atomic_write_text, fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -239,24 +240,9 @@ def _rows(paths: list[str], image_size: int, workers: int, progress: bool) -> It
             ex.shutdown(wait=True, cancel_futures=True)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _remove_stale(folder: Path, stem: str, keep: set[str]) -> None:
     """Delete this stem's files except ``keep`` (call under the lock: no writer is alive)."""
-    for p in folder.glob(f"{stem}.*"):
+    for p in [*folder.glob(f"{stem}.*"), *folder.glob(f".{stem}.*.tmp")]:
         if p.name not in keep and p.name != f"{stem}.lock":
             p.unlink(missing_ok=True)
 
@@ -283,7 +269,6 @@ def _build(
     n, s = len(paths), plan.image_size
     tag = f"tmp-{socket.gethostname()}-{os.getpid()}"
     tmp_array = folder / f"{plan.stem}.npy.{tag}"
-    tmp_manifest = folder / f"{plan.stem}.json.{tag}"
     packed: list[str] = []
     skipped: dict[str, str] = {}
     sha = hashlib.sha1()
@@ -308,7 +293,7 @@ def _build(
             raise ValueError(f"all {n} scene files were invalid and skipped; nothing to pack")
         if len(packed) < n:
             _shrink(tmp_array, len(packed))
-        _fsync(tmp_array)
+        fsync_path(tmp_array)
         array_path = folder / f"{plan.stem}.{sha.hexdigest()[:12]}.npy"
         os.replace(tmp_array, array_path)
         manifest = {
@@ -325,11 +310,9 @@ def _build(
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "created_by": tag.removeprefix("tmp-"),
         }
-        _write_json(tmp_manifest, manifest)
-        os.replace(tmp_manifest, folder / f"{plan.stem}.json")  # the commit
-        _fsync(folder)
+        atomic_write_text(folder / f"{plan.stem}.json", json.dumps(manifest, indent=1))  # commit
     finally:
-        for p in (tmp_array, tmp_manifest, tmp_array.with_name(tmp_array.name + ".small")):
+        for p in (tmp_array, tmp_array.with_name(tmp_array.name + ".small")):
             p.unlink(missing_ok=True)
     _remove_stale(folder, plan.stem, keep={array_path.name, f"{plan.stem}.json"})
     built = _open(folder, plan)

@@ -137,29 +137,58 @@ class Trainer:
             "versions": {"torch": str(torch.__version__), "goalgen": __version__},
         }
 
+    def _start_source(self) -> tuple[str, dict[str, Any], bool] | None:
+        """``(path, state, weights_only)`` to start from, or None (fresh weights). A run with
+        a checkpoint of its own resumes it (a requeue of a fine-tuning run too); otherwise
+        ``run_path`` gives the weights (model and EMA) of another run's best checkpoint."""
+        cfg = self.cfg
+        if cfg.ckpt_path is not None and cfg.run_path is not None:
+            raise ValueError(
+                f"ckpt_path={cfg.ckpt_path} and run_path={cfg.run_path}: give one (ckpt_path "
+                "continues a run's training state, run_path fine-tunes its weights)"
+            )
+        source = ckpt.resume_source(self.ckpt_dir, cfg.ckpt_path, cfg.resume)
+        if source is not None:
+            return source[0], source[1], False
+        if cfg.run_path is not None:
+            return (*ckpt.finetune_source(cfg.run_path, self.ckpt_dir), True)
+        return None
+
     def _maybe_resume(self) -> None:
         # rank 0 decides and every rank loads that file: ranks whose reads of a shared
         # filesystem differ must not resume from different states
         source, error = None, None
         if self.ctx.is_main:
             try:
-                source = ckpt.resume_source(self.ckpt_dir, self.cfg.ckpt_path, self.cfg.resume)
-            except ckpt.CheckpointError as exc:
+                source = self._start_source()
+            except (ckpt.CheckpointError, FileNotFoundError, ValueError) as exc:
                 error = str(exc)
-        path, error = self.ctx.broadcast_object((source[0] if source else None, error))
+        decision = (source[0], source[2]) if source else None
+        decision, error = self.ctx.broadcast_object((decision, error))
         if error is not None:  # every rank stops with the message, none waits on the others
             raise ckpt.CheckpointError(error)
-        if path is None:
+        if decision is None:
             return
+        path, weights_only = decision
         state = source[1] if source else ckpt.load_checkpoint(path)
         try:
-            self.learner.load_state_dict(state, path)
+            self.learner.load_state_dict(state, path, weights_only)
         except ckpt.CheckpointError as exc:
+            what = "run_path" if weights_only else "ckpt_path"
             raise ValueError(
-                f"checkpoint {path} was written by a model of another shape than "
-                f"model.network={dict(self.cfg.model.network)} ({exc}). Give this run its own "
-                "run_name, set resume=false, or point ckpt_path at a matching checkpoint."
+                f"{exc}: it was written by a model of another shape than "
+                f"model.network={dict(self.cfg.model.network)}. Give this run its own "
+                f"run_name, set resume=false, or point {what} at a matching checkpoint."
             ) from exc
+        if weights_only:
+            if self.ctx.is_main:
+                log.info(
+                    "Fine-tuning from %s (weights of step %d): new optimizer and LR schedule, "
+                    "step 0",
+                    path,
+                    state["step"],
+                )
+            return
         self.epoch, self.step = state["epoch"], state["step"]
         self.batch_in_epoch = state["batch_in_epoch"]
         # entries of another run's folder (ckpt_path) are not ours to rank against or evict
