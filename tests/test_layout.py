@@ -14,7 +14,7 @@ LAYERS = [
     {"data"},
     {"model"},
     {"checkpoint"},
-    {"infer"},
+    {"infer", "compat"},
     {"eval"},
     {"train"},
     {"launch", "bench"},

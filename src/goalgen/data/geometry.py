@@ -19,6 +19,9 @@ Conventions
   dataset stores 0/255 ``uint8``).
 - Radii in pixels are floats; the disk of radius ``r`` is every pixel whose centre lies within
   ``r`` pixels of the centre pixel's centre.
+- :class:`NamoFrame` is the other convention in use: the planner's (the original collection
+  code's, row 0 = ``y_min``, no half-pixel offset), used by maze scene files
+  (``image_convention`` = 1); everything above is convention 0.
 """
 
 from __future__ import annotations
@@ -217,3 +220,123 @@ def placement_collides(
     candidate = np.asarray(candidate_mask) != 0
     others = [static, movable_without_target] + [m for m in (robot, goal) if m is not None]
     return any(bool(np.any(candidate & (np.asarray(m) != 0))) for m in others)
+
+
+# ----------------------------------------------------------------------------- the planner's frame
+NAMO_IMAGE_SIZE = 224
+NAMO_PAD = (0.1, 0.2)  # bounds padding: min(0.1 * range, 0.2) m per axis
+
+
+def box_extents(boxes: np.ndarray) -> np.ndarray:
+    """``(M, 4)`` axis-aligned extents ``(xmin, ymin, xmax, ymax)`` of boxes ``(M, 5)``."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 5)
+    c, s = np.abs(np.cos(boxes[:, 4])), np.abs(np.sin(boxes[:, 4]))
+    half = np.stack([boxes[:, 2] * c + boxes[:, 3] * s, boxes[:, 2] * s + boxes[:, 3] * c], 1) / 2
+    return np.concatenate([boxes[:, :2] - half, boxes[:, :2] + half], 1)
+
+
+def padded_bounds(boxes: np.ndarray) -> tuple[float, float, float, float]:
+    """The planner's scene bounds ``(xmin, ymin, xmax, ymax)``: the union of the extents of
+    boxes ``(M, 5)`` (walls, static and movable objects), each axis padded by
+    ``min(0.1 * range, 0.2)`` m."""
+    ext = box_extents(boxes)
+    lo, hi = ext[:, :2].min(0), ext[:, 2:].max(0)
+    pad = np.minimum(NAMO_PAD[0] * (hi - lo), NAMO_PAD[1])
+    return (*(lo - pad).tolist(), *(hi + pad).tolist())
+
+
+class NamoFrame:
+    """The original collection code's image convention (the planner's scenes rendered to masks).
+
+    A square world of side ``max(w, h)`` of the padded bounds (:func:`padded_bounds`), centred on
+    them, is drawn at ``size`` pixels (224 in the original): ``scale = size / side`` px per m,
+    ``px = int((x - cx) * scale + size / 2)``, ``py = int((y - cy) * scale + size / 2)``, both
+    clamped to ``[0, size - 1]``; a mask is indexed ``[py, px]`` (row 0 is ``y_min``: no flip),
+    with no half-pixel offset, so pixel ``(row, col)`` maps back to ``x = (col - size / 2) /
+    scale + cx``, ``y = (row - size / 2) / scale + cy`` (its lower-left corner). Rasterisers put
+    a pixel in a shape when that point lies in it, so a shape's mean pixel maps back to its
+    centre. The same world at another ``size`` (e.g. 224 area-pooled to 64) is the same frame
+    with that ``size``. Boxes are ``(cx, cy, w, h, theta)`` as in the module docstring.
+    """
+
+    def __init__(self, center: Sequence[float], side: float, size: int = NAMO_IMAGE_SIZE) -> None:
+        if side <= 0 or size < 1:
+            raise ValueError(f"need side > 0 and size >= 1, got {side}, {size}")
+        self.cx, self.cy = float(center[0]), float(center[1])
+        self.side, self.size = float(side), int(size)
+        self.scale = self.size / self.side
+        self.metres_per_pixel = self.side / self.size
+
+    @classmethod
+    def from_bounds(cls, bounds: Bounds, size: int = NAMO_IMAGE_SIZE) -> NamoFrame:
+        """The frame of padded bounds ``(xmin, ymin, xmax, ymax)`` (not necessarily square)."""
+        xmin, ymin, xmax, ymax = (float(v) for v in bounds)
+        side = max(xmax - xmin, ymax - ymin)
+        return cls(((xmin + xmax) / 2, (ymin + ymax) / 2), side, size)
+
+    @classmethod
+    def from_geometry(cls, boxes: np.ndarray, size: int = NAMO_IMAGE_SIZE) -> NamoFrame:
+        """The frame of a scene whose walls and objects are the boxes ``(M, 5)``."""
+        return cls.from_bounds(padded_bounds(boxes), size)
+
+    def resized(self, size: int) -> NamoFrame:
+        """The same world at ``size`` pixels."""
+        return NamoFrame((self.cx, self.cy), self.side, size)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """The square world ``(xmin, ymin, xmax, ymax)`` the image covers."""
+        h = self.side / 2
+        return (self.cx - h, self.cy - h, self.cx + h, self.cy + h)
+
+    def world_to_pixel(self, xy: np.ndarray) -> np.ndarray:
+        """World points ``(..., 2)`` ``(x, y)`` -> int pixels ``(..., 2)`` ``(row, col)``."""
+        xy = np.asarray(xy, dtype=np.float64)
+        half = self.size / 2
+        col = ((xy[..., 0] - self.cx) * self.scale + half).astype(np.int64)  # int(): truncation
+        row = ((xy[..., 1] - self.cy) * self.scale + half).astype(np.int64)
+        return np.clip(np.stack([row, col], axis=-1), 0, self.size - 1)
+
+    def pixel_to_world(self, rc: np.ndarray) -> np.ndarray:
+        """Pixels ``(..., 2)`` ``(row, col)`` (ints or floats) -> world points ``(..., 2)``."""
+        rc = np.asarray(rc, dtype=np.float64)
+        half = self.size / 2
+        x = (rc[..., 1] - half) / self.scale + self.cx
+        y = (rc[..., 0] - half) / self.scale + self.cy
+        return np.stack([x, y], axis=-1)
+
+    def shift_to_world(self, rows: float, cols: float) -> tuple[float, float]:
+        """World displacement ``(dx, dy)`` of a shift by ``rows`` rows and ``cols`` columns."""
+        return cols / self.scale, rows / self.scale
+
+    def _window(
+        self, lo_xy: Sequence[float], hi_xy: Sequence[float]
+    ) -> tuple[slice, slice, np.ndarray, np.ndarray]:
+        """Pixels whose sample point may lie in ``[lo_xy, hi_xy]``: row and column slices and
+        the sample points' ``x`` ``(1, w)`` and ``y`` ``(h, 1)``."""
+        half, n = self.size / 2, self.size
+        c0 = min(max(int(np.floor((lo_xy[0] - self.cx) * self.scale + half)), 0), n)
+        c1 = min(max(int(np.ceil((hi_xy[0] - self.cx) * self.scale + half)) + 1, c0), n)
+        r0 = min(max(int(np.floor((lo_xy[1] - self.cy) * self.scale + half)), 0), n)
+        r1 = min(max(int(np.ceil((hi_xy[1] - self.cy) * self.scale + half)) + 1, r0), n)
+        x = ((np.arange(c0, c1) - half) / self.scale + self.cx)[None, :]
+        y = ((np.arange(r0, r1) - half) / self.scale + self.cy)[:, None]
+        return slice(r0, r1), slice(c0, c1), x, y
+
+    def disk_mask(self, center: Sequence[float], radius: float) -> np.ndarray:
+        """``(size, size)`` bool: the disk of ``radius`` m around ``center`` ``(x, y)``."""
+        cx, cy = float(center[0]), float(center[1])
+        out = np.zeros((self.size, self.size), dtype=bool)
+        rows, cols, x, y = self._window((cx - radius, cy - radius), (cx + radius, cy + radius))
+        out[rows, cols] = (x - cx) ** 2 + (y - cy) ** 2 <= radius**2
+        return out
+
+    def box_mask(self, cx: float, cy: float, w: float, h: float, theta: float) -> np.ndarray:
+        """``(size, size)`` bool: the filled rotated box ``(cx, cy, w, h, theta)``."""
+        c, s = np.cos(theta), np.sin(theta)
+        half_x, half_y = (abs(w * c) + abs(h * s)) / 2, (abs(w * s) + abs(h * c)) / 2
+        out = np.zeros((self.size, self.size), dtype=bool)
+        rows, cols, x, y = self._window((cx - half_x, cy - half_y), (cx + half_x, cy + half_y))
+        dx, dy = x - cx, y - cy
+        out[rows, cols] = (np.abs(dx * c + dy * s) <= w / 2) & (np.abs(dy * c - dx * s) <= h / 2)
+        return out

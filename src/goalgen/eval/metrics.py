@@ -6,8 +6,9 @@ Everything works on numpy masks at one resolution (the model's ``image_size``); 
 (:func:`goalgen.data.pack.resize_masks`, values in [0, 1]) by thresholding at ``THRESHOLD``,
 except the static walls: area-pooling turns a thin wall into a grey line (a 10 cm wall is
 0.64 px wide at 32 px for a 5 m room), which a 0.5 threshold erases, opening passages that do
-not exist. Walls use ``STATIC_THRESHOLD`` instead. Robot and goal masks smaller than a pixel
-fall back to their most covered pixel(s).
+not exist. Walls use ``STATIC_THRESHOLD`` instead. Robot, goal, selected-object and
+ground-truth masks smaller than a pixel fall back to their most covered pixel(s) (an emptied
+truth would score an empty sample IoU 1).
 
 :func:`task_metrics` takes the model's torch tensors (values in [-1, 1]) for use in the
 training loop.
@@ -162,7 +163,7 @@ class SceneMasks:
             robot_radius_px=radius,
             radius_from=source,
             interior=map_interior(static),
-            truth=None if truth is None else np.asarray(truth) >= THRESHOLD,
+            truth=None if truth is None else _binary(np.asarray(truth), THRESHOLD, fallback=True),
             metres_per_pixel=mpp,
         )
 

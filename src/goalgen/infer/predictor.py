@@ -221,6 +221,12 @@ class GoalPredictor:
         finally:
             self.model.sampler = old
 
+    def propose(self, scene: Any, num_samples: int = 32, top: int | None = None, **kwargs: Any):
+        """Ranked, verified goal proposals (:func:`goalgen.infer.proposals.propose`)."""
+        from goalgen.infer.proposals import propose
+
+        return propose(self, scene, num_samples, top, **kwargs)
+
     @torch.no_grad()
     def sample(
         self,

@@ -97,7 +97,7 @@ class GenerativeModel(nn.Module):
         b, _, s, _ = context.shape
         x_init = torch.randn((b, 1, s, s), generator=generator, device=context.device)
 
-        def model_fn(x: Tensor, t: Tensor) -> Tensor:
-            return self.path.to_sampler_output(self.predict(x, t, context, network).float(), x, t)
+        def model_fn(x: Tensor, t: Tensor) -> Tensor:  # the raw output: samplers convert it
+            return self.predict(x, t, context, network).float()
 
         return self.sampler.sample(model_fn, x_init, steps, generator=generator).clamp(-1, 1)

@@ -49,8 +49,8 @@ class FBFlowMatchingPath:
             through (memorising 16 scenes: IoU 0.84 after 1000 steps; velocity: 0.0 after 300).
         vp_beta_min, vp_beta_max: parameters of the ``vp`` scheduler.
         polynomial_n: exponent of the ``polynomial`` scheduler.
-        t_max: training times are drawn from U(0, t_max), and conversions clamp t to it: the
-            velocity is singular at exactly t = 1.
+        t_max: training times are drawn from U(0, t_max): the x1-to-velocity conversion is
+            singular at t = 1 (the sampler ends with a DDIM step instead of evaluating there).
     """
 
     family = "flow"
@@ -104,12 +104,16 @@ class FBFlowMatchingPath:
             return prediction
         return self.path.velocity_to_target(velocity=prediction, x_t=x_t, t=_bcast(t, x_t))
 
+    def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """The scheduler's ``(alpha_t, sigma_t)`` at ``t`` (``x_t = alpha_t x_1 + sigma_t x_0``)."""
+        out = self.path.scheduler(t)
+        return out.alpha_t, out.sigma_t
+
     def to_sampler_output(self, prediction: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-        """The velocity the ODE solver integrates."""
+        """The velocity the ODE solver integrates, for t < 1 (x1 prediction: singular at 1)."""
         if self.prediction == "velocity":
             return prediction
-        t = _bcast(t.clamp(max=self.t_max), x_t)
-        return self.path.target_to_velocity(x_1=prediction, x_t=x_t, t=t)
+        return self.path.target_to_velocity(x_1=prediction, x_t=x_t, t=_bcast(t, x_t))
 
 
 class HFDiffusionPath:

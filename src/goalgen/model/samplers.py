@@ -14,15 +14,17 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from flow_matching.solver import ODESolver
 from flow_matching.utils import ModelWrapper
 from torch import Tensor
+from torchdiffeq import odeint
 
-from goalgen.model.paths import HFDiffusionPath
+from goalgen.model.paths import FBFlowMatchingPath, HFDiffusionPath
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 FIXED_STEP_METHODS = ("euler", "midpoint", "rk4", "heun3")
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun")
-# methods with a stage at the end of a step (t + h): on the last step that is t = 1
-ENDPOINT_METHODS = ("rk4", *ADAPTIVE_METHODS)
-ADAPTIVE_LAST_STEP = 0.05  # x1 prediction: adaptive methods stop here, a midpoint step ends
+ADAPTIVE_LAST_STEP = 0.05  # adaptive methods integrate to 1 - this; the final step ends
+# torchdiffeq's initial-step probe evaluates at t0 + 0.01 |x| / |v|: t = 26 for the small
+# velocity of an untrained vp model. A given first step skips it (NFE within 10 % either way)
+ADAPTIVE_FIRST_STEP = 0.05
 
 
 class _VelocityModel(ModelWrapper):
@@ -33,7 +35,12 @@ class _VelocityModel(ModelWrapper):
         self.model_fn = model_fn
 
     def forward(self, x: Tensor, t: Tensor, **extras) -> Tensor:
-        return self.model_fn(x, t.reshape(-1).expand(x.shape[0]).to(x.dtype))
+        return self.model_fn(x, _batch_t(t, x))
+
+
+def _batch_t(t: Tensor, x: Tensor) -> Tensor:
+    """A solver's 0-dim time as the (B,) times of the contract."""
+    return t.reshape(-1).expand(x.shape[0]).to(x.dtype)
 
 
 class FBODESampler:
@@ -53,20 +60,20 @@ class FBODESampler:
                 f"{', '.join(FIXED_STEP_METHODS + ADAPTIVE_METHODS)}"
             )
         self.method, self.atol, self.rtol = method, atol, rtol
-        self.singular_at_one = False
+        self.path: FBFlowMatchingPath | None = None
 
     @property
     def adaptive(self) -> bool:
         return self.method in ADAPTIVE_METHODS
 
-    def attach(self, path) -> None:
+    def attach(self, path: FBFlowMatchingPath) -> None:
         """Refuse a path of another family (a diffusion path cannot be integrated as an ODE)."""
         if getattr(path, "family", None) != self.family:
             raise ValueError(
                 f"model.sampler is an ODE sampler but model.path is a {path.family} path; "
                 "use model=generative_hf_diffusion's sampler with a diffusion path"
             )
-        self.singular_at_one = getattr(path, "prediction", "velocity") == "x1"
+        self.path = path
 
     @torch.no_grad()
     def sample(
@@ -76,36 +83,85 @@ class FBODESampler:
         steps: int,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Integrate from 0 to 1 in ``steps`` uniform steps (adaptive methods: ``atol``/``rtol``).
+        """Integrate from t = 0 to 1: ``steps`` uniform steps (adaptive: ``atol``/``rtol``).
 
-        With an x1-predicting network the velocity ``(x1_hat - x) / (1 - t)`` (condOT) is
-        singular at t = 1, where rk4's last stage and the adaptive solvers evaluate: that
-        stage's error is amplified ~1000x (the demo model's validity fell from 41 % with
-        midpoint to 4-10 % with rk4). For those methods the last step (``1 / steps``; adaptive:
-        ``ADAPTIVE_LAST_STEP``) is a midpoint step, with stages at 1 - h and 1 - h/2 only; the
-        other methods never evaluate at t = 1.
+        With a path attached, ``model_fn`` returns the network output (velocity or x1): the
+        ODE integrates ``path.to_sampler_output`` of it up to ``1 - h`` (``h = 1 / steps``;
+        adaptive: ``ADAPTIVE_LAST_STEP``) and :meth:`_last_step` goes to t = 1 without
+        evaluating there, where the velocity is singular (x1 prediction: ``(x1_hat - x) /
+        (1 - t)`` for condOT; vp: ``sigma_t ~ sqrt(1 - t)``, so a step over [1 - h, 1] left
+        noise ``~ sigma_{1-h}``). Without a path ``model_fn`` is a velocity field, integrated
+        up to t = 1. Every network call has t in [0, 1].
         """
-        solver = ODESolver(velocity_model=_VelocityModel(model_fn))
-        device = x_init.device
-        if self.adaptive:
-            grid = torch.tensor([0.0, 1.0 - ADAPTIVE_LAST_STEP, 1.0], device=device)
-        else:
-            grid = torch.linspace(0.0, 1.0, steps + 1, device=device)
-        if not (self.singular_at_one and self.method in ENDPOINT_METHODS):
-            return self._solve(solver, x_init, self.method, grid)
-        x = self._solve(solver, x_init, self.method, grid[:-1]) if len(grid) > 2 else x_init
-        return self._solve(solver, x, "midpoint", grid[-2:])
+        end = 1.0 if self.path is None else 1.0 - ADAPTIVE_LAST_STEP
+        grid = torch.tensor([0.0, end]) if self.adaptive else torch.linspace(0.0, 1.0, steps + 1)
+        grid = grid.to(x_init.device)
+        if self.path is None:
+            return self._solve(model_fn, x_init, grid)
+        path = self.path
 
-    def _solve(self, solver: ODESolver, x: Tensor, method: str, grid: Tensor) -> Tensor:
-        """Fixed-step methods step from one grid point to the next; adaptive ones choose their
-        own steps between the grid's ends."""
-        if method in ADAPTIVE_METHODS:
-            grid = grid[[0, -1]]
-        return solver.sample(x, None, method=method, atol=self.atol, rtol=self.rtol, time_grid=grid)
+        def velocity(x: Tensor, t: Tensor) -> Tensor:
+            return path.to_sampler_output(model_fn(x, t), x, t)
+
+        grid = grid if self.adaptive else grid[:-1]
+        x = self._solve(velocity, x_init, grid) if len(grid) > 1 else x_init
+        return self._last_step(model_fn, x, grid[-1])
+
+    def _last_step(self, model_fn: ModelFn, x: Tensor, t_a: Tensor) -> Tensor:
+        """From ``x`` at ``t_a = 1 - h`` to t = 1 with DDIM steps on the predicted x1.
+
+        A DDIM step ``x' = alpha' x1_hat + sigma' (x - alpha x1_hat) / sigma`` gives
+        ``x1_hat`` at t' = 1 (``alpha = 1, sigma = 0`` there for every scheduler): euler ends
+        with ``x1_hat(x, t_a)`` (= its own last step for condOT). The other methods take a
+        half DDIM step to ``t_b = 1 - h/2`` and extrapolate x1_hat linearly in sigma to
+        sigma = 0: ``x1_b + (x1_b - x1_a) sigma_b / (sigma_a - sigma_b)`` (second order; for
+        condOT exactly the midpoint step over [1 - h, 1]). A predictor that returns the true
+        x1 lands on it exactly whatever the scheduler.
+        """
+        path = self.path
+
+        def x1_hat(x: Tensor, t: Tensor) -> Tensor:
+            t = t.expand(x.shape[0])
+            return path.to_x1(model_fn(x, t), x, t)
+
+        x1_a = x1_hat(x, t_a)
+        if self.method == "euler":
+            return x1_a
+        t_b = (1 + t_a) / 2
+        (alpha_a, sigma_a), (alpha_b, sigma_b) = path.alpha_sigma(t_a), path.alpha_sigma(t_b)
+        x_b = alpha_b * x1_a + sigma_b * (x - alpha_a * x1_a) / sigma_a
+        x1_b = x1_hat(x_b, t_b)
+        return x1_b + (x1_b - x1_a) * sigma_b / (sigma_a - sigma_b)
+
+    def _solve(self, velocity: ModelFn, x: Tensor, grid: Tensor) -> Tensor:
+        """``x`` at ``grid[-1]``. Fixed-step methods step from one grid point to the next with
+        flow_matching's ``ODESolver``. Adaptive ones choose their own steps between the
+        grid's ends, through torchdiffeq itself: ODESolver passes no options, and without
+        ``step_t`` they step past the end and interpolate back (network calls up to t = 1.9
+        for dopri5, 5.8 for bosh3), without ``first_step`` the initial-step probe may too."""
+        if not self.adaptive:
+            solver = ODESolver(velocity_model=_VelocityModel(velocity))
+            return solver.sample(x, None, method=self.method, time_grid=grid)
+
+        def func(t: Tensor, y: Tensor) -> Tensor:
+            return velocity(y, _batch_t(t, y))
+
+        options = {"step_t": grid[-1:], "first_step": ADAPTIVE_FIRST_STEP}
+        return odeint(
+            func, x, grid, method=self.method, atol=self.atol, rtol=self.rtol, options=options
+        )[-1]
 
 
 class HFDiffusionSampler:
     """DDIM or DDPM sampling with diffusers' schedulers, built from the path's own config.
+
+    ``steps`` timesteps are visited (the path's ``timestep_spacing``: ``trailing`` starts at
+    T - 1), and the scheduler steps over exactly those: it is built on the visited levels
+    alone (their ``alphas_cumprod`` as ``trained_betas``, the respacing of improved DDPM), so
+    each update lands on the next visited timestep and the last on the data. diffusers' DDIM
+    alone steps to ``k - T // steps``, off by one from the next visited timestep when
+    ``steps`` does not divide T (10 of 29 updates at 30 steps; at 64 it ends at k = 0, noisy),
+    and it has no ``sigmoid`` betas (``trained_betas`` carries any schedule).
 
     Args:
         sampler_type: ``ddim`` (deterministic with ``eta=0``) or ``ddpm`` (stochastic).
@@ -158,8 +214,27 @@ class HFDiffusionSampler:
                     f"(remove model.sampler.{key} or set both to the same value)"
                 )
         self.path = path
+        self.grid = DDPMScheduler.from_config(path.scheduler.config)  # the visited timesteps
+
+    def respaced(self, steps: int) -> tuple[DDIMScheduler | DDPMScheduler, Tensor]:
+        """The scheduler over the ``steps`` visited levels, and those timesteps (``steps``,)
+        of the path, descending: the scheduler's own timestep ``j`` is the path's
+        ``timesteps[steps - 1 - j]``, and its step from ``j`` lands on ``j - 1``."""
+        self.grid.set_timesteps(steps)
+        timesteps = self.grid.timesteps
+        alphas_cumprod = self.path.scheduler.alphas_cumprod[timesteps.flip(0)].double()
+        previous = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
         cls = DDIMScheduler if self.sampler_type == "ddim" else DDPMScheduler
-        self.scheduler = cls.from_config(path.scheduler.config)
+        scheduler = cls.from_config(
+            self.path.scheduler.config,
+            num_train_timesteps=steps,
+            trained_betas=(1 - alphas_cumprod / previous).tolist(),
+            timestep_spacing="trailing",  # with T = steps: every level, steps - 1 down to 0
+        )
+        # the path's own levels: float32 betas near 1 lose 1 - beta (the top level's ratio)
+        scheduler.alphas_cumprod = alphas_cumprod.float()
+        scheduler.set_timesteps(steps)
+        return scheduler, timesteps
 
     @torch.no_grad()
     def sample(
@@ -169,12 +244,12 @@ class HFDiffusionSampler:
         steps: int,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        scheduler, path = self.scheduler, self.path
-        scheduler.set_timesteps(steps, device=x_init.device)
+        """Denoise ``x_init`` (B, 1, S, S) in ``steps`` steps from t = 0 to t = 1."""
+        scheduler, timesteps = self.respaced(steps)
         x = x_init
         extra = {"eta": self.eta} if self.sampler_type == "ddim" else {}
-        for k in scheduler.timesteps:
-            t = path.timestep_to_t(k.reshape(1)).expand(x.shape[0]).to(x.device)
+        for j, k in zip(scheduler.timesteps, timesteps, strict=True):
+            t = self.path.timestep_to_t(k.reshape(1)).expand(x.shape[0]).to(x.device)
             out = model_fn(x, t)
-            x = scheduler.step(out, k, x, generator=generator, **extra).prev_sample
+            x = scheduler.step(out, j, x, generator=generator, **extra).prev_sample
         return x

@@ -124,6 +124,7 @@ def _ensure_synthetic_data(cfg: DictConfig, is_local_main: bool, barrier) -> Non
             int(synth.num_scenes),
             seed=int(synth.seed),
             workers=max(1, min(4, os.cpu_count() or 1)),
+            family=str(synth.get("family", "rooms")),
         )
     barrier()
 

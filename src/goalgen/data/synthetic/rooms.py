@@ -1,4 +1,4 @@
-"""Synthetic NAMO scenes: a walled room whose only robot -> goal route is blocked by one box.
+"""The ``rooms`` family: a walled room whose only robot -> goal route is blocked by one box.
 
 Each scene is a 5 m x 5 m room (``WORLD_BOUNDS``; geometry conventions in
 :mod:`goalgen.data.geometry`) with outer walls and 1-3 interior walls that split it into rooms
@@ -17,6 +17,10 @@ Reachability is checked on the rasterised masks with the robot ``DELTA`` metres 
 (blocked) and ``DELTA`` fatter (open) than it is, so both hold with the true radius and
 survive moderate down-sampling. Layouts are rejection-sampled until every check passes.
 
+Masks follow :mod:`goalgen.data.geometry`'s convention (row 0 = ``y_max``, pixel-centre
+sampling; ``image_convention`` 0, a key these files do not carry, so that they stay
+byte-identical to those of earlier versions).
+
 Files (``scene_00000.npz``, ...) hold the guide's six ``(size, size)`` uint8 0/255 masks plus
 the geometry (float64 unless noted): ``world_bounds`` (4,), ``robot_pose`` (2,),
 ``goal_pose`` (2,), ``robot_radius`` (), ``movable_boxes`` (M, 5), ``target_index`` int64 (),
@@ -29,30 +33,17 @@ numpy and zlib). Scenes of different ``size`` are different layouts.
 
 from __future__ import annotations
 
-import argparse
-import io
-import json
-import multiprocessing
-import os
-import re
-import sys
-import time
-import zipfile
+from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
-from numpy.lib import format as npy_format
-from rich.progress import track
 from scipy import fft, ndimage
 
 from goalgen.data import geometry as geo
 from goalgen.data.scenes import SCENE_KEYS
 
-GENERATOR_VERSION = 1
+VERSION = 1  # bump when the scenes of a seed change
 WORLD_BOUNDS = (0.0, 0.0, 5.0, 5.0)
-STAMP_NAME = ".goalgen_synth.json"
 MIN_SIZE = 64  # below this, 10 cm walls may rasterise with holes
 
 OUTER_WALL = 0.15  # m
@@ -67,7 +58,7 @@ PUSH_STEP = 0.05  # grid of candidate goal displacements, m
 MAX_PUSH = 1.6  # largest displacement searched per axis, m
 MAX_ATTEMPTS = 200  # layouts tried per scene before giving up
 MAX_PATH_CHECKS = 60  # goal candidates checked for an open path per layout
-_SCENE_NAME = re.compile(r"\.?scene_\d+\.npz(\.tmp)?")  # with the temporary names
+REASONS = ("placement", "reachability", "no_goal")
 
 
 @dataclass
@@ -303,8 +294,9 @@ def _union(masks: list[np.ndarray], size: int) -> np.ndarray:
     return out
 
 
-def _attempt(rng: np.random.Generator, size: int) -> dict[str, np.ndarray] | None:
-    """One try at a scene; None when an invariant fails (the caller samples again)."""
+def _attempt(rng: np.random.Generator, size: int) -> dict[str, np.ndarray] | str:
+    """One try at a scene, or the name of the check it failed (``REASONS``; the caller samples
+    again)."""
     mpp = geo.metres_per_pixel(WORLD_BOUNDS, size)
     radius = rng.uniform(*ROBOT_RADIUS)
     layout = _sample_layout(rng, radius)
@@ -317,7 +309,7 @@ def _attempt(rng: np.random.Generator, size: int) -> dict[str, np.ndarray] | Non
     robot_xy = _sample_disk(rng, layout.leaves[room_a], radius, target)
     goal_xy = _sample_disk(rng, layout.leaves[room_b], radius, target)
     if robot_xy is None or goal_xy is None or (target & static).any():
-        return None
+        return "placement"
     # other boxes keep MARGIN off walls, the selected box, robot, goal, other doorways en route
     near = [geo.box_mask(*_grown(np.array(w), MARGIN), WORLD_BOUNDS, size) for w in layout.walls]
     near.append(geo.box_mask(*_grown(target_box, MARGIN), WORLD_BOUNDS, size))
@@ -334,13 +326,13 @@ def _attempt(rng: np.random.Generator, size: int) -> dict[str, np.ndarray] | Non
     blocked = (clearance <= thin_px) | geo.inflate(target, thin_px)
     fat = clearance <= fat_px
     if geo.cspace_connected(blocked, start, end) or not geo.cspace_connected(fat, start, end):
-        return None
+        return "reachability"
     forbidden = (clearance <= MARGIN / mpp) | geo.inflate(robot, MARGIN / mpp)
     forbidden |= geo.inflate(goal, MARGIN / mpp)
     scene = _Scene(static, others, target, forbidden, fat, fat_px, start, end)
     found = _find_target_goal(rng, scene, target_box, door)
     if found is None:
-        return None
+        return "no_goal"
     goal_box, goal_mask = found
     index = int(rng.integers(len(others_boxes) + 1))
     boxes = [*others_boxes[:index], target_box, *others_boxes[index:]]
@@ -358,11 +350,15 @@ def _attempt(rng: np.random.Generator, size: int) -> dict[str, np.ndarray] | Non
     }
 
 
-def generate_scene(seed: int | np.random.SeedSequence, size: int = 224) -> dict[str, np.ndarray]:
-    """One scene as ``{key: array}`` (keys and shapes in the module docstring).
+def generate_with_stats(
+    seed: int | np.random.SeedSequence, size: int = 224
+) -> tuple[dict[str, np.ndarray], Counter]:
+    """One scene as ``{key: array}`` (keys and shapes in the module docstring) and the rejected
+    layouts by reason.
 
     ``seed`` is an int or a ``SeedSequence`` with int entropy in [0, 2**63); the same seed and
-    ``size`` give the same arrays. Raises ``RuntimeError`` if no valid layout is found.
+    ``size`` give the same arrays. Raises ``RuntimeError`` naming the check most layouts failed
+    if no valid layout is found.
     """
     seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     if not isinstance(seq.entropy, int) or not 0 <= seq.entropy < 2**63:
@@ -370,154 +366,23 @@ def generate_scene(seed: int | np.random.SeedSequence, size: int = 224) -> dict[
     if size < MIN_SIZE:
         raise ValueError(f"size must be >= {MIN_SIZE}, got {size}")
     rng = np.random.default_rng(seq)
+    rejected: Counter = Counter()
     for _ in range(MAX_ATTEMPTS):
         scene = _attempt(rng, size)
-        if scene is not None:
-            return scene | {
-                "seed": np.array(seq.entropy, dtype=np.int64),
-                "spawn_key": np.array(seq.spawn_key, dtype=np.int64),
-            }
-    raise RuntimeError(f"no valid scene for seed {seq} after {MAX_ATTEMPTS} layouts")
-
-
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` like ``np.savez_compressed``, byte-reproducibly and atomically.
-
-    Members get a fixed timestamp (numpy stamps the current time); the file appears under its
-    name only once complete.
-    """
-    tmp = path.with_name(f".{path.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for key, value in arrays.items():
-            buffer = io.BytesIO()
-            npy_format.write_array(buffer, np.asanyarray(value), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            archive.writestr(info, buffer.getvalue(), compress_type=zipfile.ZIP_DEFLATED)
-    os.replace(tmp, path)
-
-
-def _write_scene(task: tuple[str, int, int, int]) -> str:
-    path, seed, index, size = task
-    scene = generate_scene(np.random.SeedSequence(seed, spawn_key=(index,)), size)
-    save_npz(Path(path), scene)
-    return path
-
-
-def _stamp(num_scenes: int, seed: int, size: int) -> dict[str, int]:
-    return {"num_scenes": num_scenes, "seed": seed, "size": size, "version": GENERATOR_VERSION}
-
-
-def _scene_files(out: Path) -> set[str]:
-    """Names of the scene files (and leftover temporary ones) in ``out``."""
-    return (
-        {p.name for p in out.iterdir() if _SCENE_NAME.fullmatch(p.name)} if out.is_dir() else set()
+        if isinstance(scene, str):
+            rejected[scene] += 1
+            continue
+        return scene | {
+            "seed": np.array(seq.entropy, dtype=np.int64),
+            "spawn_key": np.array(seq.spawn_key, dtype=np.int64),
+        }, rejected
+    worst = rejected.most_common(1)[0][0] if rejected else "none"
+    raise RuntimeError(
+        f"rooms: no valid scene for seed {seq} after {MAX_ATTEMPTS} layouts; most failed the "
+        f"{worst!r} check ({', '.join(f'{k} {v}' for k, v in rejected.most_common())})"
     )
 
 
-def _is_complete(out: Path, stamp: dict[str, int], names: list[str]) -> bool:
-    try:
-        recorded = json.loads((out / STAMP_NAME).read_text())
-    except (OSError, ValueError):
-        return False
-    return recorded == stamp and _scene_files(out) == set(names)
-
-
-def _generate(
-    out: Path, num_scenes: int, seed: int, workers: int, size: int, progress: bool
-) -> tuple[list[Path], bool]:
-    """Write the data set unless complete; returns its paths and whether it wrote them now."""
-    if num_scenes < 1 or workers < 1 or not 0 <= seed < 2**63 or size < MIN_SIZE:
-        raise ValueError(
-            f"need num_scenes >= 1, workers >= 1, 0 <= seed < 2**63, size >= {MIN_SIZE}; got "
-            f"{num_scenes}, {workers}, {seed}, {size}"
-        )
-    names = [f"scene_{i:05d}.npz" for i in range(num_scenes)]
-    paths = [out / name for name in names]
-    stamp = _stamp(num_scenes, seed, size)
-    if _is_complete(out, stamp, names):
-        return paths, False
-    out.mkdir(parents=True, exist_ok=True)
-    (out / STAMP_NAME).unlink(missing_ok=True)
-    tasks = [(str(p), seed, i, size) for i, p in enumerate(paths)]
-    show = {"total": num_scenes, "description": "scenes", "disable": not progress}
-    if workers == 1:
-        for _ in track(map(_write_scene, tasks), **show):
-            pass
-    else:
-        with multiprocessing.get_context("forkserver").Pool(min(workers, num_scenes)) as pool:
-            chunk = max(1, min(16, num_scenes // (4 * workers)))
-            for _ in track(pool.imap_unordered(_write_scene, tasks, chunk), **show):
-                pass
-    for stale in _scene_files(out) - set(names):  # from an earlier, larger or interrupted run
-        (out / stale).unlink()
-    tmp = out / f"{STAMP_NAME}.tmp"
-    tmp.write_text(json.dumps(stamp))
-    os.replace(tmp, out / STAMP_NAME)
-    return paths, True
-
-
-def generate_dataset(
-    out_dir: str | os.PathLike,
-    num_scenes: int,
-    seed: int = 0,
-    workers: int = 1,
-    size: int = 224,
-    progress: bool = False,
-) -> list[Path]:
-    """Write ``out_dir/scene_00000.npz`` ... and return their paths, in order.
-
-    Returns at once if ``out_dir`` holds a completed run with the same ``num_scenes``, ``seed``,
-    ``size`` and generator version (recorded in ``out_dir/.goalgen_synth.json``, written last).
-    Otherwise writes every scene and removes ``scene_*.npz`` files beyond ``num_scenes``.
-    ``progress`` shows a progress bar on stderr.
-    """
-    return _generate(Path(out_dir), num_scenes, seed, workers, size, progress)[0]
-
-
-class _Parser(argparse.ArgumentParser):
-    """Bad arguments: one line on stderr, exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``goalgen-synth``: write a synthetic NAMO data set (see ``--help``)."""
-    parser = _Parser(
-        prog="goalgen-synth",
-        description="Write synthetic NAMO scenes (.npz in the training guide's format).",
-    )
-    parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--num-scenes", required=True, type=int, help="number of scenes")
-    parser.add_argument("--seed", type=int, default=0, help="data set seed (default 0)")
-    parser.add_argument("--workers", type=int, default=1, help="processes (default 1)")
-    parser.add_argument("--size", type=int, default=224, help="mask side in pixels (default 224)")
-    args = parser.parse_args(argv)
-    for name, low in (("num_scenes", 1), ("workers", 1), ("seed", 0), ("size", MIN_SIZE)):
-        if getattr(args, name) < low:
-            parser.error(f"--{name.replace('_', '-')} must be >= {low}")
-    if args.seed >= 2**63:
-        parser.error("--seed must be < 2**63")
-    start = time.perf_counter()
-    try:
-        _, written = _generate(
-            args.out, args.num_scenes, args.seed, args.workers, args.size, sys.stderr.isatty()
-        )
-    except (OSError, RuntimeError) as error:
-        print(f"goalgen-synth: error: {error}", file=sys.stderr)
-        return 1
-    seconds = time.perf_counter() - start
-    what = f"{args.num_scenes} scenes ({args.size}x{args.size}, seed {args.seed}) in {args.out}"
-    if not written:
-        print(f"goalgen-synth: {what} already complete, nothing to do")
-    else:
-        rate = args.num_scenes / seconds
-        print(
-            f"goalgen-synth: wrote {what} in {seconds:.1f} s ({rate:.1f} scenes/s, "
-            f"{args.workers} workers)"
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def generate_scene(seed: int | np.random.SeedSequence, size: int = 224) -> dict[str, np.ndarray]:
+    """One rooms scene (see :func:`generate_with_stats`)."""
+    return generate_with_stats(seed, size)[0]

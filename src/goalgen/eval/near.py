@@ -1,0 +1,338 @@
+"""Metrics that credit *near-optimal* goals: is a sample as good as the nearest feasible goal?
+
+A scene with a stored feasible set (maze files, :mod:`goalgen.data.synthetic.maze`) knows every
+feasible goal pose of its selected box within the push search radius, the geodesic push
+distance to each, and a push field: the push distance to any pose the box can slide to. Here:
+
+- ``success_near``: a sample is *valid* (:func:`goalgen.eval.metrics.invalid_reason`, at the
+  samples' resolution), *opens the robot's route* (:func:`opens_route`: the box drawn at the
+  sample's fitted pose at the file's resolution, since a maze's gaps narrower than the robot,
+  ~0.2 m, vanish in a 64 px mask, where every placement "opens" it) with a push no longer than
+  the nearest feasible one's plus ``NEAR_SLACK`` (5 %) of the world's width. Its push distance
+  is read from the push field at its pose (centre and yaw fitted to the mask; the least value
+  within half a sample pixel of that centre, so coarse samples are not penalised for their
+  pixels); a pose the box cannot slide to has none (inf).
+- ``in_feasible``: a sample's pose lies within one sample pixel (or one feasible lattice step)
+  and ``YAW_TOLERANCE`` (plus the angle one pixel subtends across the box) of a stored
+  feasible pose; ``feasible_distance``: the distance from a pose to the nearest stored
+  feasible one, ``|dxy| + r * |dyaw|`` (``r``: half the box's diagonal, so a yaw step costs
+  the arc its corner travels, as in the push search).
+- ``random_local``: a baseline of K random collision-free poses within the push search radius.
+
+Inputs: ``scene`` is a file's arrays, as ``dict(np.load(path))`` (masks uint8 0/255 at the
+file's size ``F``, in the convention its ``image_convention`` names: 1 for the planner's,
+:class:`goalgen.data.geometry.NamoFrame`; absent or 0 for :mod:`goalgen.data.geometry`'s);
+samples are K masks ``(K, S, S)`` (non-zero = set) at any resolution ``S``, in the same
+convention, e.g. a model's at its ``image_size``. Outputs are per-scene numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from goalgen.data import geometry as geo
+from goalgen.eval.metrics import THRESHOLD, SceneMasks, invalid_reason
+
+NEAR_SLACK = 0.05  # share of the world width a push may exceed the nearest feasible one's
+YAW_TOLERANCE = np.deg2rad(7.5)  # half a yaw step of the pose search
+_ANGLES = np.deg2rad(np.arange(0.0, 90.0, 0.5))  # rectangle fits repeat every quarter turn
+RANDOM_TRIES = 200
+FEASIBLE_KEYS = ("feasible_poses", "feasible_push", "push_field", "push_field_step")
+
+Scene = Mapping[str, np.ndarray]
+
+
+def _require(scene: Scene) -> None:
+    missing = [k for k in FEASIBLE_KEYS if k not in scene]
+    if missing:
+        raise KeyError(
+            f"scene has no stored feasible set (missing {', '.join(missing)}): near metrics "
+            "need maze files (goalgen-synth --family maze)"
+        )
+
+
+def _box(scene: Scene) -> np.ndarray:
+    """The selected box ``(5,)`` ``(cx, cy, w, h, theta)`` where it stands."""
+    return np.asarray(scene["movable_boxes"], dtype=np.float64)[int(scene["target_index"])]
+
+
+def world_side(scene: Scene) -> float:
+    """Width in metres of the square world the masks cover."""
+    x0, _, x1, _ = (float(v) for v in scene["world_bounds"])
+    return x1 - x0
+
+
+class _BoundsFrame:
+    """:mod:`goalgen.data.geometry`'s own convention, with the few methods used here."""
+
+    def __init__(self, bounds: tuple[float, ...], size: int) -> None:
+        self.bounds, self.size = bounds, size
+
+    def box_mask(self, cx: float, cy: float, w: float, h: float, theta: float) -> np.ndarray:
+        return geo.box_mask(cx, cy, w, h, theta, self.bounds, self.size)
+
+    def pixel_of(self, xy: np.ndarray) -> tuple[int, int]:
+        rc = np.rint(geo.world_to_pixel(xy, self.bounds, self.size)).astype(int)
+        return tuple(np.clip(rc, 0, self.size - 1).tolist())
+
+
+class _NamoFrame(geo.NamoFrame):
+    def pixel_of(self, xy: np.ndarray) -> tuple[int, int]:
+        return tuple(int(v) for v in self.world_to_pixel(xy))
+
+
+def _frame(scene: Scene) -> _BoundsFrame | _NamoFrame:
+    """The scene's image convention at the file's resolution."""
+    bounds = tuple(float(v) for v in scene["world_bounds"])
+    size = scene["target_object"].shape[-1]
+    if int(scene.get("image_convention", 0)) == 1:
+        center = ((bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2)
+        return _NamoFrame(center, bounds[2] - bounds[0], size)
+    return _BoundsFrame(bounds, size)
+
+
+def pixels_to_world(scene: Scene, rc: np.ndarray, size: int) -> np.ndarray:
+    """Continuous pixel coordinates ``(..., 2)`` ``(row, col)`` of a ``(size, size)`` mask ->
+    world ``(..., 2)`` ``(x, y)``, in the scene's image convention. For the planner's, a pixel
+    of an area-pooled mask stands for the mean of the file pixels it pools."""
+    rc = np.asarray(rc, dtype=np.float64)
+    bounds = tuple(float(v) for v in scene["world_bounds"])
+    if int(scene.get("image_convention", 0)) == 1:
+        frame = _frame(scene)
+        return frame.pixel_to_world((rc + 0.5) * (frame.size / size) - 0.5)
+    return geo.pixel_to_world(rc, bounds, size)
+
+
+def sample_poses(scene: Scene, samples: np.ndarray) -> np.ndarray:
+    """World poses ``(K, 3)`` ``(x, y, yaw)`` of masks ``(K, S, S)``: the centroid, and the yaw
+    of the minimum-area rectangle around the pixels (searched in ``_ANGLES``) with its sides
+    matched to the selected box's ``w`` and ``h``, in (-pi/2, pi/2]; NaN rows for empty
+    masks."""
+    samples = np.asarray(samples) != 0
+    w, h = _box(scene)[2:4]
+    out = np.full((len(samples), 3), np.nan)
+    axes = np.stack([np.cos(_ANGLES), np.sin(_ANGLES)])  # (2, A)
+    for i, mask in enumerate(samples):
+        rc = np.argwhere(mask)
+        if len(rc) == 0:
+            continue
+        xy = pixels_to_world(scene, rc, mask.shape[-1])
+        mean = xy.mean(0)
+        u, v = (xy - mean) @ axes, (xy - mean) @ np.stack([-axes[1], axes[0]])
+        a, b = np.ptp(u, axis=0), np.ptp(v, axis=0)
+        j = int(np.argmin(a * b))
+        swapped = abs(a[j] - h) + abs(b[j] - w) < abs(a[j] - w) + abs(b[j] - h)
+        out[i] = (*mean, wrap_yaw(_ANGLES[j] + swapped * np.pi / 2))
+    return out
+
+
+def wrap_yaw(theta: np.ndarray | float) -> np.ndarray:
+    """A box's yaw modulo a half turn, in (-pi/2, pi/2]."""
+    return np.pi / 2 - np.mod(np.pi / 2 - np.asarray(theta, dtype=np.float64), np.pi)
+
+
+def _yaw_gap(a: np.ndarray, b: np.ndarray, period: float) -> np.ndarray:
+    d = np.mod(np.asarray(a) - np.asarray(b), period)
+    return np.minimum(d, period - d)
+
+
+def _pixel(scene: Scene, size: int | None) -> float:
+    """Side in metres of a pixel of a ``(size, size)`` mask (None: the file's)."""
+    return world_side(scene) / (size or scene["target_object"].shape[-1])
+
+
+def _yaw_tolerance(scene: Scene, size: int | None) -> tuple[float, float]:
+    """``(tolerance, period)`` for comparing a fitted yaw with a pose's: ``YAW_TOLERANCE`` plus
+    the angle a pixel subtends across the box's short side; a quarter turn when the sides
+    differ by less than a pixel (the mask cannot tell them apart), else a half turn."""
+    w, h = _box(scene)[2:4]
+    pixel = _pixel(scene, size)
+    period = np.pi / 2 if abs(w - h) < pixel else np.pi
+    return YAW_TOLERANCE + float(np.arctan(pixel / min(w, h))), period
+
+
+def push_distance(scene: Scene, poses: np.ndarray, size: int | None = None) -> np.ndarray:
+    """Geodesic push distance in metres ``(K,)`` to poses ``(K, 3)`` (inf where the box cannot
+    slide there within the stored field, NaN poses included), from the scene's push field:
+    the least value within half a pixel of a ``(size, size)`` mask (``size`` None: the
+    file's) of each centre, over the yaw steps within the yaw tolerance of its yaw."""
+    _require(scene)
+    field = np.asarray(scene["push_field"])
+    steps, n = field.shape[0], field.shape[-1]
+    unit = np.where(field == np.iinfo(np.uint16).max, np.inf, field * 0.01)
+    step, box = float(scene["push_field_step"]), _box(scene)
+    radius = max(0, int(np.floor(0.5 * _pixel(scene, size) / step)))
+    tolerance, period = _yaw_tolerance(scene, size)
+    yaws = box[4] + np.arange(steps) * np.pi / steps
+    out = np.full(len(poses), np.inf)
+    for i, (x, y, yaw) in enumerate(np.asarray(poses, dtype=np.float64).reshape(-1, 3)):
+        if not np.isfinite([x, y, yaw]).all():
+            continue
+        a, b = int(round((y - box[1]) / step)) + n // 2, int(round((x - box[0]) / step)) + n // 2
+        rows = slice(min(max(a - radius, 0), n), min(max(a + radius + 1, 0), n))
+        cols = slice(min(max(b - radius, 0), n), min(max(b + radius + 1, 0), n))
+        ks = np.flatnonzero(_yaw_gap(yaws, yaw, period) <= tolerance + 1e-9)
+        window = unit[ks, rows, cols]
+        out[i] = window.min() if window.size else np.inf
+    return out
+
+
+def feasible_distance(scene: Scene, poses: np.ndarray, size: int | None = None) -> np.ndarray:
+    """Distance ``(K,)`` from poses ``(K, 3)`` to the nearest stored feasible pose:
+    ``|dxy| + r * |dyaw|`` in metres, ``r`` half the box's diagonal, yaws compared modulo the
+    period a ``(size, size)`` mask can resolve (NaN poses: inf)."""
+    _require(scene)
+    feasible = np.asarray(scene["feasible_poses"], dtype=np.float64).reshape(-1, 3)
+    box = _box(scene)
+    _, period = _yaw_tolerance(scene, size)
+    poses = np.asarray(poses, dtype=np.float64).reshape(-1, 3)
+    d = np.linalg.norm(poses[:, None, :2] - feasible[None, :, :2], axis=-1)
+    d = d + np.hypot(box[2], box[3]) / 2 * _yaw_gap(poses[:, None, 2], feasible[None, :, 2], period)
+    best = d.min(1) if len(feasible) else np.full(len(poses), np.inf)
+    return np.where(np.isfinite(poses).all(1), best, np.inf)
+
+
+def in_feasible(scene: Scene, poses: np.ndarray, size: int | None = None) -> np.ndarray:
+    """``(K,)`` bool: is each pose ``(K, 3)`` within one pixel of a ``(size, size)`` mask (or one
+    feasible lattice step, whichever is larger) and the yaw tolerance of a feasible pose?"""
+    _require(scene)
+    feasible = np.asarray(scene["feasible_poses"], dtype=np.float64).reshape(-1, 3)
+    step = float(scene.get("feasible_lattice_step", 0.0))
+    reach = max(_pixel(scene, size), step)
+    tolerance, period = _yaw_tolerance(scene, size)
+    poses = np.asarray(poses, dtype=np.float64).reshape(-1, 3)
+    near = np.linalg.norm(poses[:, None, :2] - feasible[None, :, :2], axis=-1) <= reach
+    near &= _yaw_gap(poses[:, None, 2], feasible[None, :, 2], period) <= tolerance
+    return near.any(1) & np.isfinite(poses).all(1)
+
+
+def scene_masks(scene: Scene, size: int) -> SceneMasks:
+    """The scene's masks area-resized to ``(size, size)`` as :mod:`goalgen.eval.metrics` checks
+    them (with the ground truth and the world geometry)."""
+    from goalgen.data.pack import resize_masks
+    from goalgen.data.scenes import SCENE_KEYS
+
+    masks = np.stack([np.asarray(scene[k], dtype=np.float32) / 255.0 for k in SCENE_KEYS])
+    masks = resize_masks(np.ascontiguousarray(masks), size)
+    geometry = {"world_bounds": scene["world_bounds"], "robot_radius": scene["robot_radius"]}
+    return SceneMasks.from_soft(masks[:5], masks[5], geometry)
+
+
+def opens_route(scene: Scene, poses: np.ndarray) -> np.ndarray:
+    """``(K,)`` bool: with the selected box moved to each pose ``(K, 3)`` (drawn at the file's
+    resolution, where gaps narrower than the robot are resolved), does the robot, of its true
+    ``robot_radius``, reach its goal (robot and goal pixels from their world poses)? NaN
+    poses: False."""
+    frame = _frame(scene)
+    size = scene["target_object"].shape[-1]
+    mpp = world_side(scene) / size
+    radius = float(scene["robot_radius"]) / mpp
+    target = np.asarray(scene["target_object"]) != 0
+    fixed = (np.asarray(scene["static_objects_image"]) != 0) | (
+        (np.asarray(scene["movable_objects_image"]) != 0) & ~target
+    )
+    blocked = geo.distance_to(fixed) <= radius
+    start, goal = (frame.pixel_of(scene[k]) for k in ("robot_pose", "goal_pose"))
+    w, h = _box(scene)[2:4]
+    out = np.zeros(len(poses), dtype=bool)
+    for i, (x, y, yaw) in enumerate(np.asarray(poses, dtype=np.float64).reshape(-1, 3)):
+        if np.isfinite([x, y, yaw]).all():
+            moved = geo.inflate(frame.box_mask(x, y, w, h, yaw), radius)
+            out[i] = geo.cspace_connected(blocked | moved, start, goal)
+    return out
+
+
+def success_near(
+    scene: Scene,
+    samples: np.ndarray,
+    slack: float = NEAR_SLACK,
+    masks: SceneMasks | None = None,
+) -> np.ndarray:
+    """``(K,)`` bool: is each sample ``(K, S, S)`` valid at its resolution
+    (:func:`goalgen.eval.metrics.invalid_reason`), does its pose open the route
+    (:func:`opens_route`) and is its push at most ``feasible_push[0] + slack * world width``?
+    ``masks``: the scene at ``S`` (:func:`scene_masks`), if already built."""
+    _require(scene)
+    samples = np.asarray(samples) != 0
+    size = samples.shape[-1]
+    masks = masks or scene_masks(scene, size)
+    limit = float(np.asarray(scene["feasible_push"])[0]) + slack * world_side(scene)
+    poses = sample_poses(scene, samples)
+    near = push_distance(scene, poses, size) <= limit + 1e-9
+    valid = np.array([invalid_reason(s, masks) is None for s in samples], dtype=bool)
+    out = valid & near
+    out[out] = opens_route(scene, poses[out])
+    return out
+
+
+def score_near(
+    scene: Scene, samples: np.ndarray, slack: float = NEAR_SLACK, masks: SceneMasks | None = None
+) -> dict[str, float]:
+    """Per-scene near metrics of samples ``(K, S, S)``: ``success_near_at_1``,
+    ``success_near_at_k``, ``success_near_rate`` (share of samples), ``in_feasible_at_k``,
+    ``in_feasible_rate``, ``best_feasible_distance_m`` (the sample nearest to a stored
+    feasible pose; NaN if every mask is empty, so :func:`goalgen.eval.metrics.aggregate`
+    skips the scene), ``nearest_push_m`` (the ground truth's push) and ``feasible_poses`` /
+    ``modes`` (the scene's counts). ``masks``: the scene at ``S`` (:func:`scene_masks`)."""
+    _require(scene)
+    samples = np.asarray(samples) != 0
+    size = samples.shape[-1]
+    poses = sample_poses(scene, samples)
+    near = success_near(scene, samples, slack, masks)
+    inside = in_feasible(scene, poses, size)
+    best = feasible_distance(scene, poses, size).min()
+    return {
+        "success_near_at_1": float(near[0]),
+        "success_near_at_k": float(near.any()),
+        "success_near_rate": float(near.mean()),
+        "in_feasible_at_k": float(inside.any()),
+        "in_feasible_rate": float(inside.mean()),
+        "best_feasible_distance_m": float(best) if np.isfinite(best) else float("nan"),
+        "nearest_push_m": float(np.asarray(scene["feasible_push"])[0]),
+        "feasible_poses": float(len(scene["feasible_push"])),
+        "modes": float(scene["num_modes"]) if "num_modes" in scene else float("nan"),
+    }
+
+
+def random_local(
+    scene: Scene, k: int, rng: np.random.Generator, size: int | None = None
+) -> tuple[np.ndarray, int]:
+    """Baseline: ``k`` random poses of the selected box, centre uniform in the disk of the push
+    search radius around it and yaw uniform, each the first of ``RANDOM_TRIES`` draws that
+    overlaps no wall, other box, robot or goal at the file's resolution; returns masks
+    ``(k, S, S)`` bool (area-resized to ``size``, thresholded at 0.5) and how many found no
+    collision-free pose (left in place)."""
+    box = _box(scene)
+    radius = float(scene.get("push_search_radius", 1.5))
+    draw = _frame(scene).box_mask
+    target = np.asarray(scene["target_object"]) != 0
+    blocked = np.asarray(scene["static_objects_image"]) != 0
+    blocked |= (np.asarray(scene["movable_objects_image"]) != 0) & ~target
+    blocked |= (np.asarray(scene["robot_image"]) != 0) | (np.asarray(scene["goal_image"]) != 0)
+    out, failed = [], 0
+    for _ in range(k):
+        for _ in range(RANDOM_TRIES):
+            r, phi = radius * np.sqrt(rng.random()), rng.uniform(0, 2 * np.pi)
+            pose = (box[0] + r * np.cos(phi), box[1] + r * np.sin(phi), *box[2:4])
+            mask = draw(*pose, rng.uniform(-np.pi / 2, np.pi / 2))
+            edge = mask[0].any() | mask[-1].any() | mask[:, 0].any() | mask[:, -1].any()
+            if mask.any() and not edge and not (mask & blocked).any():
+                break
+        else:
+            mask, failed = target, failed + 1
+        out.append(mask)
+    masks = np.array(out)
+    if size is not None and size != masks.shape[-1]:
+        from goalgen.data.pack import resize_masks
+
+        masks = resize_masks(masks.astype(np.float32), size) >= THRESHOLD
+    return masks, failed
+
+
+def mode_counts(scene: Scene) -> dict[str, Any]:
+    """``{"feasible_poses": P, "modes": M}`` of a scene with a stored feasible set."""
+    _require(scene)
+    return {"feasible_poses": int(len(scene["feasible_push"])), "modes": int(scene["num_modes"])}

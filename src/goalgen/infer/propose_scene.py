@@ -1,0 +1,334 @@
+"""Scenes as proposals take them, and the checks of one scene computed once.
+
+A :class:`ProposalScene` holds the five context masks at their native resolution ``N`` (224
+for planner scenes), the frame they are drawn in, the selected box and the robot and goal in
+world units, and the exact world geometry when known. :func:`as_scene` builds one from
+
+- a :class:`goalgen.data.planner_scene.WorldScene`, or a MuJoCo ``.xml`` path with the
+  ``object_name`` (and optionally a JSON ``state``): exact geometry, masks rendered from it;
+- an ``.npz`` scene file: its masks, and its world geometry when the file stores it (``maze``
+  and ``rooms`` families, ``goalgen-render``);
+- mask arrays ``(5|6, N, N)`` in [0, 1], optionally with ``geometry`` (``world_bounds``,
+  ``robot_radius``, ``image_convention``): masks only. Without world bounds, world units are
+  pixels (``units == "px"``) of :mod:`goalgen.data.geometry`'s convention on ``(0, 0, N, N)``.
+
+:class:`Checker` runs the checks of :mod:`goalgen.infer.verify` on candidate boxes: exactly in
+world coordinates when the geometry is known, else on the masks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from goalgen.data import geometry as geo
+from goalgen.data.planner_scene import (
+    GridFrame,
+    WorldScene,
+    frame_of,
+    load_mujoco_scene,
+)
+from goalgen.data.scenes import load_scene_file
+from goalgen.infer import verify
+from goalgen.infer.fit import period_of
+from goalgen.infer.poses import PIXEL_EXTENT, min_area_rect
+
+THRESHOLD = 0.5
+
+
+@dataclass
+class ProposalScene:
+    """One scene ready for proposals (see the module docstring)."""
+
+    name: str
+    masks: np.ndarray  # (5, N, N) float32 in [0, 1]: robot, goal, movable, static, selected
+    frame: Any  # NamoFrame or GridFrame of the masks
+    target: np.ndarray  # (5,) the selected box (cx, cy, w, h, yaw), world units
+    robot_xy: np.ndarray  # (2,)
+    robot_radius: float  # world units
+    goal_xy: np.ndarray  # (2,)
+    units: str = "m"  # "m", or "px" when the world is unknown
+    world: WorldScene | None = None
+    truth: np.ndarray | None = None  # (N, N) float32, when the file has a target_goal
+    object_name: str | None = None
+
+    @property
+    def size(self) -> int:
+        return int(self.masks.shape[-1])
+
+    @property
+    def period(self) -> float:
+        return period_of(self.target[2], self.target[3])
+
+    @property
+    def geometry(self) -> dict[str, Any] | None:
+        """``world_bounds`` / ``robot_radius`` for the evaluation's mask metrics."""
+        if self.units != "m":
+            return None
+        return {"world_bounds": self.frame.bounds, "robot_radius": self.robot_radius}
+
+
+def _world_points(frame, mask: np.ndarray) -> np.ndarray:
+    return frame.pixel_to_world(np.argwhere(np.asarray(mask) >= THRESHOLD).astype(np.float64))
+
+
+def _centroid(frame, mask: np.ndarray, what: str, name: str) -> np.ndarray:
+    points = _world_points(frame, mask)
+    if len(points) == 0:
+        raise ValueError(f"{name}: the {what} mask is empty")
+    return points.mean(0)
+
+
+def footprint_of_mask(frame, mask: np.ndarray, name: str = "scene") -> np.ndarray:
+    """The selected box ``(cx, cy, w, h, yaw)`` fitted to its mask: minimum-area rectangle of
+    the pixel sample points in world units, grown by the pixels' extent; centre = centroid."""
+    points = _world_points(frame, mask)
+    if len(points) == 0:
+        raise ValueError(f"{name}: the selected object's mask ('target_object') is empty")
+    _, angle, length, width = min_area_rect(points)
+    aligned = min(angle % (np.pi / 2), np.pi / 2 - angle % (np.pi / 2)) < 1e-6
+    pad = (PIXEL_EXTENT[0] if aligned else PIXEL_EXTENT[1]) * frame.metres_per_pixel
+    return np.array([*points.mean(0), length + pad, width + pad, angle])
+
+
+def _from_world(world: WorldScene, name: str, truth=None) -> ProposalScene:
+    return ProposalScene(
+        name=name,
+        masks=world.context_masks().astype(np.float32),
+        frame=world.frame,
+        target=np.asarray(world.target, dtype=np.float64),
+        robot_xy=np.asarray(world.robot_xy, dtype=np.float64),
+        robot_radius=float(world.robot_radius),
+        goal_xy=np.asarray(world.goal_xy, dtype=np.float64),
+        world=world,
+        truth=truth,
+        object_name=world.target_name,
+    )
+
+
+def _from_masks(masks: np.ndarray, geometry: Mapping[str, Any] | None, name: str) -> ProposalScene:
+    masks = np.asarray(masks, dtype=np.float32)
+    if masks.ndim != 3 or masks.shape[0] not in (5, 6) or masks.shape[1] != masks.shape[2]:
+        raise ValueError(f"{name}: expected masks (5|6, N, N), got {masks.shape}")
+    if not np.isfinite(masks).all() or masks.min() < -1e-3 or masks.max() > 1 + 1e-3:
+        raise ValueError(f"{name}: masks must be finite floats in [0, 1]")
+    size = masks.shape[-1]
+    geometry = dict(geometry or {})
+    if "world_bounds" in geometry:
+        frame = frame_of(int(geometry.get("image_convention", 0)), geometry["world_bounds"], size)
+        units = "m"
+    else:
+        frame, units = GridFrame((0.0, 0.0, float(size), float(size)), size), "px"
+    robot = masks[0] >= THRESHOLD
+    radius = geometry.get("robot_radius")
+    if radius is None:
+        radius = geo.equivalent_radius_px(robot) * frame.metres_per_pixel
+    return ProposalScene(
+        name=name,
+        masks=np.clip(masks[:5], 0, 1),
+        frame=frame,
+        target=footprint_of_mask(frame, masks[4], name),
+        robot_xy=_centroid(frame, masks[0], "robot", name),
+        robot_radius=float(radius),
+        goal_xy=_centroid(frame, masks[1], "goal", name),
+        units=units,
+        truth=masks[5] if masks.shape[0] == 6 else None,
+    )
+
+
+def _from_npz(path: Path) -> ProposalScene:
+    masks, geometry = load_scene_file(path)
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files if not k.endswith("_image") and k != "push_field"}
+    world = WorldScene.from_arrays(arrays, str(path))
+    truth = masks[5] if masks.shape[0] == 6 else None
+    if world is not None and world.frame.size == masks.shape[-1]:
+        scene = _from_world(world, path.stem, truth)
+        scene.masks = masks[:5].astype(np.float32)  # the file's own masks, as the model saw them
+        return scene
+    if geometry is not None and "image_convention" in arrays:
+        geometry = dict(geometry, image_convention=int(arrays["image_convention"]))
+    return _from_masks(masks, geometry, path.stem)
+
+
+def as_scene(
+    scene: Any,
+    *,
+    object_name: str | None = None,
+    state: Any = None,
+    robot_goal: Sequence[float] | None = None,
+    geometry: Mapping[str, Any] | None = None,
+    size: int = geo.NAMO_IMAGE_SIZE,
+    name: str | None = None,
+) -> ProposalScene:
+    """A :class:`ProposalScene` from any accepted input (see the module docstring)."""
+    if isinstance(scene, ProposalScene):
+        return scene
+    if isinstance(scene, WorldScene):
+        return _from_world(scene, name or Path(scene.source).stem or "scene")
+    if isinstance(scene, (str, os.PathLike)):
+        path = Path(scene)
+        if path.suffix.lower() == ".xml":
+            if not object_name:
+                raise ValueError(f"{path}: a MuJoCo scene needs the selected object's name")
+            world = load_mujoco_scene(path, object_name, state, size, robot_goal)
+            return _from_world(world, name or path.stem)
+        if object_name is not None or state is not None:
+            raise ValueError(f"{path}: object_name and state apply to MuJoCo .xml scenes only")
+        return _from_npz(path)
+    return _from_masks(np.asarray(scene), geometry, name or "scene")
+
+
+# ----------------------------------------------------------------------------- checks
+class Checker:
+    """The checks of one scene (see :mod:`goalgen.infer.verify`), set up once.
+
+    ``clearance``: world units a placed box must keep from walls, boxes and the robot
+    (world geometry only). ``cell``: route-grid cell (default ``min(pixel, radius / 3)``).
+    """
+
+    def __init__(self, scene: ProposalScene, clearance: float = 0.01, cell: float | None = None):
+        self.scene, self.clearance = scene, float(clearance)
+        self._fine: verify.ReachGrid | None = None
+        frame, world, box = scene.frame, scene.world, scene.target
+        if world is not None:
+            self.obstacles = np.concatenate([world.static, world.others]).reshape(-1, 5)
+            self.cell = cell or min(frame.metres_per_pixel, world.robot_radius / 3)
+            self.reach = verify.ReachGrid(
+                frame.bounds,
+                self.cell,
+                self.obstacles,
+                world.robot_xy,
+                world.goal_xy,
+                world.robot_radius,
+            )
+            grid = self.reach
+
+            def to_cell(xy):
+                return np.stack(
+                    [
+                        (xy[..., 1] - grid.y0) / grid.cell - 0.5,
+                        (xy[..., 0] - grid.x0) / grid.cell - 0.5,
+                    ],
+                    -1,
+                )
+
+            occupied = grid.clear < grid.cell * np.sqrt(0.5)
+            self.push = verify.PushField(
+                occupied,
+                to_cell,
+                lambda a, b: (b * grid.cell, a * grid.cell),
+                grid.cell,
+                box,
+                scene.period,
+            )
+        else:
+            masks = scene.masks >= THRESHOLD
+            self.static, self.robot, self.goal = masks[3], masks[0], masks[1]
+            others = np.clip(scene.masks[2] - scene.masks[4], 0, 1) >= THRESHOLD
+            self.others = others & ~masks[4]
+            self.reach = verify.MaskReach(
+                self.static | self.others,
+                masks[0],
+                masks[1],
+                scene.robot_radius / frame.metres_per_pixel,
+            )
+            sign = 1.0 if frame.shift_to_world(1, 0)[1] > 0 else -1.0
+            mpp = frame.metres_per_pixel
+
+            origin = frame.pixel_to_world(np.zeros(2))  # pixel_to_world is linear: invert it
+
+            def to_cell(xy):
+                return np.stack(
+                    [(xy[..., 1] - origin[1]) / (sign * mpp), (xy[..., 0] - origin[0]) / mpp], -1
+                )
+
+            self.push = verify.PushField(
+                self.static | self.others,
+                to_cell,
+                lambda a, b: (b * mpp, sign * a * mpp),
+                mpp,
+                box,
+                scene.period,
+            )
+
+    @property
+    def route_exists(self) -> bool:
+        """Does the robot reach its goal with the selected box taken away?"""
+        return self.reach.base_connected
+
+    def footprints(self, boxes: np.ndarray) -> np.ndarray:
+        """``(K, N, N)`` bool footprints of ``boxes`` ``(K, 5)`` at the masks' resolution."""
+        frame = self.scene.frame
+        out = np.zeros((len(boxes), frame.size, frame.size), dtype=bool)
+        for i, box in enumerate(boxes):
+            out[i] = frame.box_mask(*box)
+        return out
+
+    def collisions(self, boxes: np.ndarray, footprints: np.ndarray) -> list[str | None]:
+        """Per box: None, or ``"outside the map"`` / ``"collision with static+movable+robot"``
+        (masks only: also ``goal``, the drawn goal disk, as the evaluation counts it)."""
+        frame, out = self.scene.frame, []
+        if self.scene.world is not None:
+            world, m = self.scene.world, self.clearance
+            corners = verify.box_corners(boxes)
+            xmin, ymin, xmax, ymax = frame.bounds
+            outside = ((corners[..., 0] < xmin) | (corners[..., 0] > xmax)).any(1) | (
+                (corners[..., 1] < ymin) | (corners[..., 1] > ymax)
+            ).any(1)
+            hits = {
+                "static": verify.boxes_overlap(boxes, world.static, m).any(1),
+                "movable": verify.boxes_overlap(boxes, world.others, m).any(1),
+                "robot": verify.point_box_distance(world.robot_xy, boxes) < world.robot_radius + m,
+            }
+        else:
+            edge = footprints[:, [0, -1], :].any((1, 2)) | footprints[:, :, [0, -1]].any((1, 2))
+            outside = edge | ~footprints.any((1, 2))
+            hits = {
+                name: (footprints & mask[None]).any((1, 2))
+                for name, mask in (
+                    ("static", self.static),
+                    ("movable", self.others),
+                    ("robot", self.robot),
+                    ("goal", self.goal),
+                )
+            }
+        for i in range(len(boxes)):
+            names = [n for n, hit in hits.items() if hit[i]]
+            out.append(
+                "outside the map"
+                if outside[i]
+                else ("collision with " + "+".join(names) if names else None)
+            )
+        return out
+
+    def opens(self, boxes: np.ndarray, footprints: np.ndarray) -> np.ndarray:
+        """``(K,)`` bool: does the robot reach its goal with the box placed there? With world
+        geometry, boxes the grid finds blocked are checked again on cells half as big (the
+        check is sound on both; the finer one misses fewer routes that squeeze through)."""
+        if self.scene.world is None:
+            return self.reach.opens(footprints)
+        found = self.reach.opens(boxes)
+        again = np.flatnonzero(~found)
+        if len(again) and self.reach.base_connected:
+            if self._fine is None:
+                world = self.scene.world
+                self._fine = verify.ReachGrid(
+                    self.scene.frame.bounds,
+                    self.cell / 2,
+                    self.obstacles,
+                    world.robot_xy,
+                    world.goal_xy,
+                    world.robot_radius,
+                )
+            found[again] = self._fine.opens(boxes[again])
+        return found
+
+    def push_distance(self, boxes: np.ndarray) -> np.ndarray:
+        """``(K,)`` push distances (world units; inf where the box cannot be pushed)."""
+        return self.push.distance(np.asarray(boxes)[:, :2])

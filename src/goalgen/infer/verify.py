@@ -1,0 +1,320 @@
+"""Checks of candidate goal poses of the selected box, vectorised over K candidates.
+
+Boxes are ``(cx, cy, w, h, theta)`` in world units (:mod:`goalgen.data.geometry`).
+
+World geometry (exact boxes known):
+
+- Collisions: separating-axis test of each candidate against every wall and other box (a gap
+  below ``margin`` on every axis counts as contact: conservative) and the distance from the
+  robot's centre against its real radius.
+- Route (:class:`ReachGrid`): square cells of side ``cell``; a cell is free when its centre
+  lies at least ``radius + cell / 2`` from every obstacle (exact point-box distances), and
+  free cells connect 4-wise. Consecutive centres are ``cell`` apart, so every point of the
+  segment between them lies within ``cell / 2`` of one of them: a 4-connected chain of free
+  cells is a path of the robot's disk that touches nothing. Start and goal join the cells of
+  their 3 x 3 neighbourhood whose centre is at least ``radius + |point - centre|`` from every
+  obstacle (the segment to it is clear too). The check is therefore sound (it never reports a
+  route that does not exist) and may miss a route that squeezes through with less than
+  ``cell / 2`` to spare.
+- Push distance (:class:`PushField`): Dijkstra from the box's centre over 8-connected cells
+  where the box fits at one of ``yaw_steps`` yaws (occupancy from the cell centres; fits from
+  one FFT correlation per yaw): the centre's travel through space the box fits, turning free
+  (a lower bound of the real push).
+
+Masks only: the same push field on the mask pixels, and :class:`MaskReach`, the evaluation's
+rule (:func:`goalgen.data.geometry.path_open_after_move`): obstacles inflated by the robot's
+radius in pixels, 8-connected, between the centroid pixels of the robot and goal masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy import fft, ndimage, sparse
+from scipy.sparse import csgraph
+
+from goalgen.data import geometry as geo
+
+YAW_STEPS = 12  # yaws over the box's symmetry period in the push field
+_PLANE4 = np.zeros((3, 3, 3), dtype=bool)
+_PLANE4[1] = ndimage.generate_binary_structure(2, 1)
+_PLANE8 = np.zeros((3, 3, 3), dtype=bool)
+_PLANE8[1] = True
+
+
+# ----------------------------------------------------------------------------- exact geometry
+def box_corners(boxes: np.ndarray) -> np.ndarray:
+    """``(..., 4, 2)`` corners of boxes ``(..., 5)``, counter-clockwise."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    c, s = np.cos(boxes[..., 4]), np.sin(boxes[..., 4])
+    sx = np.array([-1.0, 1.0, 1.0, -1.0]) * boxes[..., 2:3] / 2
+    sy = np.array([-1.0, -1.0, 1.0, 1.0]) * boxes[..., 3:4] / 2
+    x = boxes[..., 0:1] + sx * c[..., None] - sy * s[..., None]
+    y = boxes[..., 1:2] + sx * s[..., None] + sy * c[..., None]
+    return np.stack([x, y], -1)
+
+
+def boxes_overlap(a: np.ndarray, b: np.ndarray, margin: float = 0.0) -> np.ndarray:
+    """``(K, B)`` bool: do boxes ``a (K, 5)`` and ``b (B, 5)`` come closer than ``margin`` on
+    every separating axis (their edge normals)? ``margin = 0``: exact overlap (touching
+    counts)."""
+    a, b = np.asarray(a, float).reshape(-1, 5), np.asarray(b, float).reshape(-1, 5)
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)), dtype=bool)
+    ca, cb = box_corners(a)[:, None], box_corners(b)[None, :]  # (K,1,4,2), (1,B,4,2)
+    axes = np.concatenate(
+        [
+            np.broadcast_to(_normals(a)[:, None], (len(a), len(b), 2, 2)),
+            np.broadcast_to(_normals(b)[None, :], (len(a), len(b), 2, 2)),
+        ],
+        axis=2,
+    )  # (K, B, 4, 2)
+    pa = np.einsum("kbac,kbpc->kbap", axes, np.broadcast_to(ca, (len(a), len(b), 4, 2)))
+    pb = np.einsum("kbac,kbpc->kbap", axes, np.broadcast_to(cb, (len(a), len(b), 4, 2)))
+    gap = np.maximum(pb.min(-1) - pa.max(-1), pa.min(-1) - pb.max(-1))  # (K, B, 4)
+    return (gap < margin).all(-1) if margin > 0 else (gap <= 0).all(-1)
+
+
+def _normals(boxes: np.ndarray) -> np.ndarray:
+    c, s = np.cos(boxes[:, 4]), np.sin(boxes[:, 4])
+    return np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], 1)  # (K, 2, 2)
+
+
+def point_box_distance(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """``(..., B)``: distance from points ``(..., 2)`` to boxes ``(B, 5)`` (0 inside)."""
+    p = np.asarray(points, dtype=np.float64)[..., None, :]
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 5)
+    d = p - boxes[:, :2]
+    c, s = np.cos(boxes[:, 4]), np.sin(boxes[:, 4])
+    u = np.abs(d[..., 0] * c + d[..., 1] * s) - boxes[:, 2] / 2
+    v = np.abs(d[..., 1] * c - d[..., 0] * s) - boxes[:, 3] / 2
+    return np.hypot(np.maximum(u, 0), np.maximum(v, 0))
+
+
+# ----------------------------------------------------------------------------- route, exact
+class ReachGrid:
+    """Sound route check for a disk robot among exact boxes (see the module docstring)."""
+
+    def __init__(
+        self,
+        bounds: Sequence[float],
+        cell: float,
+        obstacles: np.ndarray,
+        start: Sequence[float],
+        goal: Sequence[float],
+        radius: float,
+    ) -> None:
+        self.x0, self.y0 = float(bounds[0]), float(bounds[1])
+        self.cell, self.radius = float(cell), float(radius)
+        self.shape = (
+            int(np.ceil((bounds[3] - bounds[1]) / cell)),
+            int(np.ceil((bounds[2] - bounds[0]) / cell)),
+        )
+        self.cap = radius + 2 * cell  # clearances are exact up to here
+        self.clear = np.full(self.shape, self.cap)
+        for box in np.asarray(obstacles, float).reshape(-1, 5):
+            rows, cols, xy = self._window(box)
+            if xy.size:
+                d = point_box_distance(xy, box[None])[..., 0]
+                self.clear[rows, cols] = np.minimum(self.clear[rows, cols], d)
+        self.free = self.clear >= radius + cell / 2
+        self.start, self.goal = self._ends(start), self._ends(goal)
+        labels, _ = ndimage.label(self.free, structure=_PLANE4[1])
+        self.base_connected = bool(
+            len(np.intersect1d(self._labels(labels, self.start), self._labels(labels, self.goal)))
+        )
+        seed = np.unique(self._labels(labels, self.start))
+        region = np.isin(labels, seed[seed > 0])
+        rows, cols = np.nonzero(region.any(1))[0], np.nonzero(region.any(0))[0]
+        self.crop = (
+            (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+            if len(rows)
+            else (slice(0, 0), slice(0, 0))
+        )
+        self.region = region[self.crop]
+
+    def centres(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """World ``(..., 2)`` centres of cells ``(rows, cols)`` (row ``i`` at ``y0 + (i + .5) c``)."""
+        return np.stack(
+            np.broadcast_arrays(
+                self.x0 + (cols + 0.5) * self.cell, self.y0 + (rows + 0.5) * self.cell
+            ),
+            -1,
+        )
+
+    def _window(self, box: np.ndarray, pad: float | None = None):
+        lo, hi = geo.box_extents(box[None])[0].reshape(2, 2)
+        pad = self.cap if pad is None else pad
+        c0 = max(int(np.floor((lo[0] - pad - self.x0) / self.cell)), 0)
+        c1 = min(int(np.ceil((hi[0] + pad - self.x0) / self.cell)) + 1, self.shape[1])
+        r0 = max(int(np.floor((lo[1] - pad - self.y0) / self.cell)), 0)
+        r1 = min(int(np.ceil((hi[1] + pad - self.y0) / self.cell)) + 1, self.shape[0])
+        rows, cols = np.arange(r0, max(r1, r0)), np.arange(c0, max(c1, c0))
+        return (
+            slice(r0, r0 + len(rows)),
+            slice(c0, c0 + len(cols)),
+            self.centres(rows[:, None], cols[None, :]),
+        )
+
+    def _ends(self, point: Sequence[float]) -> np.ndarray:
+        """``(n, 3)`` cells ``(row, col, distance)`` a start/goal point joins."""
+        p = np.asarray(point, dtype=np.float64)
+        r = int(np.floor((p[1] - self.y0) / self.cell))
+        c = int(np.floor((p[0] - self.x0) / self.cell))
+        out = []
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                i, j = r + dr, c + dc
+                if 0 <= i < self.shape[0] and 0 <= j < self.shape[1] and self.free[i, j]:
+                    d = float(np.hypot(*(self.centres(np.array(i), np.array(j)) - p)))
+                    if self.clear[i, j] >= self.radius + d:
+                        out.append((i, j, d))
+        return np.array(out, dtype=np.float64).reshape(-1, 3)
+
+    @staticmethod
+    def _labels(labels: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        return labels[ends[:, 0].astype(int), ends[:, 1].astype(int)]
+
+    def opens(self, boxes: np.ndarray) -> np.ndarray:
+        """``(K,)`` bool: is there a route with the selected box placed at each of ``boxes``?"""
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 5)
+        k = len(boxes)
+        if not self.base_connected or k == 0:
+            return np.zeros(k, dtype=bool)
+        (rs, cs), (h, w) = self.crop, self.region.shape
+        stack = np.repeat(self.region[None], k, axis=0)
+        limit = self.radius + self.cell / 2
+        for i, box in enumerate(boxes):  # windows of ~(box + 2 radius)^2 cells each
+            rows, cols, xy = self._window(box, self.radius + self.cell)
+            r0, r1 = max(rows.start - rs.start, 0), min(rows.stop - rs.start, h)
+            c0, c1 = max(cols.start - cs.start, 0), min(cols.stop - cs.start, w)
+            if r1 <= r0 or c1 <= c0:
+                continue
+            sub = xy[
+                r0 + rs.start - rows.start : r1 + rs.start - rows.start,
+                c0 + cs.start - cols.start : c1 + cs.start - cols.start,
+            ]
+            stack[i, r0:r1, c0:c1] &= point_box_distance(sub, box[None])[..., 0] >= limit
+        labels, _ = ndimage.label(stack, structure=_PLANE4)
+        ends = []
+        for cells in (self.start, self.goal):
+            rr, cc = cells[:, 0].astype(int) - rs.start, cells[:, 1].astype(int) - cs.start
+            inside = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
+            lab = np.zeros((k, len(cells)), dtype=np.int64)
+            lab[:, inside] = labels[:, rr[inside], cc[inside]]
+            centres = self.centres(cells[:, 0], cells[:, 1])
+            clear = point_box_distance(centres, boxes)  # (n, K)
+            blocked = clear.T - cells[:, 2][None, :] < self.radius
+            lab[blocked] = 0
+            ends.append(lab)
+        s, g = ends
+        same = (s[:, :, None] == g[:, None, :]) & (s[:, :, None] > 0)
+        return same.any((1, 2))
+
+
+# ----------------------------------------------------------------------------- route, masks
+class MaskReach:
+    """The evaluation's route rule on masks ``(N, N)`` (see the module docstring)."""
+
+    def __init__(
+        self, obstacles: np.ndarray, robot: np.ndarray, goal: np.ndarray, radius_px: float
+    ):
+        self.radius_px = float(radius_px)
+        blocked = geo.inflate(obstacles, self.radius_px)
+        self.start, self.goal = geo.mask_centroid(robot), geo.mask_centroid(goal)
+        labels, _ = ndimage.label(~blocked, structure=_PLANE8[1])
+        self.base_connected = bool(labels[self.start] and labels[self.start] == labels[self.goal])
+        self.free = labels == labels[self.start] if labels[self.start] else np.zeros_like(blocked)
+
+    def opens(self, footprints: np.ndarray) -> np.ndarray:
+        """``(K,)`` bool for footprint masks ``(K, N, N)`` of the placed box."""
+        k = len(footprints)
+        if not self.base_connected or k == 0:
+            return np.zeros(k, dtype=bool)
+        stack = np.repeat(self.free[None], k, axis=0)
+        for i, foot in enumerate(footprints):
+            stack[i] &= ~geo.inflate(foot, self.radius_px)
+        labels, _ = ndimage.label(stack, structure=_PLANE8)
+        s, g = labels[:, self.start[0], self.start[1]], labels[:, self.goal[0], self.goal[1]]
+        return (s > 0) & (s == g)
+
+
+# ----------------------------------------------------------------------------- push distance
+class PushField:
+    """Geodesic push distances of the selected box (see the module docstring).
+
+    ``occupied`` ``(H, W)``: cells whose centre is in an obstacle (walls, other boxes);
+    ``to_cell(xy)`` maps world points ``(..., 2)`` to continuous ``(row, col)``;
+    ``offset(rows, cols)`` gives the world displacement of a cell offset; ``cell`` in m.
+    """
+
+    def __init__(
+        self,
+        occupied: np.ndarray,
+        to_cell: Callable[[np.ndarray], np.ndarray],
+        offset: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+        cell: float,
+        box: np.ndarray,
+        period: float,
+        yaw_steps: int = YAW_STEPS,
+    ) -> None:
+        self.to_cell, self.shape = to_cell, occupied.shape
+        w, h = float(box[2]), float(box[3])
+        reach = int(np.ceil(np.hypot(w, h) / 2 / cell)) + 1
+        a, b = np.mgrid[-reach : reach + 1, -reach : reach + 1]
+        dx, dy = offset(a, b)
+        padded = np.pad(occupied.astype(np.float32), reach, constant_values=1.0)
+        spectrum = fft.rfft2(padded)
+        fits = np.zeros(self.shape, dtype=bool)
+        for k in range(yaw_steps):
+            yaw = box[4] + k * period / yaw_steps
+            c, s = np.cos(yaw), np.sin(yaw)
+            kernel = (np.abs(dx * c + dy * s) <= w / 2) & (np.abs(dy * c - dx * s) <= h / 2)
+            spec = fft.rfft2(kernel[::-1, ::-1].astype(np.float32), padded.shape)
+            hits = fft.irfft2(spectrum * spec, padded.shape)
+            # full correlation: entry [i + 2 reach, j + 2 reach] is the kernel centred on cell (i, j)
+            fits |= hits[2 * reach :, 2 * reach :][: self.shape[0], : self.shape[1]] < 0.5
+        start = np.clip(
+            np.rint(to_cell(np.asarray(box[:2]))).astype(int), 0, np.array(self.shape) - 1
+        )
+        fits[tuple(start)] = True
+        self.dist = _geodesic(fits, tuple(start), cell)
+
+    def distance(self, xy: np.ndarray) -> np.ndarray:
+        """``(K,)`` push distance (m; inf: not reachable) to centres ``xy`` ``(K, 2)``."""
+        rc = np.rint(self.to_cell(np.asarray(xy, dtype=np.float64))).astype(int)
+        out = np.full(len(rc), np.inf)
+        for dr in (-1, 0, 1):  # the nearest reachable cell next to the centre's
+            for dc in (-1, 0, 1):
+                r, c = rc[:, 0] + dr, rc[:, 1] + dc
+                ok = (r >= 0) & (r < self.shape[0]) & (c >= 0) & (c < self.shape[1])
+                vals = np.full(len(rc), np.inf)
+                vals[ok] = self.dist[r[ok], c[ok]]
+                out = np.minimum(out, vals)
+        return out
+
+
+def _geodesic(free: np.ndarray, start: tuple[int, int], cell: float) -> np.ndarray:
+    """Dijkstra distances ``(H, W)`` (m) from ``start`` over 8-connected ``free`` cells."""
+    labels, _ = ndimage.label(free, structure=np.ones((3, 3), dtype=bool))
+    free = labels == labels[start]
+    index = np.full(free.shape, -1, dtype=np.int64)
+    index[free] = np.arange(int(free.sum()))
+    h, w = free.shape
+    heads, tails, costs = [], [], []
+    for dr, dc, cost in ((0, 1, 1.0), (1, 0, 1.0), (1, 1, np.sqrt(2)), (1, -1, np.sqrt(2))):
+        a = (slice(0, h - dr), slice(max(0, -dc), w - max(0, dc)))
+        b = (slice(dr, h), slice(max(0, dc), w - max(0, -dc)))
+        ok = free[a] & free[b]
+        heads.append(index[a][ok])
+        tails.append(index[b][ok])
+        costs.append(np.full(int(ok.sum()), cost * cell))
+    n = int(free.sum())
+    graph = sparse.csr_matrix(
+        (np.concatenate(costs), (np.concatenate(heads), np.concatenate(tails))), shape=(n, n)
+    )
+    dist = csgraph.dijkstra(graph, directed=False, indices=int(index[start]))
+    out = np.full(free.shape, np.inf)
+    out[free] = dist
+    return out

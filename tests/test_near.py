@@ -1,0 +1,127 @@
+"""Near-optimal metrics on maze scenes: poses from masks, push distances, feasibility and the
+random_local baseline."""
+
+import numpy as np
+import pytest
+
+from goalgen.data import geometry as geo
+from goalgen.data import synthetic as synth
+from goalgen.data.pack import resize_masks
+from goalgen.data.synthetic import maze
+from goalgen.eval import near
+
+SIZE = 112
+
+
+@pytest.fixture(scope="module")
+def scenes() -> list[dict[str, np.ndarray]]:
+    opts = maze.MazeOptions(grid_size=5)
+    return [
+        maze.generate_scene(np.random.SeedSequence(8, spawn_key=(i,)), SIZE, opts) for i in range(3)
+    ]
+
+
+def _frame(scene) -> geo.NamoFrame:
+    x0, y0, x1, y1 = scene["world_bounds"]
+    return geo.NamoFrame(((x0 + x1) / 2, (y0 + y1) / 2), x1 - x0, scene["target_object"].shape[0])
+
+
+def _box(scene) -> np.ndarray:
+    return scene["movable_boxes"][int(scene["target_index"])]
+
+
+def _draw(scene, poses) -> np.ndarray:
+    w, h = _box(scene)[2:4]
+    return np.array([_frame(scene).box_mask(x, y, w, h, t) for x, y, t in poses])
+
+
+def test_sample_poses_recover_centre_and_yaw_at_any_resolution(scenes):
+    scene = scenes[0]
+    w, h = _box(scene)[2:4]
+    truth = np.array([[2.0, 3.0, 0.4], [3.1, 1.7, -1.2]])
+    masks = _draw(scene, truth)
+    for size, tolerance in ((SIZE, 0.03), (56, 0.06)):
+        soft = resize_masks(masks.astype(np.float32), size) >= 0.5 if size != SIZE else masks
+        got = near.sample_poses(scene, soft)
+        np.testing.assert_allclose(got[:, :2], truth[:, :2], atol=tolerance)
+        gap = np.mod(got[:, 2] - truth[:, 2] + np.pi / 2, np.pi) - np.pi / 2
+        assert np.all(np.abs(gap) < np.deg2rad(6)), (size, got, w, h)
+    assert np.isnan(near.sample_poses(scene, np.zeros((1, SIZE, SIZE)))).all()
+
+
+def test_push_distance_reads_the_field(scenes):
+    for scene in scenes:
+        box = _box(scene)
+        here = near.push_distance(scene, box[None, [0, 1, 4]])
+        assert here[0] == 0
+        np.testing.assert_allclose(
+            near.push_distance(scene, scene["feasible_poses"]), scene["feasible_push"], atol=0.006
+        )
+        far = [[box[0] + 4, box[1], box[4]], [box[0] - 4, box[1] - 4, box[4]], [np.nan, 0, 0]]
+        assert np.isinf(near.push_distance(scene, np.array(far))).all()
+        assert np.isinf(near.push_distance(scene, np.array(far), size=28)).all()
+
+
+def test_ground_truth_succeeds_and_leaving_in_place_does_not(scenes):
+    for scene in scenes:
+        truth = scene["target_goal"][None] > 0
+        got = near.score_near(scene, truth)
+        assert got["success_near_at_1"] == 1 and got["in_feasible_at_k"] == 1
+        assert got["best_feasible_distance_m"] < 0.1
+        assert got["nearest_push_m"] == scene["feasible_push"][0]
+        assert got["modes"] == scene["num_modes"] and got["feasible_poses"] == len(
+            scene["feasible_push"]
+        )
+        small = resize_masks(truth.astype(np.float32), 56) >= 0.5
+        assert near.score_near(scene, small)["in_feasible_at_k"] == 1
+        assert not near.success_near(scene, truth, slack=-1.0)[0]  # too long a push
+        still = np.repeat(scene["target_object"][None] > 0, 2, 0)
+        got = near.score_near(scene, still)
+        assert got["success_near_at_k"] == 0 and got["in_feasible_at_k"] == 0
+
+
+def test_every_stored_feasible_pose_counts_as_in_feasible(scenes):
+    scene = scenes[1]
+    masks = _draw(scene, scene["feasible_poses"][:20])
+    poses = near.sample_poses(scene, masks)
+    assert near.in_feasible(scene, poses).all()
+    assert np.all(near.feasible_distance(scene, poses) < 0.1)
+    away = poses + [3.0, 0.0, 0.0]
+    assert not near.in_feasible(scene, away).any()
+    assert np.all(near.feasible_distance(scene, away) > 1.0)
+
+
+def test_random_local_is_collision_free_local_and_seeded(scenes):
+    scene = scenes[2]
+    masks, failed = near.random_local(scene, 6, np.random.default_rng(0))
+    again, _ = near.random_local(scene, 6, np.random.default_rng(0))
+    np.testing.assert_array_equal(masks, again)
+    assert masks.shape == (6, SIZE, SIZE) and failed == 0
+    blocked = (scene["static_objects_image"] > 0) | (scene["robot_image"] > 0)
+    blocked |= (scene["goal_image"] > 0) | (
+        (scene["movable_objects_image"] > 0) & ~(scene["target_object"] > 0)
+    )
+    assert not (masks & blocked).any()
+    poses = near.sample_poses(scene, masks)
+    shift = np.hypot(*(poses[:, :2] - _box(scene)[:2]).T)
+    assert np.all(shift <= float(scene["push_search_radius"]) + 0.05)
+    small, _ = near.random_local(scene, 2, np.random.default_rng(1), size=56)
+    assert small.shape == (2, 56, 56) and small.dtype == bool
+
+
+def test_scenes_without_a_feasible_set_are_refused_clearly():
+    rooms = synth.generate_scene(0, size=64)
+    with pytest.raises(KeyError, match="no stored feasible set"):
+        near.score_near(rooms, rooms["target_goal"][None])
+
+
+def test_opens_route_at_the_files_resolution(scenes):
+    for scene in scenes:
+        box = _box(scene)
+        assert not near.opens_route(scene, box[None, [0, 1, 4]])[0]  # where it stands
+        assert near.opens_route(scene, scene["feasible_poses"]).all()
+        assert not near.opens_route(scene, np.full((1, 3), np.nan))[0]
+
+
+def test_the_generators_push_field_reaches_past_the_near_limit():
+    assert near.NEAR_SLACK == maze.NEAR_SLACK  # the field covers max_push + slack * width
