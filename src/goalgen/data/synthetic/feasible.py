@@ -28,6 +28,8 @@ into *modes*: connected sets on the candidate lattice (neighbouring shifts or ya
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -326,3 +328,32 @@ def field_to_file(field: np.ndarray) -> np.ndarray:
     finite = np.isfinite(field)
     out[finite] = np.minimum(np.rint(field[finite] / FIELD_UNIT), FIELD_NONE - 1)
     return out
+
+
+def rejection_sample(
+    family: str,
+    seq: np.random.SeedSequence,
+    attempt: Callable[[np.random.Generator], dict[str, np.ndarray] | str],
+    max_attempts: int,
+) -> tuple[dict[str, np.ndarray], Counter]:
+    """Layouts drawn with ``attempt(rng)`` until one is a scene (a dict; a str names the check
+    that rejected it): that scene plus its ``seed``/``spawn_key``, and the rejections by
+    reason. Raises ``RuntimeError`` naming the check most layouts failed when
+    ``max_attempts`` give none."""
+    rng = np.random.default_rng(seq)
+    rejected: Counter = Counter()
+    for _ in range(max_attempts):
+        scene = attempt(rng)
+        if isinstance(scene, str):
+            rejected[scene] += 1
+            continue
+        return scene | {
+            "seed": np.array(seq.entropy, dtype=np.int64),
+            "spawn_key": np.array(seq.spawn_key, dtype=np.int64),
+        }, rejected
+    worst = rejected.most_common(1)[0][0] if rejected else "none"
+    counts = ", ".join(f"{k} {v}" for k, v in rejected.most_common())
+    raise RuntimeError(
+        f"{family}: no valid scene for seed {seq.entropy} (spawn key {tuple(seq.spawn_key)}) "
+        f"after {max_attempts} layouts; most failed the {worst!r} check ({counts})"
+    )

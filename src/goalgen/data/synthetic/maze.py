@@ -287,22 +287,8 @@ def generate_with_stats(
     problem = options.problem(size)
     if problem is not None:
         raise ValueError(problem)
-    rng = np.random.default_rng(seq)
-    rejected: Counter = Counter()
-    for _ in range(MAX_ATTEMPTS):
-        scene = _attempt(rng, size, options)
-        if isinstance(scene, str):
-            rejected[scene] += 1
-            continue
-        return scene | {
-            "seed": np.array(seq.entropy, dtype=np.int64),
-            "spawn_key": np.array(seq.spawn_key, dtype=np.int64),
-        }, rejected
-    ((worst, count),) = rejected.most_common(1)
-    counts = ", ".join(f"{k} {v}" for k, v in rejected.most_common())
-    raise RuntimeError(
-        f"maze: no valid scene for seed {seq.entropy} (spawn key {tuple(seq.spawn_key)}) after "
-        f"{MAX_ATTEMPTS} layouts; most failed the {worst!r} check ({counts})"
+    return feasible.rejection_sample(
+        "maze", seq, lambda rng: _attempt(rng, size, options), MAX_ATTEMPTS
     )
 
 

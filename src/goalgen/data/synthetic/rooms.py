@@ -41,6 +41,7 @@ from scipy import fft, ndimage
 
 from goalgen.data import geometry as geo
 from goalgen.data.scenes import SCENE_KEYS
+from goalgen.data.synthetic.feasible import rejection_sample
 
 VERSION = 1  # bump when the scenes of a seed change
 WORLD_BOUNDS = (0.0, 0.0, 5.0, 5.0)
@@ -365,22 +366,7 @@ def generate_with_stats(
         raise ValueError(f"seed entropy must be an int in [0, 2**63), got {seq.entropy!r}")
     if size < MIN_SIZE:
         raise ValueError(f"size must be >= {MIN_SIZE}, got {size}")
-    rng = np.random.default_rng(seq)
-    rejected: Counter = Counter()
-    for _ in range(MAX_ATTEMPTS):
-        scene = _attempt(rng, size)
-        if isinstance(scene, str):
-            rejected[scene] += 1
-            continue
-        return scene | {
-            "seed": np.array(seq.entropy, dtype=np.int64),
-            "spawn_key": np.array(seq.spawn_key, dtype=np.int64),
-        }, rejected
-    worst = rejected.most_common(1)[0][0] if rejected else "none"
-    raise RuntimeError(
-        f"rooms: no valid scene for seed {seq} after {MAX_ATTEMPTS} layouts; most failed the "
-        f"{worst!r} check ({', '.join(f'{k} {v}' for k, v in rejected.most_common())})"
-    )
+    return rejection_sample("rooms", seq, lambda rng: _attempt(rng, size), MAX_ATTEMPTS)
 
 
 def generate_scene(seed: int | np.random.SeedSequence, size: int = 224) -> dict[str, np.ndarray]:
