@@ -2,7 +2,7 @@
 
 Grid. A model mask of ``S`` pixels is the area-resize (adaptive average pooling, as in training)
 of a native ``N``-pixel image drawn in a frame (:class:`goalgen.data.geometry.NamoFrame` or
-:class:`goalgen.data.planner_scene.GridFrame`). Its cell ``(r, c)`` averages the native pixels
+:class:`goalgen.data.frames.GridFrame`). Its cell ``(r, c)`` averages the native pixels
 ``[floor(r N / S), ceil((r + 1) N / S))`` of each axis, so the cell stands for the mean of their
 sample points: :func:`cell_centres` gives the world ``x`` of every column and ``y`` of every
 row (both frames are separable). With ``S == N`` these are the sample points themselves.
