@@ -12,17 +12,29 @@ grown to account for the pixels' own extent: by one pixel per side length when i
 axis-aligned (an ``L x W`` block of pixels fits ``L x W`` exactly), by half a pixel when tilted
 (the extreme centres along a tilted edge sample it at many offsets, so they lie close to it).
 On rasterised rectangles, sizes come out within about one pixel.
+
+World poses follow the scene's own image convention: pass the ``frame`` its masks are drawn in
+(:func:`goalgen.data.frames.frame_of` of the file's ``image_convention``, ``world_bounds`` and
+native size; :func:`pose_frame` builds it from a geometry mapping). Convention 1 (maze files,
+planner scenes: row 0 = ``y_min``) mirrors the image against convention 0 (rooms: row 0 =
+``y_max``), so one pixel-to-world map for both would mirror the poses of one of them. The world
+rectangle is fitted to the world points the mask's cells stand for
+(:func:`goalgen.infer.fit.cell_centres`: at a coarser resolution than the frame's, the mean of
+the native pixels a cell pools), so its ``angle_world`` is the long side's direction in the
+world, whatever the convention. ``world_bounds`` alone means convention 0 at the mask's size.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from goalgen.data import geometry as geo
+from goalgen.data.frames import Frame, GridFrame, frame_of
+from goalgen.infer.fit import cell_centres
 
 AREA_TOLERANCE = 0.35  # kept areas lie within +-35 % of the selected object's area
 MIN_AREA_PX = 2  # without a known object area: at least this many pixels ...
@@ -42,6 +54,7 @@ class Pose:
     area_px: int  # pixels in the mask
     center_world: tuple[float, float] | None = None  # (x, y), metres
     size_world: tuple[float, float] | None = None  # (length, width), metres
+    angle_world: float | None = None  # radians in [0, pi), long side vs the world x axis
 
     @property
     def fill(self) -> float:
@@ -60,6 +73,8 @@ class Pose:
         if self.center_world is not None and self.size_world is not None:
             out["center_xy"] = [round(float(v), 6) for v in self.center_world]
             out["size_m"] = [round(float(v), 6) for v in self.size_world]
+        if self.angle_world is not None:
+            out["angle_world"] = round(float(self.angle_world), 6)
         return out
 
 
@@ -174,29 +189,55 @@ def rejection_reason(
     return None
 
 
+def pose_frame(geometry: Mapping[str, Any] | None, size: int) -> Frame | None:
+    """The frame of masks of ``size`` px from a scene's ``geometry`` (``world_bounds``, and
+    when known ``image_convention`` (default 0) and the native ``image_size`` (default
+    ``size``)), or None without world bounds."""
+    if not geometry or geometry.get("world_bounds") is None:
+        return None
+    native = int(geometry.get("image_size") or size)
+    bounds = [float(v) for v in np.asarray(geometry["world_bounds"]).reshape(-1)]
+    return frame_of(int(geometry.get("image_convention", 0)), bounds, native)
+
+
+def world_rectangle(
+    mask: np.ndarray, frame: Frame
+) -> tuple[tuple[float, float], float, tuple[float, float]]:
+    """Minimum-area rectangle of a non-empty mask ``(S, S)`` in world units: ``((x, y),
+    angle_world, (length, width))``, the cells' world points (:func:`cell_centres` of
+    ``frame``) grown by the cells' extent as in :func:`fit_rectangle`."""
+    rc = _row_extremes(np.asarray(mask) != 0)
+    if rc.size == 0:
+        raise ValueError("empty mask has no rectangle")
+    xs, ys, cell = cell_centres(frame, mask.shape[-1])
+    center, angle, length, width = min_area_rect(np.stack([xs[rc[:, 1]], ys[rc[:, 0]]], 1))
+    aligned = min(angle, abs(angle - np.pi / 2)) < 1e-6
+    pad = (PIXEL_EXTENT[0] if aligned else PIXEL_EXTENT[1]) * cell
+    return (float(center[0]), float(center[1])), angle, (length + pad, width + pad)
+
+
 def mask_to_pose(
     mask: np.ndarray,
     object_area: float | None = None,
     world_bounds: tuple[float, float, float, float] | None = None,
     tolerance: float = AREA_TOLERANCE,
+    frame: Frame | None = None,
 ) -> tuple[Pose | None, str | None]:
     """``(pose, None)`` for a usable mask ``(S, S)``, else ``(None, reason)``.
 
     ``object_area``: the selected object's area in pixels at this resolution (None: sane
-    bounds). ``world_bounds`` ``(xmin, ymin, xmax, ymax)`` adds the pose in metres.
+    bounds). ``frame`` (the scene's, at any resolution: :func:`pose_frame`) adds the pose in
+    world units; ``world_bounds`` ``(xmin, ymin, xmax, ymax)`` alone means convention 0.
     """
     mask = np.asarray(mask) != 0
     reason = rejection_reason(mask, object_area, tolerance)
     if reason is not None:
         return None, reason
     center, angle, size = fit_rectangle(mask)
-    world_center = world_size = None
-    if world_bounds is not None:
-        xy = geo.pixel_to_world(np.array(center), world_bounds, mask.shape)
-        mpp = geo.metres_per_pixel(world_bounds, mask.shape)
-        world_center = (float(xy[0]), float(xy[1]))
-        world_size = (size[0] * mpp, size[1] * mpp)
-    return Pose(center, angle, size, int(mask.sum()), world_center, world_size), None
+    if frame is None and world_bounds is not None:
+        frame = GridFrame(world_bounds, mask.shape[-1])
+    world = (None, None, None) if frame is None else world_rectangle(mask, frame)
+    return Pose(center, angle, size, int(mask.sum()), world[0], world[2], world[1]), None
 
 
 def masks_to_poses(
@@ -204,13 +245,14 @@ def masks_to_poses(
     object_area: float | None = None,
     world_bounds: tuple[float, float, float, float] | None = None,
     tolerance: float = AREA_TOLERANCE,
+    frame: Frame | None = None,
 ) -> tuple[list[Pose | None], dict[int, str]]:
     """Poses of ``masks`` ``(K, S, S)``: a list of K (None where rejected) and the rejection
-    reason of each dropped sample by index."""
+    reason of each dropped sample by index (``frame``, ``world_bounds``: :func:`mask_to_pose`)."""
     poses: list[Pose | None] = []
     rejected: dict[int, str] = {}
     for k, mask in enumerate(masks):
-        pose, reason = mask_to_pose(mask, object_area, world_bounds, tolerance)
+        pose, reason = mask_to_pose(mask, object_area, world_bounds, tolerance, frame)
         poses.append(pose)
         if reason is not None:
             rejected[k] = reason
