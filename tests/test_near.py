@@ -125,3 +125,25 @@ def test_opens_route_at_the_files_resolution(scenes):
 
 def test_the_generators_push_field_reaches_past_the_near_limit():
     assert near.NEAR_SLACK == maze.NEAR_SLACK  # the field covers max_push + slack * width
+
+
+def test_families_modes_and_half_widths(scenes):
+    rooms = synth.generate_scene(0, size=64)
+    assert near.scene_family(scenes[0]) == "maze" and near.scene_family(rooms) == "rooms"
+    masks_only = {k: rooms[k] for k in synth.SCENE_KEYS}
+    assert near.scene_family(masks_only) == "no_geometry"
+    assert near.has_world_boxes(rooms) and not near.has_feasible_set(rooms)
+    assert not near.has_world_boxes(masks_only) and near.has_feasible_set(scenes[0])
+    for scene in scenes:
+        got = near.score_near(scene, scene["target_goal"][None] > 0)
+        assert got["within_half_width_at_k"] == 1 and got["modes_covered"] == 1
+        assert got["best_feasible_distance_hw"] == pytest.approx(
+            got["best_feasible_distance_m"] / (min(_box(scene)[2:4]) / 2)
+        )
+        # one pose of every mode, drawn: every mode covered (checked against the stored labels)
+        modes = np.asarray(scene["feasible_mode"])
+        first = [int(np.flatnonzero(modes == m)[0]) for m in np.unique(modes)]
+        poses = near.sample_poses(scene, _draw(scene, scene["feasible_poses"][first]))
+        assert near.modes_covered(scene, poses) == scene["num_modes"]
+        far = near.score_near(scene, np.repeat(scene["target_object"][None] > 0, 2, 0))
+        assert far["within_half_width_at_k"] == 0 and far["modes_covered"] == 0

@@ -195,9 +195,9 @@ def feasible_distance(scene: Scene, poses: np.ndarray, size: int | None = None) 
     return np.where(np.isfinite(poses).all(1), best, np.inf)
 
 
-def in_feasible(scene: Scene, poses: np.ndarray, size: int | None = None) -> np.ndarray:
-    """``(K,)`` bool: is each pose ``(K, 3)`` within one pixel of a ``(size, size)`` mask (or one
-    feasible lattice step, whichever is larger) and the yaw tolerance of a feasible pose?"""
+def _near_feasible(scene: Scene, poses: np.ndarray, size: int | None) -> np.ndarray:
+    """``(K, P)`` bool: is pose k within one pixel (or one lattice step) and the yaw tolerance
+    of stored feasible pose p?"""
     _require(scene)
     feasible = np.asarray(scene["feasible_poses"], dtype=np.float64).reshape(-1, 3)
     step = float(scene.get("feasible_lattice_step", 0.0))
@@ -206,7 +206,48 @@ def in_feasible(scene: Scene, poses: np.ndarray, size: int | None = None) -> np.
     poses = np.asarray(poses, dtype=np.float64).reshape(-1, 3)
     near = np.linalg.norm(poses[:, None, :2] - feasible[None, :, :2], axis=-1) <= reach
     near &= _yaw_gap(poses[:, None, 2], feasible[None, :, 2], period) <= tolerance
-    return near.any(1) & np.isfinite(poses).all(1)
+    return near & np.isfinite(poses).all(1)[:, None]
+
+
+def in_feasible(scene: Scene, poses: np.ndarray, size: int | None = None) -> np.ndarray:
+    """``(K,)`` bool: is each pose ``(K, 3)`` within one pixel of a ``(size, size)`` mask (or one
+    feasible lattice step, whichever is larger) and the yaw tolerance of a feasible pose?"""
+    return _near_feasible(scene, poses, size).any(1)
+
+
+def modes_covered(scene: Scene, poses: np.ndarray, size: int | None = None) -> int:
+    """How many of the scene's modes (``feasible_mode``) have a feasible pose that some pose
+    ``(K, 3)`` lands on (:func:`in_feasible`)."""
+    hit = _near_feasible(scene, poses, size).any(0)
+    if "feasible_mode" not in scene:
+        return int(hit.any())
+    return int(len(np.unique(np.asarray(scene["feasible_mode"])[hit])))
+
+
+def half_width(scene: Scene) -> float:
+    """Half the selected box's short side, in metres: the unit of ``best_feasible_distance_hw``."""
+    return float(min(_box(scene)[2:4])) / 2
+
+
+def scene_family(scene: Scene) -> str:
+    """The family of a scene file's arrays: ``maze`` (grid maze with a feasible set), ``rooms``
+    (world geometry in :mod:`goalgen.data.geometry`'s convention), ``planner`` (geometry in the
+    planner's convention, e.g. ``goalgen-render``), or ``no_geometry`` (masks only)."""
+    if "grid_size" in scene or "deletion_rate" in scene:
+        return "maze"
+    if "movable_boxes" in scene and "world_bounds" in scene:
+        return "planner" if int(np.asarray(scene.get("image_convention", 0))) == 1 else "rooms"
+    return "no_geometry"
+
+
+def has_feasible_set(scene: Scene) -> bool:
+    """Does the scene store what the near metrics need (:data:`FEASIBLE_KEYS`)?"""
+    return all(k in scene for k in FEASIBLE_KEYS) and "movable_boxes" in scene
+
+
+def has_world_boxes(scene: Scene) -> bool:
+    """Does the scene store the selected box and world bounds (for :func:`random_local`)?"""
+    return all(k in scene for k in ("movable_boxes", "target_index", "world_bounds"))
 
 
 def scene_masks(scene: Scene, size: int) -> SceneMasks:
@@ -275,8 +316,12 @@ def score_near(
     ``success_near_at_k``, ``success_near_rate`` (share of samples), ``in_feasible_at_k``,
     ``in_feasible_rate``, ``best_feasible_distance_m`` (the sample nearest to a stored
     feasible pose; NaN if every mask is empty, so :func:`goalgen.eval.metrics.aggregate`
-    skips the scene), ``nearest_push_m`` (the ground truth's push) and ``feasible_poses`` /
-    ``modes`` (the scene's counts). ``masks``: the scene at ``S`` (:func:`scene_masks`)."""
+    skips the scene), the same in box half-widths (``best_feasible_distance_hw``,
+    :func:`half_width`; an all-empty set counts as infinitely far) and
+    ``within_half_width_at_k`` (best distance <= 1 half-width), ``modes_covered``
+    (:func:`modes_covered`) and ``modes_covered_share`` (of the scene's modes),
+    ``nearest_push_m`` (the ground truth's push) and ``feasible_poses`` / ``modes`` (the
+    scene's counts). ``masks``: the scene at ``S`` (:func:`scene_masks`)."""
     _require(scene)
     samples = np.asarray(samples) != 0
     size = samples.shape[-1]
@@ -284,6 +329,8 @@ def score_near(
     near = success_near(scene, samples, slack, masks)
     inside = in_feasible(scene, poses, size)
     best = feasible_distance(scene, poses, size).min()
+    covered = modes_covered(scene, poses, size)
+    modes = float(scene["num_modes"]) if "num_modes" in scene else float("nan")
     return {
         "success_near_at_1": float(near[0]),
         "success_near_at_k": float(near.any()),
@@ -291,9 +338,15 @@ def score_near(
         "in_feasible_at_k": float(inside.any()),
         "in_feasible_rate": float(inside.mean()),
         "best_feasible_distance_m": float(best) if np.isfinite(best) else float("nan"),
+        "best_feasible_distance_hw": float(best) / half_width(scene)
+        if np.isfinite(best)
+        else float("nan"),
+        "within_half_width_at_k": float(best <= half_width(scene)),
+        "modes_covered": float(covered),
+        "modes_covered_share": covered / modes if modes > 0 else float("nan"),
         "nearest_push_m": float(np.asarray(scene["feasible_push"])[0]),
         "feasible_poses": float(len(scene["feasible_push"])),
-        "modes": float(scene["num_modes"]) if "num_modes" in scene else float("nan"),
+        "modes": modes,
     }
 
 
