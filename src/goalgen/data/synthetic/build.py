@@ -10,7 +10,6 @@ a ``rooms`` or ``maze`` set of the same seed has at ``i``.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import multiprocessing
@@ -23,14 +22,16 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO
 
 import numpy as np
 from numpy.lib import format as npy_format
 from rich.progress import track
 
+from goalgen.cli import OneLineParser, one_line
 from goalgen.data.synthetic import maze, rooms
 from goalgen.data.synthetic.maze import MazeOptions
+from goalgen.io import atomic_write, atomic_write_text
 
 FAMILIES = ("rooms", "maze", "mixed")
 STAMP_NAME = ".goalgen_synth.json"
@@ -92,14 +93,16 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     Members get a fixed timestamp (numpy stamps the current time); the file appears under its
     name only once complete.
     """
-    tmp = path.with_name(f".{path.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for key, value in arrays.items():
-            buffer = io.BytesIO()
-            npy_format.write_array(buffer, np.asanyarray(value), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            archive.writestr(info, buffer.getvalue(), compress_type=zipfile.ZIP_DEFLATED)
-    os.replace(tmp, path)
+
+    def write(f: BinaryIO) -> None:
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for key, value in arrays.items():
+                buffer = io.BytesIO()
+                npy_format.write_array(buffer, np.asanyarray(value), allow_pickle=False)
+                info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                archive.writestr(info, buffer.getvalue(), compress_type=zipfile.ZIP_DEFLATED)
+
+    atomic_write(path, write)
 
 
 def _write_scene(task: tuple) -> str:
@@ -178,9 +181,7 @@ def _generate(
                 pass
     for stale in _scene_files(out) - set(names):  # from an earlier, larger or interrupted run
         (out / stale).unlink()
-    tmp = out / f"{STAMP_NAME}.tmp"
-    tmp.write_text(json.dumps(stamp))
-    os.replace(tmp, out / STAMP_NAME)
+    atomic_write_text(out / STAMP_NAME, json.dumps(stamp))
     return paths, True
 
 
@@ -255,15 +256,8 @@ def benchmark(
     return out
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad arguments: one line on stderr, exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _parser() -> _Parser:
-    parser = _Parser(
+def _parser() -> OneLineParser:
+    parser = OneLineParser(
         prog="goalgen-synth",
         description="Write synthetic NAMO scenes (.npz in the training guide's format).",
     )
@@ -313,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             opts,
         )
     except (OSError, RuntimeError) as error:
-        print(f"goalgen-synth: error: {error}", file=sys.stderr)
+        print(f"goalgen-synth: error: {one_line(error)}", file=sys.stderr)
         return 1
     seconds = time.perf_counter() - start
     what = f"{args.num_scenes} scenes ({args.size}x{args.size}, seed {args.seed}"
