@@ -48,7 +48,7 @@ def report(run_dir, synth_dir) -> dict:
 
 
 def test_report_has_model_baselines_and_cost(report, synth_dir):
-    assert set(report["methods"]) == set(METHODS)
+    assert set(report["methods"]) == set(METHODS) | {"proposals", "random_local"}
     for method in METHODS:
         assert set(METRICS) <= set(report["methods"][method]), method
         assert report["methods"][method]["scenes"] == 4
@@ -124,7 +124,10 @@ def test_cli_report_and_compare(run_dir, synth_dir, report, tmp_path, capsys):
     assert "0.123" in plain
     assert main(["--compare", str(out), str(tmp_path / "b.json"), "--markdown"]) == 0
     md = capsys.readouterr().out
-    assert "| metric | tiny | other_run | random_valid |" in md and "|---|" in md
+    assert (
+        "| metric | tiny | tiny proposals | other_run | other_run proposals | random_valid |" in md
+    )
+    assert "|---|" in md
 
     assert format_table([saved]).count("\n") > len(METRICS)
 

@@ -154,6 +154,7 @@ def bench_sample_quality(b: Bench) -> dict[str, Any]:
             seed=0,
             device=str(b.device),
             per_scene=False,
+            proposals=False,
         )
         model, cost = report["methods"]["model"], report["cost"]
         rows.append(

@@ -1,16 +1,33 @@
 """Evaluate a trained run on scene files: are its goals valid, right, diverse, and useful?
 
 ``goalgen-eval RUN_DIR --data DIR --samples K --out report.json`` samples K goals per scene
-(at the model's ``image_size``) and scores them with :mod:`goalgen.eval.metrics`, next to three
+(at the model's ``image_size``) and scores them with :mod:`goalgen.eval.metrics`, next to
 reference rows scored the same way, so every number has a floor and a ceiling:
 
+- ``proposals``: the model's own K samples turned into ranked, verified proposals
+  (:func:`goalgen.infer.proposals.proposals_of_samples`: the object's footprint fitted to each
+  sample, checked, ranked, near-duplicates merged; no second draw), scored as masks (their
+  footprints) by the same metrics; ``@1`` is the top-ranked proposal. Off with
+  ``proposals=False`` (``--no-proposals``). The row also holds the verification shares of
+  :func:`goalgen.eval.propose.score_proposals`.
 - ``random_valid``: the selected object moved to a random collision-free pose (random
   translation and rotation of its mask, rejection-sampled with a seeded rng);
+- ``random_local``: K random collision-free poses within the push search radius of the box
+  (:func:`goalgen.eval.near.random_local`; scenes with world geometry only);
 - ``leave_in_place``: the object left where it is (its own mask, K times);
 - ``ground_truth``: the recorded goal (one sample): what the checks make of a perfect answer
   at this resolution.
 
-``goalgen-eval --compare A B ...`` prints a side-by-side table of reports (``.json``) or runs.
+Scenes that store a feasible set (``maze`` files) also get the near metrics of
+:mod:`goalgen.eval.near` in every row (``success_near@1/@K``, ``in_feasible@K``, the best
+sample's distance to a feasible pose in metres and box half-widths, modes covered). Scenes
+without world geometry (older files) are scored on their masks; their near, random_local
+columns stay empty. The report has every metric over all scenes (``methods``) and per scene
+family (``families``: ``maze``, ``rooms``, ``planner``, ``no_geometry``, read from each file,
+:func:`goalgen.eval.near.scene_family`).
+
+``goalgen-eval --compare A B ...`` prints side-by-side tables (all scenes, then one per family)
+of reports (``.json``) or runs.
 """
 
 from __future__ import annotations
@@ -29,6 +46,7 @@ from scipy import ndimage
 from goalgen.cli import USER_ERRORS, OneLineParser, one_line, warnings_as_lines
 from goalgen.data.dataset import split_indices
 from goalgen.data.scenes import find_scene_files
+from goalgen.eval import near
 from goalgen.eval.metrics import (
     AREA_TOLERANCE,
     HIT_IOU,
@@ -39,12 +57,22 @@ from goalgen.eval.metrics import (
     invalid_reason,
     score_samples,
 )
+from goalgen.eval.propose import score_proposals
 from goalgen.infer import GoalPredictor, SceneInput, prepare_scene
+from goalgen.infer.proposals import proposals_of_samples
 from goalgen.io import atomic_write_text
 from goalgen.model.samplers import ADAPTIVE_METHODS
 
-REPORT_VERSION = 1
-METHODS = ("model", "random_valid", "leave_in_place", "ground_truth")
+REPORT_VERSION = 2
+METHODS = ("model", "random_valid", "leave_in_place", "ground_truth")  # always scored
+OPTIONAL_METHODS = ("proposals", "random_local")  # when enabled / when the scenes allow
+REFERENCES = ("random_valid", "random_local", "leave_in_place", "ground_truth")
+PROPOSAL_KEYS = (  # score_proposals' shares, kept in the proposals row
+    "raw_verified_share",
+    "baseline_verified_share",
+    "proposals_verified_share",
+    "num_proposals",
+)
 DEFAULT_REPORT = Path("eval") / "report.json"  # inside the run dir
 RANDOM_TRIES = 200  # rejection-sampling attempts per random placement
 SPLITS = ("auto", "all", "val", "train")
@@ -60,8 +88,21 @@ TABLE_ROWS = (  # (report key, label)
     ("success_at_1", "success@1"),
     ("success_at_k", "success@K"),
     ("displacement_px", "move of valid (px)"),
+    ("success_near_at_1", "success_near@1"),
+    ("success_near_at_k", "success_near@K"),
+    ("success_near_rate", "success_near rate"),
+    ("in_feasible_at_k", "in_feasible@K"),
+    ("best_feasible_distance_hw", "best dist to feasible (half-widths)"),
+    ("within_half_width_at_k", "best within 1 half-width"),
+    ("best_feasible_distance_m", "best dist to feasible (m)"),
+    ("modes_covered", "modes covered@K"),
+    ("modes", "modes / scene"),
+    ("raw_verified_share", "raw samples verified"),
+    ("proposals_verified_share", "proposals verified"),
+    ("num_proposals", "proposals / scene"),
     ("nfe", "NFE / sample"),
     ("seconds_per_scene", "s / scene (K samples)"),
+    ("proposal_seconds_per_scene", "proposal post s / scene"),
 )
 
 
@@ -152,26 +193,77 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of a scene file (masks, world geometry, feasible set)."""
+    with np.load(path, allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def _proposal_row(result: Any, masks: SceneMasks, arrays: Mapping[str, np.ndarray] | None):
+    """The proposals of one scene scored like samples (a scene without any proposal scores as
+    one empty mask: it fails every check)."""
+    scored = score_proposals(result)
+    size = masks.size
+    row = scored.get("proposals") or score_samples(np.zeros((1, size, size), bool), masks)
+    row = dict(row) | {k: scored[k] for k in PROPOSAL_KEYS}
+    if arrays is not None:
+        feet = np.zeros((1, size, size), bool)
+        if result.proposals:
+            from goalgen.data.pack import resize_masks
+
+            stack = np.stack([p.footprint for p in result.proposals]).astype(np.float32)
+            feet = resize_masks(stack, size) >= THRESHOLD
+        row |= near.score_near(arrays, feet, masks=masks)
+    return row
+
+
 def score_scene(
     scene: SceneInput,
     model_masks: np.ndarray,
     index: int,
     seed: int,
+    arrays: Mapping[str, np.ndarray] | None = None,
+    proposals: Any = None,
 ) -> tuple[dict[str, dict[str, Any]], int]:
-    """Metrics of the model's masks ``(K, S, S)`` and of the three reference rows for one
-    scene; returns ``({method: metrics}, random placements that found no valid pose)``."""
+    """Metrics of the model's masks ``(K, S, S)`` and of the reference rows for one scene;
+    returns ``({method: metrics}, random placements that found no valid pose)``.
+
+    ``arrays``: the scene file's arrays (:func:`read_arrays`): with world geometry they add the
+    ``random_local`` row, with a feasible set the near metrics of every row. ``proposals``: the
+    :class:`goalgen.infer.proposals.ProposalSet` of the model's samples (adds ``proposals``).
+    """
     masks = SceneMasks.from_soft(scene.context, scene.truth, scene.geometry)
     k = len(model_masks)
     rng = np.random.default_rng([seed, index])
     random, failed = random_valid_placements(masks, scene.context[4], k, rng)
-    rows = {
-        "model": score_samples(model_masks, masks),
-        "random_valid": score_samples(random, masks),
-        "leave_in_place": score_samples(np.repeat(masks.target_object[None], k, 0), masks),
+    sets = {
+        "model": model_masks,
+        "random_valid": random,
+        "leave_in_place": np.repeat(masks.target_object[None], k, 0),
     }
     if masks.truth is not None:
-        rows["ground_truth"] = score_samples(masks.truth[None], masks)
+        sets["ground_truth"] = masks.truth[None]
+    if arrays is not None and near.has_world_boxes(arrays):
+        local_rng = np.random.default_rng([seed, index, 1])
+        sets["random_local"], _ = near.random_local(arrays, k, local_rng, size=masks.size)
+    feasible = arrays if arrays is not None and near.has_feasible_set(arrays) else None
+    rows = {}
+    for name, samples in sets.items():
+        rows[name] = score_samples(samples, masks)
+        if feasible is not None:
+            rows[name] |= near.score_near(feasible, samples, masks=masks)
+    if proposals is not None:
+        rows["proposals"] = _proposal_row(proposals, masks, feasible)
     return rows, failed
+
+
+def _aggregate_methods(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for m in METHODS + OPTIONAL_METHODS:
+        rows = [r[m] for r in records if m in r]
+        if rows or m in METHODS:
+            out[m] = aggregate(rows)
+    return out
 
 
 def evaluate_run(
@@ -188,9 +280,11 @@ def evaluate_run(
     split: str = "auto",
     per_scene: bool = True,
     progress: bool = False,
+    proposals: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``run_dir``'s checkpoint on ``data`` (default: the run's own data, val split);
-    returns the report (see the module docstring; JSON-ready)."""
+    returns the report (see the module docstring; JSON-ready). ``proposals``: also score the
+    ranked, verified proposals of the same samples."""
     predictor = GoalPredictor.from_run(run_dir, checkpoint, device)
     config = predictor.config
     if data is None:
@@ -206,16 +300,27 @@ def evaluate_run(
         missing = next(s.name for s in scenes if s.truth is None)
         raise ValueError(f"scene {missing} has no target_goal: evaluation needs ground truth")
     predictions = predictor.predict_inputs(scenes, num_samples, steps, method, seed, batch_size)
-    cost = predictor.last_cost
-    records, failed_total = [], 0
-    for i, (scene, pred) in enumerate(zip(scenes, predictions, strict=True)):
-        rows, failed = score_scene(scene, pred.masks, i, seed)
+    cost = predictor.last_cost.to_dict()
+    records, failed_total, post_seconds = [], 0, 0.0
+    for i, (path, scene, pred) in enumerate(zip(files, scenes, predictions, strict=True)):
+        arrays = read_arrays(path)
+        result = None
+        if proposals:
+            result = proposals_of_samples(path, pred.probs)
+            post_seconds += result.seconds["setup"] + result.seconds["post"]
+        rows, failed = score_scene(scene, pred.masks, i, seed, arrays, result)
         failed_total += failed
-        records.append({"scene": scene.name, **rows})
+        records.append({"scene": scene.name, "family": near.scene_family(arrays), **rows})
         if progress and (i + 1) % max(1, len(scenes) // 10) == 0:
             print(f"scored {i + 1}/{len(scenes)} scenes", file=sys.stderr)
-    methods = {m: aggregate([r[m] for r in records if m in r]) for m in METHODS}
+    methods = _aggregate_methods(records)
     methods["random_valid"]["placements_without_valid_pose"] = failed_total
+    families = {}
+    for family in sorted({r["family"] for r in records}):
+        subset = [r for r in records if r["family"] == family]
+        families[family] = {"num_scenes": len(subset), "methods": _aggregate_methods(subset)}
+    if proposals:
+        cost["proposal_seconds_per_scene"] = post_seconds / max(len(scenes), 1)
     adaptive = predictor.family == "flow" and (method or predictor.method) in ADAPTIVE_METHODS
     report = {
         "goalgen_eval": REPORT_VERSION,
@@ -234,14 +339,20 @@ def evaluate_run(
         "split": split_used,
         "num_scenes": len(scenes),
         "scenes_with_world_geometry": sum(1 for s in scenes if s.geometry),
+        "scenes_with_feasible_set": sum(
+            1 for r in records if "success_near_at_k" in r.get("model", {})
+        ),
         "settings": {
             "threshold": THRESHOLD,
             "static_threshold": STATIC_THRESHOLD,
             "area_tolerance": AREA_TOLERANCE,
             "hit_iou": HIT_IOU,
+            "near_slack": near.NEAR_SLACK,
+            "proposals": bool(proposals),
         },
         "methods": methods,
-        "cost": cost.to_dict(),
+        "families": families,
+        "cost": cost,
     }
     if per_scene:
         report["per_scene"] = records
@@ -255,18 +366,76 @@ def _signature(report: Mapping[str, Any]) -> tuple:
     )
 
 
-def _value(report: Mapping[str, Any], method: str, key: str) -> Any:
+def _methods(report: Mapping[str, Any], family: str | None) -> Mapping[str, Any]:
+    if family is None:
+        return report["methods"]
+    return (report.get("families") or {}).get(family, {}).get("methods", {})
+
+
+def _value(report: Mapping[str, Any], method: str, key: str, family: str | None = None) -> Any:
     if key in ("nfe", "seconds_per_scene"):
-        return report.get("cost", {}).get(key) if method == "model" else None
-    return report["methods"].get(method, {}).get(key)
+        return report.get("cost", {}).get(key) if method == "model" and family is None else None
+    if key == "proposal_seconds_per_scene":
+        if method == "proposals" and family is None:
+            return report.get("cost", {}).get(key)
+        return None
+    return _methods(report, family).get(method, {}).get(key)
 
 
 def _fmt(key: str, value: Any) -> str:
     if value is None:
         return "-"
-    if key == "nfe":
-        return f"{value:.0f}"
+    if key in ("nfe", "modes", "num_proposals"):
+        return f"{value:.1f}" if key != "nfe" else f"{value:.0f}"
     return f"{value:.3f}"
+
+
+def _families(reports: Sequence[Mapping[str, Any]]) -> list[str]:
+    return sorted({f for r in reports for f in (r.get("families") or {})})
+
+
+def _grid(
+    reports: Sequence[Mapping[str, Any]],
+    names: Sequence[str],
+    family: str | None,
+) -> tuple[list[str], list[list[str]]]:
+    columns: list[tuple[str, Mapping[str, Any], str]] = []
+    for name, r in zip(names, reports, strict=True):
+        columns.append((name, r, "model"))
+        if "proposals" in _methods(r, family):
+            columns.append((f"{name} proposals", r, "proposals"))
+    settings: dict[tuple, str] = {}
+    for name, r in zip(names, reports, strict=True):
+        settings.setdefault(_signature(r), name)
+    for sig, name in settings.items():
+        r = next(r for r in reports if _signature(r) == sig)
+        suffix = f" [{name}]" if len(settings) > 1 else ""
+        columns += [(m + suffix, r, m) for m in REFERENCES if m in _methods(r, family)]
+    header = ["metric"] + [c[0] for c in columns]
+    rows = []
+    for key, label in TABLE_ROWS:
+        values = [_value(r, m, key, family) for _, r, m in columns]
+        if all(v is None for v in values):
+            continue  # e.g. near metrics without a feasible set, costs in a family's table
+        rows.append([label] + [_fmt(key, v) for v in values])
+    return header, rows
+
+
+def _render(header: list[str], body: list[list[str]], markdown: bool) -> list[str]:
+    if markdown:
+        return [
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+            *["| " + " | ".join(row) + " |" for row in body],
+        ]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    return [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [header, *body]
+    ]
 
 
 def format_table(
@@ -274,46 +443,35 @@ def format_table(
     names: Sequence[str] | None = None,
     markdown: bool = False,
 ) -> str:
-    """Metrics (rows) side by side: one column per report's model, then the reference rows
-    once per distinct evaluation setting (data, split, resolution, K, scenes, seed)."""
+    """Metrics (rows) side by side: one column per report's model (and its proposals), then
+    the reference rows once per distinct evaluation setting (data, split, resolution, K,
+    scenes, seed); one table over all scenes, then one per scene family when there are
+    several. Rows without any value (near metrics without a feasible set) are left out."""
     names = list(names or [r.get("run_name") or f"run{i}" for i, r in enumerate(reports)])
-    columns: list[tuple[str, Mapping[str, Any], str]] = [
-        (name, r, "model") for name, r in zip(names, reports, strict=True)
-    ]
-    settings: dict[tuple, str] = {}
-    for name, r in zip(names, reports, strict=True):
-        settings.setdefault(_signature(r), name)
-    for sig, name in settings.items():
-        r = next(r for r in reports if _signature(r) == sig)
-        suffix = f" [{name}]" if len(settings) > 1 else ""
-        columns += [(m + suffix, r, m) for m in METHODS[1:] if m in r["methods"]]
-    header = ["metric"] + [c[0] for c in columns]
-    body = [
-        [label] + [_fmt(key, _value(r, m, key)) for _, r, m in columns] for key, label in TABLE_ROWS
-    ]
     lines = []
     for r, name in zip(reports, names, strict=True):
+        counts = ", ".join(
+            f"{f} {v.get('num_scenes')}" for f, v in (r.get("families") or {}).items()
+        )
         lines.append(
             f"{name}: {r.get('family')} {r.get('method')} steps={r.get('steps')} "
-            f"K={r.get('num_samples')} scenes={r.get('num_scenes')} "
+            f"K={r.get('num_samples')} scenes={r.get('num_scenes')}"
+            f"{f' ({counts})' if counts else ''} "
             f"({r.get('split')} of {r.get('data')}) at {r.get('image_size')}px, "
             f"checkpoint {Path(str(r.get('checkpoint'))).name}"
         )
     if markdown:
-        lines = [f"- {line}" for line in lines] + [""]
-        lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
-        lines += ["| " + " | ".join(row) + " |" for row in body]
-    else:
-        widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-        lines.append("")
-        for row in [header, *body]:
-            lines.append(
-                "  ".join(
-                    c.ljust(w) if i == 0 else c.rjust(w)
-                    for i, (c, w) in enumerate(zip(row, widths, strict=True))
-                )
-            )
+        lines = [f"- {line}" for line in lines]
+    families = _families(reports)
+    tables: list[tuple[str | None, str]] = [(None, "all scenes")]
+    if len(families) > 1:
+        tables += [(f, f"family {f}") for f in families]
+    elif families:
+        tables = [(None, f"family {families[0]} (all scenes)")]
+    for family, title in tables:
+        header, body = _grid(reports, names, family)
+        lines += ["", f"**{title}**" if markdown else f"[{title}]"]
+        lines += ([""] if markdown else []) + _render(header, body, markdown)
     return "\n".join(lines)
 
 
@@ -338,9 +496,10 @@ def main(argv: list[str] | None = None) -> int:
     """``goalgen-eval``: evaluate a run (or compare runs/reports)."""
     parser = OneLineParser(
         prog="goalgen-eval",
-        description="Score a run's sampled goals (validity, IoU/Dice vs ground truth, "
-        "diversity, path-opening success, cost) next to random-valid, "
-        "leave-in-place and ground-truth rows; or compare runs/reports.",
+        description="Score a run's sampled goals and their ranked, verified proposals "
+        "(validity, IoU/Dice vs ground truth, diversity, path-opening success, near-optimal "
+        "success on scenes with a feasible set, cost) next to random-valid, random-local, "
+        "leave-in-place and ground-truth rows, per scene family; or compare runs/reports.",
     )
     parser.add_argument("run_dir", nargs="?", help="training run directory")
     parser.add_argument("--data", help="scene folder or .npz (default: the run's own data)")
@@ -360,6 +519,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--out", type=Path, help=f"report path (default: RUN_DIR/{DEFAULT_REPORT})")
     parser.add_argument("--no-per-scene", action="store_true", help="omit per-scene records")
+    parser.add_argument(
+        "--no-proposals",
+        action="store_true",
+        help="do not score the ranked, verified proposals of the samples (faster)",
+    )
     parser.add_argument(
         "--compare",
         nargs="+",
@@ -392,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.split,
                 per_scene=not args.no_per_scene,
                 progress=sys.stderr.isatty(),
+                proposals=not args.no_proposals,
             )
         return report
 

@@ -297,8 +297,7 @@ def propose(
         generator.seed()
     else:
         generator.manual_seed(int(seed))
-    _, _, w, h, _ = prepared.target
-    merge = float(min(w, h)) if merge_distance is None else float(merge_distance)
+    merge = _merge_distance(prepared, merge_distance)
     seconds = {"setup": time.perf_counter() - start, "sampling": 0.0, "post": 0.0}
     candidates: list[Proposal] = []
     rejected: dict[int, str] = {}
@@ -329,6 +328,50 @@ def propose(
         rejected=rejected,
         num_samples=num_samples,
         top=top,
+        seconds=seconds,
+        checker=checker,
+    )
+
+
+def _merge_distance(scene: ProposalScene, merge_distance: float | None) -> float:
+    _, _, w, h, _ = scene.target
+    return float(min(w, h)) if merge_distance is None else float(merge_distance)
+
+
+def proposals_of_samples(
+    scene: Any,
+    probs: np.ndarray,
+    *,
+    geometry: Any = None,
+    merge_distance: float | None = None,
+    merge_angle: float = MERGE_ANGLE,
+    min_fit_iou: float = MIN_FIT_IOU,
+    clearance: float = CLEARANCE,
+) -> ProposalSet:
+    """The ranked proposals of samples already drawn: ``probs`` ``(K, S, S)`` in [0, 1] at the
+    model's resolution ``S`` for ``scene`` (any input :func:`as_scene` takes), fitted, checked
+    and ranked exactly as :func:`propose` does with one draw (``seconds``: ``setup`` and
+    ``post``; no sampling). ``goalgen-eval`` scores the proposals of its raw samples so."""
+    start = time.perf_counter()
+    prepared = as_scene(scene, geometry=geometry)
+    checker = Checker(prepared, clearance)
+    probs = np.asarray(probs, dtype=np.float32)
+    size = probs.shape[-1]
+    context = resize_masks(np.ascontiguousarray(prepared.masks, dtype=np.float32), size)
+    t1 = time.perf_counter()
+    candidates, rejected = evaluate_samples(prepared, checker, probs, 0, min_fit_iou)
+    ranked = rank(
+        candidates, _merge_distance(prepared, merge_distance), merge_angle, prepared.period
+    )
+    seconds = {"setup": t1 - start, "sampling": 0.0, "post": time.perf_counter() - t1}
+    return ProposalSet(
+        scene=prepared,
+        proposals=ranked,
+        candidates=candidates,
+        samples=probs,
+        context=context,
+        rejected=rejected,
+        num_samples=len(probs),
         seconds=seconds,
         checker=checker,
     )

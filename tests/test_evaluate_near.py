@@ -1,0 +1,128 @@
+"""goalgen-eval on mixed data: near metrics on maze files, random_local, proposals beside raw
+samples, per-family tables, and older files without world geometry."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from goalgen.data.synthetic import generate_scene, save_npz
+from goalgen.eval.evaluate import evaluate_run, format_table, main
+from goalgen.infer.proposals import proposals_of_samples, propose
+from goalgen.infer.propose_scene import as_scene
+from run_helpers import train_tiny_run
+from test_proposals import Oracle
+
+NEAR_KEYS = ("success_near_at_1", "success_near_at_k", "in_feasible_at_k", "modes_covered")
+
+
+@pytest.fixture(scope="module")
+def mixed_dir(tmp_path_factory, synth_dir) -> Path:
+    out = tmp_path_factory.mktemp("mixed")
+    for i in range(2):
+        seq = np.random.SeedSequence(5, spawn_key=(i,))
+        save_npz(
+            out / f"maze_{i}.npz", generate_scene(seq, 224, "maze", maze_opts={"grid_size": 5})
+        )
+    rooms = sorted(synth_dir.glob("*.npz"))[:2]
+    for p in rooms:
+        shutil.copy(p, out / f"rooms_{p.name}")
+    with np.load(rooms[0]) as npz:  # an older file: the six masks only
+        np.savez_compressed(
+            out / "old.npz",
+            **{k: npz[k] for k in npz.files if "image" in k or k.startswith("target_")},
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, synth_dir) -> Path:
+    return train_tiny_run(tmp_path_factory.mktemp("evaluate_near"), synth_dir)
+
+
+@pytest.fixture(scope="module")
+def report(run_dir, mixed_dir) -> dict:
+    return evaluate_run(run_dir, mixed_dir, num_samples=3, seed=0, device="cpu")
+
+
+def test_families_and_rows(report):
+    fams = report["families"]
+    assert {f: v["num_scenes"] for f, v in fams.items()} == {
+        "maze": 2,
+        "rooms": 2,
+        "no_geometry": 1,
+    }
+    maze = fams["maze"]["methods"]
+    for method in (
+        "model",
+        "proposals",
+        "random_valid",
+        "random_local",
+        "leave_in_place",
+        "ground_truth",
+    ):
+        assert all(maze[method][k] is not None for k in NEAR_KEYS), method
+        assert maze[method]["scenes"] == 2
+    assert maze["leave_in_place"]["success_near_at_k"] == 0
+    assert maze["ground_truth"]["modes"] >= 1
+    rooms = fams["rooms"]["methods"]
+    assert "random_local" in rooms and "success_near_at_1" not in rooms["model"]
+    old = fams["no_geometry"]["methods"]
+    assert "random_local" not in old and "success_near_at_1" not in old["model"]
+    assert old["proposals"]["scenes"] == 1  # masks-only checks
+    assert report["scenes_with_feasible_set"] == 2
+    assert report["methods"]["random_local"]["scenes"] == 4
+    for share in ("raw_verified_share", "proposals_verified_share"):
+        value = report["methods"]["proposals"][share]
+        assert value is None or 0 <= value <= 1
+    assert report["cost"]["proposal_seconds_per_scene"] > 0
+    assert {r["family"] for r in report["per_scene"]} == set(fams)
+    json.dumps(report, allow_nan=False)
+
+
+def test_tables_per_family_with_blanks(report):
+    table = format_table([report])
+    for title in ("[all scenes]", "[family maze]", "[family rooms]", "[family no_geometry]"):
+        assert title in table
+
+    def section(title: str) -> str:
+        return table.split(f"[family {title}]")[1].split("[family")[0]
+
+    maze = section("maze")
+    assert "success_near@1" in maze and "random_local" in maze and "tiny proposals" in maze
+    old = section("no_geometry")
+    assert "success_near@1" not in old and "random_local" not in old
+    rooms = section("rooms")
+    assert "success_near@1" not in rooms  # no feasible set in rooms files
+    md = format_table([report, report], ["a", "b"], markdown=True)
+    assert "**family maze**" in md and "| metric | a | a proposals | b | b proposals |" in md
+
+
+def test_no_proposals_and_old_reports(run_dir, mixed_dir, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    args = [str(run_dir), "--data", str(mixed_dir), "--samples", "2", "--max-scenes", "3"]
+    assert main([*args, "--device", "cpu", "--out", str(out), "--no-proposals"]) == 0
+    saved = json.loads(out.read_text())
+    assert "proposals" not in saved["methods"] and saved["settings"]["proposals"] is False
+    assert "proposals" not in capsys.readouterr().out.split("[all scenes]")[1].splitlines()[1]
+    v1 = {k: v for k, v in saved.items() if k != "families"} | {"goalgen_eval": 1}
+    (tmp_path / "v1.json").write_text(json.dumps(v1))
+    assert main(["--compare", str(tmp_path / "v1.json"), str(out)]) == 0
+    assert "[family maze]" in capsys.readouterr().out
+
+
+def test_proposals_of_samples_match_a_single_draw(mixed_dir):
+    path = mixed_dir / "maze_0.npz"
+    scene = as_scene(path)
+    arrays = dict(np.load(path))
+    w, h = scene.target[2:4]
+    poses = [tuple(p) for p in arrays["feasible_poses"][:6]] + [None, (0.0, 0.0, 0.3)]
+    oracle = Oracle(scene.frame, poses, (w, h), image_size=32)
+    drawn = propose(oracle, path, num_samples=len(poses))
+    again = proposals_of_samples(path, drawn.samples)
+    assert [p.to_dict() for p in again] == [p.to_dict() for p in drawn]
+    assert again.rejected == drawn.rejected and again.seconds["sampling"] == 0
