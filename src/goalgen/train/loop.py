@@ -453,7 +453,8 @@ class Trainer:
             save_png(grid, self.run_dir / "samples" / f"epoch{epoch_label:03d}.png")
         if cfg.val.metric_scenes == 0:
             return {}
-        metrics = task_metrics(batch["context"], batch["target"], samples)
+        files = [self.val_set.packed.files[int(j)] for j in batch["index"]]  # geometry, near
+        metrics = task_metrics(batch["context"], batch["target"], samples, scenes=files)
         return {f"val_{name}": value for name, value in metrics.items()}
 
 
