@@ -17,7 +17,7 @@ LAYERS = [
     {"infer", "compat"},
     {"eval"},
     {"train"},
-    {"launch", "bench"},
+    {"launch", "bench", "sweep"},
 ]
 
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -21,6 +22,7 @@ import hydra
 import torch
 import torch.multiprocessing as mp
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from goalgen.checkpoint import CheckpointError
@@ -43,7 +45,20 @@ RUN_NAME_IGNORED = {
     "data.pack_workers",
     "data.cache_dir",
     "trainer.progress_log_every_s",
+    "objective",
 }
+
+
+def defining_overrides(overrides: list[str]) -> list[tuple[str, str]]:
+    """``(key, value)`` of the overrides that define a run (those its run name is made of): not
+    ``hydra.*`` nor the keys in :data:`RUN_NAME_IGNORED`. A sweep point's hyper-parameters."""
+    out = []
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key in RUN_NAME_IGNORED or key.startswith("hydra."):
+            continue
+        out.append((key, value))
+    return out
 
 
 def run_name_for(config_name: str, overrides: list[str]) -> str:
@@ -53,9 +68,10 @@ def run_name_for(config_name: str, overrides: list[str]) -> str:
     rank and every requeue, different when a hyper-parameter differs.
     """
     parts, hashed = [config_name], []
+    defining = {key for key, _ in defining_overrides(overrides)}
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
-        if key in RUN_NAME_IGNORED or key.startswith("hydra."):
+        if key not in defining:
             continue
         if key == "experiment":
             parts.append(value)
@@ -237,16 +253,56 @@ def hydra_main(cfg: DictConfig) -> float | None:
         for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
             root.removeHandler(handler)
             handler.close()
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         result = launch(cfg, run_dir)
+        if result is not None and result.stopped:
+            return None  # stopped for a requeue: the requeued run returns the objective
+        if not multirun:
+            return result.val_loss_best if result is not None else None
+        # the returned value is what hydra sweepers (optuna) optimise
+        return objective_value(cfg, run_dir, result)
     except (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError) as exc:
-        if want_traceback():
-            raise
         log.error("%s", exc)
+        if want_traceback() or multirun:
+            # a sweep point: Hydra records it as failed and the other points go on
+            # (goalgen-sweep shows this line); sys.exit would leave no result at all
+            raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
-    # the returned value is what hydra sweepers optimise
-    return result.val_loss_best if result is not None else None
+
+
+DEFAULT_OBJECTIVE = "val_loss_best"
+
+
+def objective_direction(name: str) -> str:
+    """``minimize`` for losses (``val_loss``, ``val_loss_best``), ``maximize`` for the task
+    metrics (``val_validity``, ``val_best_iou``, ...): the Optuna preset's direction."""
+    return "minimize" if "loss" in str(name) else "maximize"
+
+
+OmegaConf.register_new_resolver("goalgen_direction", objective_direction, replace=True)
+
+
+def objective_value(cfg: DictConfig, run_dir: Path, result: TrainResult | None) -> float:
+    """The value a sweeper optimises: ``objective`` (default ``val_loss_best``) as the run last
+    logged it (``<run dir>/metrics.json``); a task metric such as ``val_validity`` is its latest
+    value. NaN (Optuna counts the trial as failed) when it is not finite."""
+    from goalgen.train.logger import METRICS_FILE
+
+    name = str(cfg.get("objective") or DEFAULT_OBJECTIVE)
+    path = Path(run_dir) / METRICS_FILE
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    if name == DEFAULT_OBJECTIVE and result is not None and not metrics:
+        return float(result.val_loss_best)
+    if name not in metrics:
+        known = sorted(k for k, v in metrics.items() if isinstance(v, int | float))
+        raise ValueError(
+            f"objective={name} is not among the metrics of {path} ({', '.join(known) or 'none'})"
+            "; pick one of them (task metrics need val.metric_scenes > 0)"
+        )
+    value = metrics[name]
+    return float("nan") if value is None else float(value)
 
 
 def main() -> None:
