@@ -92,8 +92,12 @@ def run_hparams(run_dir: Path) -> dict[str, bool | int | float | str]:
 
 
 def _plain(value: Any) -> Any:
-    value = float(value) if isinstance(value, torch.Tensor | int | float) else value
-    return None if isinstance(value, float) and not math.isfinite(value) else value
+    """A JSON value: ints stay ints, tensors become floats, NaN/inf become null."""
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 class RunLogger:
