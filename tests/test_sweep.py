@@ -167,7 +167,7 @@ def sweep_cmd(tmp_path: Path, synth_dir: Path, *extra: str) -> list[str]:
 
 
 def sweep_dir_of(tmp_path: Path) -> Path:
-    [found] = [p.parent for p in (tmp_path / "out").glob("*/multirun.yaml")]
+    [found] = [p.parent for p in (tmp_path / "out").glob("*/.submitit")]
     return found
 
 

@@ -5,7 +5,7 @@
     goalgen-sweep outputs/SWEEP --csv > sweep.csv
 
 ``SWEEP_DIR`` is the sweep command's own run dir (``${output_dir}/${run_name}`` of the ``-m``
-command, where ``multirun.yaml`` and ``.submitit/`` are), for sweeps launched through the
+command, where ``.submitit/`` is, and ``multirun.yaml`` for a grid), for sweeps launched through the
 presets ``hydra/launcher=slurm`` or ``hydra/launcher=local`` (grid or ``hydra/sweeper=tpe``).
 
 Where each figure comes from:
@@ -95,8 +95,8 @@ def _check_sweep_dir(sweep_dir: Path) -> Path:
             else f"{sweep_dir} has no .submitit/ folder"
         )
         raise SweepError(
-            f"{hint}: pass the sweep command's own dir (the one with multirun.yaml and "
-            ".submitit/), launched with hydra/launcher=slurm or hydra/launcher=local"
+            f"{hint}: pass the sweep command's own dir (the one with .submitit/, printed by "
+            "the -m command as 'sweep output dir'), launched with hydra/launcher=slurm or local"
         )
     return sweep_dir
 
