@@ -397,10 +397,16 @@ def sort_rows(columns: list[str], table: list[dict], column: str, reverse: bool)
 
 
 def _cell(value: Any) -> str:
+    """A value as the terminal and markdown tables show it (--csv keeps every digit)."""
     if value is None:
         return ""
+    if isinstance(value, str) and len(value) > 8:  # an Optuna trial's 0.002554871255496688
+        try:
+            value = float(value)
+        except ValueError:
+            return value
     if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e-3 and value != 0 else f"{value:.4f}"
+        return f"{value:.4g}"
     return str(value)
 
 
@@ -426,11 +432,18 @@ def print_rich(columns: list[str], table: list[dict], title: str) -> None:
 
     colours = {"completed": "green", "failed": "red", "running": "yellow"}
     t = Table(title=title, title_justify="left")
-    for c in columns:
-        t.add_column(c, overflow="fold", justify="right" if c in ("point", "step") else "left")
-    for r in table:
-        colour = colours.get(str(r["state"]).split()[0], "")
-        t.add_row(*[_cell(r[c]) for c in columns], style=colour or None)
+    cells = [[_cell(r[c]) for c in columns] for r in table]
+    for i, c in enumerate(columns):
+        # cells stay whole (headers fold instead); only the failing line may wrap
+        widest = max((len(row[i]) for row in cells), default=0)
+        t.add_column(
+            c,
+            overflow="fold",
+            min_width=None if c == "reason" else max(widest, 2),
+            justify="right" if c in ("point", "step", "epoch", "requeues") else "left",
+        )
+    for r, row in zip(table, cells, strict=True):
+        t.add_row(*row, style=colours.get(str(r["state"]).split()[0]))
     Console().print(t)
 
 
@@ -470,6 +483,8 @@ def main(argv: list[str] | None = None) -> None:
         columns, table = rows(points, metrics, full_paths=args.csv)
         if args.sort:
             table = sort_rows(columns, table, args.sort, args.reverse)
+        if not args.csv:  # a column no point has a value for (reason, when none failed)
+            columns = [c for c in columns if c == "point" or any(_cell(r[c]) for r in table)]
         _, shared = varying_params(points)
         if args.csv:
             sys.stdout.write(to_csv(columns, table))
