@@ -82,7 +82,8 @@ def test_quick_json_has_every_section_device_and_versions(quick_results):
     assert len(figures) > 50
     for where, value in figures:
         assert isinstance(value, (int, float)) and math.isfinite(value), where
-        assert value > 0 or (where.endswith("peak_mem_mb") and value >= 0), where
+        may_be_zero = ("peak_mem_mb", "rejected_share", "verified_share", "verified_of_top")
+        assert value > 0 or (where.endswith(may_be_zero) and value >= 0), where
 
 
 @pytest.mark.slow
@@ -159,6 +160,38 @@ def test_quick_checkpoint_figures_agree(quick_results):
     epoch_s = c["epoch_steps"] * c["train_step_ms"] / 1e3
     assert close(c["overhead_pct"], 100 * c["saves_per_epoch"] * c["save_ms"] / 1e3 / epoch_s)
     assert c["overhead_with_top_k_pct"] > c["overhead_pct"]
+
+
+@pytest.mark.slow
+def test_quick_synth_and_propose_figures_agree(quick_results):
+    y = quick_results["synth"]
+    assert set(y["families"]) == {"rooms", "maze"} and y["scenes_per_family"] == 2
+    for f in y["families"].values():
+        assert f["scenes"] == 2 and f["layouts"] == 2 + sum(f["rejected"].values())
+        assert close(f["scenes_per_s"], f["scenes"] / f["seconds"])
+        assert close(f["rejected_share"], 1 - f["scenes"] / f["layouts"])
+    rate = y["families"]["maze"]["scenes_per_s"]
+    assert close(y["maze_10k_minutes_on_2_cores"], 10_000 / (2 * rate) / 60)
+    p = quick_results["propose"]
+    assert (
+        p["num_samples"] == 4
+        and p["weights"] == "untrained"
+        and set(p["scenes"])
+        == {
+            "maze",
+            "rooms",
+        }
+    )
+    for s in p["scenes"].values():
+        assert close(s["post_over_sampling"], s["post_ms"] / s["sampling_ms"])
+        assert s["post_ms"] >= s["setup_ms"] > 0
+        assert s["samples_drawn_for_top"] <= 4 * p["num_samples"]
+        assert close(s["oversampling"], s["samples_drawn_for_top"] / p["num_samples"])
+    by_name = {row["target"]: row for row in quick_results["targets"]}
+    row = by_name["propose: post-processing / sampling (max over scenes)"]
+    assert row["value"] == p["post_over_sampling_max"] and row["threshold"] == 0.2
+    lines = "\n".join(cli.summary_lines(quick_results))
+    assert "synth:" in lines and "scenes/s" in lines and "propose:" in lines
 
 
 def test_peak_memory_sees_an_allocation():
@@ -250,7 +283,7 @@ def test_run_without_checkpoints_is_refused(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_quick_targets_restate_the_section_figures(quick_results):
-    assert len(quick_results["targets"]) == 6
+    assert len(quick_results["targets"]) == 8
     by_name = {row["target"]: row for row in quick_results["targets"]}
     data = by_name["data: packed cache / per-file load+resize"]
     assert data["value"] == quick_results["data"]["speedup"] and data["threshold"] == 50

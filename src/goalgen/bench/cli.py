@@ -15,9 +15,11 @@ import torch
 from goalgen.bench.checkpoint import bench_checkpoint
 from goalgen.bench.data import bench_data
 from goalgen.bench.measure import release
+from goalgen.bench.propose import bench_propose
 from goalgen.bench.report import device_info, summary_lines, targets, versions
 from goalgen.bench.sample import bench_sample
 from goalgen.bench.settings import QUICK_OVERRIDES, QUICK_SAMPLE_GRID, SAMPLE_GRID, SECTIONS, Bench
+from goalgen.bench.synth import bench_synth
 from goalgen.bench.train import bench_train
 from goalgen.checkpoint import run_checkpoint_dir
 from goalgen.cli import OneLineParser
@@ -30,14 +32,15 @@ def _parser() -> OneLineParser:
         prog="goalgen-bench",
         description=(
             "Benchmark training (eager/compiled, fp32/mixed precision, MFU, peak memory), the data "
-            "loader, sampling and checkpointing on this machine's device (CUDA if present)."
+            "loader, sampling, checkpointing, the synthetic scene generator and goal proposals "
+            "on this machine's device (CUDA if present)."
         ),
     )
     p.add_argument(
         "items",
         nargs="*",
         metavar="SECTION|OVERRIDE",
-        help="sections (train, data, sample, checkpoint, all; default all), then "
+        help="sections (train, data, sample, checkpoint, synth, propose, all; default all), then "
         "Hydra overrides of the training config (key=value)",
     )
     p.add_argument("--config-name", default="train_fb_flow_matching")
@@ -83,6 +86,15 @@ def _parser() -> OneLineParser:
         "--quality-scenes",
         type=int,
         help="validation scenes scored per setting with --run (default 64; quick 4)",
+    )
+    p.add_argument(
+        "--synth-scenes", type=int, help="synth: scenes per family (default 20; quick 2)"
+    )
+    p.add_argument(
+        "--propose-samples",
+        type=int,
+        help="propose: samples (proposals) per scene (default 32; quick 4); weights from --ckpt "
+        "or --run, else untrained",
     )
     return p
 
@@ -132,6 +144,8 @@ def build_bench(args: argparse.Namespace, overrides: list[str]) -> Bench:
         run_dir=args.run,
         quality_scenes=args.quality_scenes or (4 if args.quick else 64),
         precision=precision,
+        synth_scenes=args.synth_scenes or (2 if args.quick else 20),
+        propose_samples=args.propose_samples or (4 if args.quick else 32),
     )
 
 
@@ -151,6 +165,8 @@ def run(b: Bench, sections: list[str]) -> dict[str, Any]:
         "data": bench_data,
         "sample": bench_sample,
         "checkpoint": bench_checkpoint,
+        "synth": bench_synth,
+        "propose": bench_propose,
     }
     for name in sections:
         start = time.perf_counter()
@@ -166,7 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_intermixed_args(argv)
     sections, overrides = _split_items(parser, args.items)
-    for name in ("repeats", "num_scenes", "epoch_steps", "samples_per_scene", "quality_scenes"):
+    for name in (
+        "repeats",
+        "num_scenes",
+        "epoch_steps",
+        "samples_per_scene",
+        "quality_scenes",
+        "synth_scenes",
+        "propose_samples",
+    ):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup is not None and args.warmup < 0:

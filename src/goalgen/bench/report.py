@@ -127,6 +127,36 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
             f"({c['save_in_steps']:.2f} steps), load {c['load_ms']:.0f} ms; overhead "
             f"{c['overhead_pct']:.2f}% at {c['epoch_steps']} steps/epoch"
         )
+    if "synth" in results:
+        y = results["synth"]
+        lines.append(f"synth: {y['scenes_per_family']} scenes per family, one core")
+        for family, f in y["families"].items():
+            why = ", ".join(f"{k} {v}" for k, v in sorted(f["rejected"].items())) or "none"
+            extra = (
+                f"; {f['feasible_poses_mean']:.0f} feasible poses, {f['modes_mean']:.1f} modes/scene"
+                if "modes_mean" in f
+                else ""
+            )
+            lines.append(
+                f"  {family:>6} {f['scenes_per_s']:7.2f} scenes/s  rejected "
+                f"{100 * f['rejected_share']:4.1f}% of {f['layouts']} layouts ({why}){extra}"
+            )
+        lines.append(f"  10,000 maze scenes on 2 cores: {y['maze_10k_minutes_on_2_cores']:.1f} min")
+    if "propose" in results:
+        p = results["propose"]
+        lines.append(
+            f"propose: {p['num_samples']} proposals/scene, {p['method']} {p['steps']} steps at "
+            f"{p['image_size']} px, {p['weights']} weights"
+        )
+        for family, s in p["scenes"].items():
+            lines.append(
+                f"  {family:>6} sampling {s['sampling_ms']:8.1f} ms  post {s['post_ms']:7.1f} ms "
+                f"({100 * s['post_over_sampling']:.1f}%; on feasible-pose samples "
+                f"{s['post_ms_feasible_samples']:.1f} ms = "
+                f"{100 * s['post_over_sampling_feasible_samples']:.1f}%)  top {p['top']}: "
+                f"{s['samples_drawn_for_top']} drawn ({s['oversampling']:.1f}x), "
+                f"{s['verified_of_top']} verified"
+            )
     for row in results.get("targets", []):
         lines.append(
             f"target {'met' if row['met'] else 'MISSED'}: {row['target']} = "
@@ -169,5 +199,19 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             results["checkpoint"]["overhead_with_top_k_pct"] / 100,
             "<",
             0.01,
+        )
+    if "synth" in results:
+        add(
+            "synth: 10,000 maze scenes on 2 cores (minutes)",
+            results["synth"]["maze_10k_minutes_on_2_cores"],
+            "<",
+            30,
+        )
+    if "propose" in results:
+        add(
+            "propose: post-processing / sampling (max over scenes)",
+            results["propose"]["post_over_sampling_max"],
+            "<",
+            0.2,
         )
     return rows

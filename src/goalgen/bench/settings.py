@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-SECTIONS = ("train", "data", "sample", "checkpoint")
+SECTIONS = ("train", "data", "sample", "checkpoint", "synth", "propose")
 QUICK_OVERRIDES = [
     "image_size=16",
     "batch_size=8",
@@ -90,4 +90,6 @@ class Bench:
     run_dir: Path | None  # --run: score sampler settings on this run's validation scenes
     quality_scenes: int
     precision: str  # trainer.precision as the loop resolves it here (16-mixed -> bf16 on CPU)
+    synth_scenes: int = 20  # synth: scenes per family
+    propose_samples: int = 32  # propose: samples (proposals) per scene
     shared: dict[str, Any] = field(default_factory=dict)  # figures one section hands another
