@@ -23,7 +23,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from conftest import TINY
 from goalgen.checkpoint import rank_checkpoints
 from goalgen.sweep import main as sweep_main
-from goalgen.sweep import read_sweep, rows, sort_rows
+from goalgen.sweep import parse_sacct, read_sweep, rows, sort_rows
 from goalgen.train.entry import objective_direction, objective_value, run_name_for
 from goalgen.train.logger import RunLogger
 
@@ -149,6 +149,25 @@ def test_the_tpe_preset_composes_with_the_slurm_launcher():
 
 
 # ----------------------------------------------------------------------------- goalgen-sweep
+def test_sacct_attempts_of_each_array_element():
+    out = "\n".join(
+        [
+            "12_0|REQUEUED|0:0",
+            "12_1|COMPLETED|0:0",
+            "12_0|RUNNING|0:0",
+            "13_[0-2%2]|PENDING|0:0",
+            "13_3|FAILED|1:0",
+            "14|CANCELLED by 0|0:0",
+        ]
+    )
+    records = parse_sacct(out)
+    assert records["12_0"] == [("REQUEUED", "0:0"), ("RUNNING", "0:0")]
+    assert records["12_1"] == [("COMPLETED", "0:0")]
+    assert [records[f"13_{i}"] for i in range(3)] == [[("PENDING", "0:0")]] * 3
+    assert records["13_3"] == [("FAILED", "1:0")]
+    assert records["14"] == [("CANCELLED", "0:0")]
+
+
 def sweep_cmd(tmp_path: Path, synth_dir: Path, *extra: str) -> list[str]:
     return [
         sys.executable,

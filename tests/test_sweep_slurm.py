@@ -32,6 +32,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import TINY
 from goalgen.checkpoint import rank_checkpoints
 from goalgen.sweep import main as sweep_main
+from goalgen.sweep import read_sweep
 from slurm_cluster import wait_until
 
 pytestmark = pytest.mark.slow
@@ -176,6 +177,16 @@ def test_two_task_points_with_a_requeue_complete_in_sacct_and_agree_across_ranks
         slurm_cluster.submitted.append(array)
         slurm_cluster.run("scontrol", "requeue", f"{array}_0")
         seen.update(array=array, point0=point0, requeued_at_step=saved_step(point0))
+        # goalgen-sweep while the sweep runs: point 0 is back in the queue (or running again)
+        wait_until(
+            lambda: "REQUEUED" in sacct_states(slurm_cluster, array).get(f"{array}_0", []),
+            60,
+            what="the requeue in sacct",
+        )
+        p0 = read_sweep(sweep_dir_of(tmp_path))[0]
+        assert p0.state in ("pending (requeued 1x)", "running (requeued 1x)"), p0
+        assert p0.requeues == 1 and p0.run_dir == point0  # Hydra's rule, no result yet
+        seen["state_while_requeued"] = p0.state
 
     t0 = time.monotonic()
     rc, output, at_return = run_sweep(slurm_cluster, cmd, tmp_path, during=requeue_point0)
@@ -227,6 +238,7 @@ def test_two_task_points_with_a_requeue_complete_in_sacct_and_agree_across_ranks
         wall_s=round(wall, 1),
         requeued_at_step=seen["requeued_at_step"],
         squeue_when_m_returned=at_return or "empty",
+        goalgen_sweep_while_requeued=seen["state_while_requeued"],
         sacct=final,
     )
 

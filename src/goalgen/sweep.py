@@ -64,6 +64,7 @@ class Submission:
     overrides: list[str]
     delayed: Any  # submitit's DelayedSubmission (the launcher, the call's arguments)
     mtime: float
+    cluster: str = ""  # "slurm" (sacct knows it) or "local"
 
 
 @dataclass
@@ -113,8 +114,11 @@ def submissions(sweep_dir: Path) -> list[Submission]:
         except Exception as exc:  # noqa: BLE001 - another tool's pickle, a partial write
             print(f"{PROG}: warning: skipping {pkl}: {one_line(exc)}", file=sys.stderr)
             continue
+        cluster = str(getattr(delayed.function, "_EXECUTOR", ""))  # the launcher itself
         found.append(
-            Submission(pkl.parent, pkl.parent.name, num, overrides, delayed, pkl.stat().st_mtime)
+            Submission(
+                pkl.parent, pkl.parent.name, num, overrides, delayed, pkl.stat().st_mtime, cluster
+            )
         )
     return found
 
@@ -139,7 +143,7 @@ def _composed_run_dir(sub: Submission) -> Path | None:
     from omegaconf import open_dict
 
     try:
-        launcher = sub.delayed.function.__self__
+        launcher = sub.delayed.function  # hydra-submitit-launcher's launcher (a callable)
         Singleton.set_state(sub.delayed.args[4])
         cfg = launcher.hydra_context.config_loader.load_sweep_config(
             launcher.config, list(sub.overrides)
@@ -200,6 +204,12 @@ def sacct_records(job_ids: list[str]) -> dict[str, list[tuple[str, str]]] | None
             file=sys.stderr,
         )
         return None
+    return parse_sacct(out)
+
+
+def parse_sacct(out: str) -> dict[str, list[tuple[str, str]]]:
+    """``sacct -D -X -n -P -o JobID,State,ExitCode`` lines -> ``{job: [(state, exit), ...]}``;
+    a pending array's range (``12_[0-3%2]``) gives each of its elements a record."""
     records: dict[str, list[tuple[str, str]]] = {}
     for line in out.splitlines():
         parts = line.split("|")
@@ -272,7 +282,8 @@ def read_sweep(sweep_dir: str | os.PathLike, use_sacct: bool = True) -> list[Poi
     newest: dict[int, Submission] = {}
     for sub in sorted(subs, key=lambda s: (s.mtime, s.job_id)):
         newest[sub.num] = sub
-    records = sacct_records([s.job_id for s in newest.values()]) if use_sacct else None
+    on_slurm = [s.job_id for s in newest.values() if s.cluster == "slurm"]
+    records = sacct_records(on_slurm) if use_sacct and on_slurm else None
     points = []
     for num in sorted(newest):
         sub = newest[num]
@@ -298,7 +309,7 @@ def read_sweep(sweep_dir: str | os.PathLike, use_sacct: bool = True) -> list[Poi
             point.state, point.reason = "failed", one_line(ret._return_value)
         elif result is not None and result[0] == "error":
             point.state, point.reason = "failed", _last_line(str(result[1]))
-        elif slurm_state in WAITING or (records is not None and not attempts):
+        elif slurm_state in WAITING or (sub.cluster == "slurm" and records and not attempts):
             point.state = "pending"
         elif slurm_state in ACTIVE:
             point.state = "running"
@@ -306,7 +317,11 @@ def read_sweep(sweep_dir: str | os.PathLike, use_sacct: bool = True) -> list[Poi
             point.state = "failed"
             line = _error_line(sub, point.run_dir)
             point.reason = f"Slurm {slurm_state} (exit {exit_code})" + (f": {line}" if line else "")
-        else:  # no accounting (the local launcher): from the run dir
+        elif sub.cluster == "local" and not _local_alive(sub.job_id):
+            line = _error_line(sub, point.run_dir)
+            point.state = "failed"
+            point.reason = "the process ended without a result" + (f": {line}" if line else "")
+        else:  # no accounting: from the run dir
             point.state = "running" if point.run_dir and point.run_dir.is_dir() else "pending"
         if point.state in ("pending", "running") and point.requeues:
             point.state = f"{point.state} (requeued {point.requeues}x)"
@@ -314,6 +329,19 @@ def read_sweep(sweep_dir: str | os.PathLike, use_sacct: bool = True) -> list[Poi
             point.requeues = point.logged_requeues
         points.append(point)
     return points
+
+
+def _local_alive(job_id: str) -> bool:
+    """submitit's local executor names a job by its process id."""
+    if not job_id.isdigit():
+        return False
+    try:
+        os.kill(int(job_id), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
 def _run_config(run_dir: Path) -> Any:
