@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from goalgen.data import geometry as geo
+from goalgen.data.frames import Frame, frame_of
 from goalgen.eval.metrics import THRESHOLD, SceneMasks, invalid_reason
 
 NEAR_SLACK = 0.05  # share of the world width a push may exceed the nearest feasible one's
@@ -65,45 +66,26 @@ def world_side(scene: Scene) -> float:
     return x1 - x0
 
 
-class _BoundsFrame:
-    """:mod:`goalgen.data.geometry`'s own convention, with the few methods used here."""
-
-    def __init__(self, bounds: tuple[float, ...], size: int) -> None:
-        self.bounds, self.size = bounds, size
-
-    def box_mask(self, cx: float, cy: float, w: float, h: float, theta: float) -> np.ndarray:
-        return geo.box_mask(cx, cy, w, h, theta, self.bounds, self.size)
-
-    def pixel_of(self, xy: np.ndarray) -> tuple[int, int]:
-        rc = np.rint(geo.world_to_pixel(xy, self.bounds, self.size)).astype(int)
-        return tuple(np.clip(rc, 0, self.size - 1).tolist())
+def _frame(scene: Scene) -> Frame:
+    """The scene's image convention at the file's resolution
+    (:func:`goalgen.data.frames.frame_of`)."""
+    bounds = [float(v) for v in np.asarray(scene["world_bounds"]).reshape(-1)]
+    convention = int(np.asarray(scene.get("image_convention", 0)))
+    return frame_of(convention, bounds, scene["target_object"].shape[-1])
 
 
-class _NamoFrame(geo.NamoFrame):
-    def pixel_of(self, xy: np.ndarray) -> tuple[int, int]:
-        return tuple(int(v) for v in self.world_to_pixel(xy))
-
-
-def _frame(scene: Scene) -> _BoundsFrame | _NamoFrame:
-    """The scene's image convention at the file's resolution."""
-    bounds = tuple(float(v) for v in scene["world_bounds"])
-    size = scene["target_object"].shape[-1]
-    if int(scene.get("image_convention", 0)) == 1:
-        center = ((bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2)
-        return _NamoFrame(center, bounds[2] - bounds[0], size)
-    return _BoundsFrame(bounds, size)
+def _pixel_of(frame: Frame, xy: np.ndarray) -> tuple[int, int]:
+    """The file pixel ``(row, col)`` holding world point ``xy`` (clamped to the image)."""
+    return tuple(int(v) for v in frame.world_to_pixel(np.asarray(xy, dtype=np.float64)[:2]))
 
 
 def pixels_to_world(scene: Scene, rc: np.ndarray, size: int) -> np.ndarray:
     """Continuous pixel coordinates ``(..., 2)`` ``(row, col)`` of a ``(size, size)`` mask ->
-    world ``(..., 2)`` ``(x, y)``, in the scene's image convention. For the planner's, a pixel
-    of an area-pooled mask stands for the mean of the file pixels it pools."""
+    world ``(..., 2)`` ``(x, y)``, in the scene's image convention: a pixel of an area-pooled
+    mask stands for the mean of the file pixels it pools (in either convention)."""
+    frame = _frame(scene)
     rc = np.asarray(rc, dtype=np.float64)
-    bounds = tuple(float(v) for v in scene["world_bounds"])
-    if int(scene.get("image_convention", 0)) == 1:
-        frame = _frame(scene)
-        return frame.pixel_to_world((rc + 0.5) * (frame.size / size) - 0.5)
-    return geo.pixel_to_world(rc, bounds, size)
+    return frame.pixel_to_world((rc + 0.5) * (frame.size / size) - 0.5)
 
 
 def sample_poses(scene: Scene, samples: np.ndarray) -> np.ndarray:
@@ -276,7 +258,7 @@ def opens_route(scene: Scene, poses: np.ndarray) -> np.ndarray:
         (np.asarray(scene["movable_objects_image"]) != 0) & ~target
     )
     blocked = geo.distance_to(fixed) <= radius
-    start, goal = (frame.pixel_of(scene[k]) for k in ("robot_pose", "goal_pose"))
+    start, goal = (_pixel_of(frame, scene[k]) for k in ("robot_pose", "goal_pose"))
     w, h = _box(scene)[2:4]
     out = np.zeros(len(poses), dtype=bool)
     for i, (x, y, yaw) in enumerate(np.asarray(poses, dtype=np.float64).reshape(-1, 3)):
