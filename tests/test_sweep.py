@@ -148,6 +148,51 @@ def test_the_tpe_preset_composes_with_the_slurm_launcher():
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
 
 
+# ----------------------------------------------------------------------------- faults
+def test_points_starting_on_one_demo_folder_generate_it_once(tmp_path, caplog, monkeypatch):
+    """Sweep points share data.data_dir: one generates the scenes, the others wait for it
+    (without the lock they all wrote the same files at once, and one point's packer saw them
+    change under it: "no valid packed cache"; or a half-written folder looked like the user's)."""
+    import threading
+    import time
+
+    import goalgen.data.synthetic as synthetic
+    from goalgen.train.entry import _ensure_synthetic_data
+
+    real, spans = synthetic.generate_dataset, []
+
+    def timed(*args, **kwargs):
+        t0 = time.monotonic()
+        out = real(*args, **kwargs)
+        spans.append((t0, time.monotonic()))
+        return out
+
+    monkeypatch.setattr(synthetic, "generate_dataset", timed)
+    cfg = OmegaConf.create(
+        {"data": {"data_dir": str(tmp_path / "demo"), "synthetic": {"num_scenes": 6, "seed": 0}}}
+    )
+    errors: list[BaseException] = []
+
+    def point() -> None:
+        try:
+            _ensure_synthetic_data(cfg, True, lambda: None)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    caplog.set_level("INFO", logger="goalgen")
+    threads = [threading.Thread(target=point) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors
+    assert len(spans) == 3
+    spans.sort()
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), spans  # serial
+    assert "not written by goalgen-synth" not in caplog.text
+    assert len(list((tmp_path / "demo").glob("scene_*.npz"))) == 6
+
+
 # ----------------------------------------------------------------------------- goalgen-sweep
 def test_sacct_attempts_of_each_array_element():
     out = "\n".join(

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -113,36 +114,58 @@ def _ensure_synthetic_data(cfg: DictConfig, is_local_main: bool, barrier) -> Non
             f"data.synthetic generates one folder, but data.data_dir="
             f"{cfg.data.data_dir}; give one folder or set data.synthetic=null"
         )
+    try:
+        if is_local_main:
+            # several processes may start on one folder at once (sweep points, nodes): one
+            # generates, the others find its stamp; none sees a half-written folder as "not ours"
+            with _folder_lock(Path(cfg.data.data_dir)):
+                _generate_if_ours(Path(cfg.data.data_dir), synth)
+    finally:
+        barrier()  # also when generating failed: the other ranks must not hang here
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """An exclusive ``fcntl`` lock on ``.<folder name>.lock`` beside ``folder``."""
+    import fcntl
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _generate_if_ours(out: Path, synth: DictConfig) -> None:
     from goalgen.data.synthetic import STAMP_NAME, generate_dataset
 
-    out = Path(cfg.data.data_dir)
     ours = (
         not out.exists()
         or (out.is_dir() and not any(out.iterdir()))
         or (out / STAMP_NAME).is_file()
     )
     if not ours:
-        if is_local_main:
-            log.info(
-                "data.data_dir=%s holds scenes not written by goalgen-synth: training on "
-                "them, generating nothing (data.synthetic ignored)",
-                out,
-            )
-    elif is_local_main:
         log.info(
-            "synthetic scenes in %s (%d, seed %d): generating what is missing",
+            "data.data_dir=%s holds scenes not written by goalgen-synth: training on "
+            "them, generating nothing (data.synthetic ignored)",
             out,
-            int(synth.num_scenes),
-            int(synth.seed),
         )
-        generate_dataset(
-            out,
-            int(synth.num_scenes),
-            seed=int(synth.seed),
-            workers=max(1, min(4, os.cpu_count() or 1)),
-            family=str(synth.get("family", "rooms")),
-        )
-    barrier()
+        return
+    log.info(
+        "synthetic scenes in %s (%d, seed %d): generating what is missing",
+        out,
+        int(synth.num_scenes),
+        int(synth.seed),
+    )
+    generate_dataset(
+        out,
+        int(synth.num_scenes),
+        seed=int(synth.seed),
+        workers=max(1, min(4, os.cpu_count() or 1)),
+        family=str(synth.get("family", "rooms")),
+    )
 
 
 def _set_threads(local_world_size: int) -> None:
