@@ -123,9 +123,31 @@ def submissions(sweep_dir: Path) -> list[Submission]:
     return found
 
 
-def _result(sub: Submission) -> tuple[str, Any] | None:
-    """Task 0's submitit result: ("success", JobReturn) or ("error", traceback text)."""
-    path = sub.folder / f"{sub.job_id}_0_result.pkl"
+# what a DDP rank says when another rank died first: not the reason, the echo of it
+_ECHOES = ("Connection closed by peer", "remote worker crashing", "Connection reset by peer")
+
+
+def _failure_reason(sub: Submission, first: str) -> str:
+    """The point's failing line: the first task whose error is not another rank's echo."""
+    reasons = [first]
+    for path in sorted(sub.folder.glob(f"{sub.job_id}_*_result.pkl")):
+        result = _result(sub, int(path.name.split("_")[-2]))
+        if result is None:
+            continue
+        kind, value = result
+        if kind == "error":
+            reasons.append(_last_line(str(value)))
+        elif getattr(getattr(value, "status", None), "name", None) == "FAILED":
+            reasons.append(one_line(value._return_value))
+    for reason in reasons:
+        if reason and not any(echo in reason for echo in _ECHOES):
+            return reason
+    return first
+
+
+def _result(sub: Submission, task: int = 0) -> tuple[str, Any] | None:
+    """A task's submitit result: ("success", JobReturn) or ("error", traceback text)."""
+    path = sub.folder / f"{sub.job_id}_{task}_result.pkl"
     if not path.is_file():
         return None
     try:
@@ -306,9 +328,10 @@ def read_sweep(sweep_dir: str | os.PathLike, use_sacct: bool = True) -> list[Poi
         if status == "COMPLETED" or _complete(point, cfg):
             point.state = "completed"
         elif status == "FAILED":
-            point.state, point.reason = "failed", one_line(ret._return_value)
+            point.state = "failed"
+            point.reason = _failure_reason(sub, one_line(ret._return_value))
         elif result is not None and result[0] == "error":
-            point.state, point.reason = "failed", _last_line(str(result[1]))
+            point.state, point.reason = "failed", _failure_reason(sub, _last_line(str(result[1])))
         elif slurm_state in WAITING or (sub.cluster == "slurm" and records and not attempts):
             point.state = "pending"
         elif slurm_state in ACTIVE:
