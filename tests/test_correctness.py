@@ -257,3 +257,93 @@ def test_sub_pixel_truth_falls_back_to_its_best_pixel():
     assert score_samples(empty, scene)["best_iou"] == 0.0
     assert score_samples(empty, scene)["hit"] == 0.0
     assert score_samples(on_it, scene)["best_iou"] == 1.0
+
+
+# ----------------------------------------------------------------------------- trajectories
+@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4", "dopri5"])
+def test_flow_trajectory_follows_the_conditional_path_of_an_oracle(method):
+    """With an x1 oracle every state of a condOT trajectory is ``(1 - t) x0 + t x1`` at its
+    time (fixed steps: k / steps; adaptive: uniform up to 1 - ADAPTIVE_LAST_STEP, then 1),
+    the first is the noise, the last the returned sample; recording changes nothing."""
+    steps, x_1 = 10, goal()
+    path = FBFlowMatchingPath(scheduler="condot", prediction="x1")
+    model = flow_model("condot", "x1", method, flow_oracle(path, x_1))
+    states: list[torch.Tensor] = []
+    x_init = torch.randn(x_1.shape, generator=torch.Generator().manual_seed(0))
+    out = model.sampler.sample(lambda x, t: x_1.expand_as(x), x_init, steps, record=states.append)
+    assert len(states) == steps + 1
+    if method in ADAPTIVE_METHODS:
+        times = torch.cat([torch.linspace(0, 0.95, steps), torch.ones(1)])
+    else:
+        times = torch.linspace(0, 1, steps + 1)
+    for t, state in zip(times, states, strict=True):
+        assert (state - ((1 - t) * x_init + t * x_1)).abs().max() < 1e-4, float(t)
+    assert torch.equal(states[0], x_init) and torch.equal(states[-1], out)
+    assert torch.equal(out, model.sampler.sample(lambda x, t: x_1.expand_as(x), x_init, steps))
+
+
+@pytest.mark.parametrize("sampler_type", ["ddim", "ddpm"])
+def test_diffusion_trajectory_states_are_the_visited_noise_levels(sampler_type):
+    """DDIM with an epsilon oracle: state j is ``sqrt(a_k) x1 + sqrt(1 - a_k) eps`` at the
+    j-th visited timestep k (the initial eps), the last is x1; DDPM: steps + 1 states, the
+    first the noise, the last the sample."""
+    steps, x_1, seen = 30, goal(), []
+    path = HFDiffusionPath(prediction_type="epsilon")
+    sampler = HFDiffusionSampler(sampler_type)
+    sampler.attach(path)
+    x_init = torch.randn(x_1.shape, generator=torch.Generator().manual_seed(0))
+    states: list[torch.Tensor] = []
+    out = sampler.sample(
+        diffusion_oracle(path, x_1, seen),
+        x_init,
+        steps,
+        generator=torch.Generator().manual_seed(1),
+        record=states.append,
+    )
+    assert len(states) == steps + 1
+    assert torch.equal(states[0], x_init) and torch.equal(states[-1], out)
+    if sampler_type == "ddpm":
+        return
+    a = path.scheduler.alphas_cumprod.double()
+    eps = seen[0][1]
+    for (k, _), state in zip(seen, states[:-1], strict=True):
+        expected = a[k].sqrt() * x_1 + (1 - a[k]).sqrt() * eps
+        assert (state - expected).abs().max() < 1e-3, k
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_min_snr_weight_counts_the_x0_error_min_snr_gamma_times(prediction_type):
+    """Min-SNR-gamma: weight x (target error)^2 = min(SNR, gamma) x (x0 error)^2 for every
+    prediction type, the x0 error being that of the x0 the prediction implies."""
+    path = HFDiffusionPath(prediction_type=prediction_type, snr_gamma=5.0)
+    x_1, g = goal(4), torch.Generator().manual_seed(0)
+    noise = torch.randn(x_1.shape, generator=g)
+    t = path.timestep_to_t(torch.tensor([0, 100, 500, 999]))
+    x_t, t_net, target = path.sample(x_1.double(), noise.double(), t)
+    prediction = target + 0.01 * torch.randn(x_1.shape, generator=g).double()
+    target_error = ((prediction - target) ** 2).flatten(1).mean(1)
+    x0_error = ((path.to_x1(prediction, x_t, t_net) - x_1) ** 2).flatten(1).mean(1)
+    a = path.scheduler.alphas_cumprod.double()[path.t_to_timestep(t_net)]
+    snr = a / (1 - a)
+    weighted = path.loss_weight(t_net).double() * target_error
+    assert torch.allclose(weighted, snr.clamp(max=5.0) * x0_error, rtol=1e-3)
+    assert HFDiffusionPath(prediction_type=prediction_type).loss_weight(t_net) is None
+
+
+def test_epsilon_skip_turns_the_v_target_into_the_exact_noise():
+    """``epsilon_skip``: eps_hat = sigma x_t + alpha F, so F = v (= alpha eps - sigma x0,
+    diffusers' get_velocity) gives eps exactly, and the implied x0 is alpha x_t - sigma F
+    (no 1/alpha amplification of F's error)."""
+    path = HFDiffusionPath(prediction_type="epsilon", epsilon_skip=True)
+    x_1, g = goal(4).double(), torch.Generator().manual_seed(0)
+    noise = torch.randn(x_1.shape, generator=g).double()
+    k = torch.tensor([0, 100, 500, 999])
+    x_t, t_net, target = path.sample(x_1, noise, path.timestep_to_t(k))
+    v = path.scheduler.get_velocity(x_1, noise, k)
+    assert torch.allclose(path.output(v, x_t, t_net), noise, atol=1e-6)
+    error = torch.randn(x_1.shape, generator=g).double()
+    x0_hat = path.to_x1(path.output(v + error, x_t, t_net), x_t, t_net)
+    sigma = (1 - path.scheduler.alphas_cumprod.double()[k]).sqrt().view(-1, 1, 1, 1)
+    assert torch.allclose(x0_hat - x_1, -sigma * error, atol=1e-3)  # float32 alphas at 999
+    with pytest.raises(ValueError, match="epsilon_skip"):
+        HFDiffusionPath(prediction_type="sample", epsilon_skip=True)

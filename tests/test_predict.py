@@ -231,3 +231,26 @@ def test_cli_warns_in_one_line_when_only_last_exists(run_dir, synth_dir, tmp_pat
     )
     err = capsys.readouterr().err
     assert err == f"goalgen-predict: warning: no best checkpoint in {only_last}: using last.ckpt\n"
+
+
+def test_trajectory_from_noise_to_the_sample(predictor, synth_dir, tmp_path):
+    """``return_trajectory``: (K, steps + 1, S, S); the last state is the sample (before the
+    clamp), the first the seeded noise; the masks equal a call without it; the CLI writes the
+    strip and the array."""
+    files = scene_files(synth_dir, 2)
+    plain = predictor.predict(files, num_samples=3, steps=4, seed=2)
+    traced = predictor.predict(files, num_samples=3, steps=4, seed=2, return_trajectory=True)
+    size = predictor.image_size
+    for a, b in zip(plain, traced, strict=True):
+        assert a.trajectory is None and b.trajectory.shape == (3, 5, size, size)
+        assert np.array_equal(a.masks, b.masks)
+        assert np.allclose(np.clip(b.trajectory[:, -1], 0, 1), b.probs, atol=1e-6)
+    noise = torch.randn((6, 1, size, size), generator=torch.Generator().manual_seed(2))
+    first = (noise[:3, 0].numpy() + 1) / 2
+    assert np.allclose(traced[0].trajectory[:, 0], first, atol=1e-6)
+    out = tmp_path / "traj"
+    args = [str(predictor.checkpoint_path), str(files[0]), "--samples", "3", "--steps", "4"]
+    assert main([*args, "--seed", "2", "--out", str(out), "--device", "cpu", "--trajectory"]) == 0
+    with np.load(out / f"{files[0].stem}_masks.npz") as saved:
+        assert np.allclose(saved["trajectory"], traced[0].trajectory[:, :], atol=1e-6)
+    assert (out / f"{files[0].stem}_trajectory.png").stat().st_size > 0

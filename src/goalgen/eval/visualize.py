@@ -63,6 +63,30 @@ def sample_grid(context: Tensor, truth: Tensor | None, samples: Tensor, pad: int
     return torch.cat(rows, dim=1)
 
 
+def trajectory_strip(
+    context: Tensor, trajectory: Tensor, frames: int = 11, rows: int = 8, pad: int = 2
+) -> Tensor:
+    """The sampler at work: one row per sample, the scene then ``frames`` states from the
+    noise to the sample (evenly chosen; always the first and the last).
+
+    Args:
+        context: (5, S, S) in [-1, 1]; trajectory: (K, T, S, S) on the probability scale
+            (``Prediction.trajectory``; values outside [0, 1] are clipped for display).
+    Returns:
+        (3, H, W) image in [0, 1] of ``min(K, rows)`` rows.
+    """
+    steps = trajectory.shape[1]
+    picks = torch.linspace(0, steps - 1, min(frames, steps)).round().long().unique()
+    lines = []
+    for states in trajectory[:rows]:
+        cells = [scene_rgb(context)]
+        cells += [overlay_rgb(context, states[j][None] * 2 - 1) for j in picks.tolist()]
+        lines.append(
+            torch.cat([torch.nn.functional.pad(c, (pad,) * 4, value=1.0) for c in cells], dim=2)
+        )
+    return torch.cat(lines, dim=1)
+
+
 def save_png(image: Tensor, path: Path, scale: int = 4) -> None:
     """Write a (3, H, W) [0, 1] image, upscaled ``scale`` times (nearest) for legibility."""
     array = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)

@@ -57,6 +57,9 @@ class Prediction:
     context: np.ndarray  # (5, S, S) float32 in [0, 1]
     truth: np.ndarray | None = None  # (S, S) float32 in [0, 1]
     geometry: dict[str, Any] | None = None
+    # (K, steps + 1, S, S) float32: the sampler's states from the noise (index 0) to the
+    # sample, on the probability scale (x + 1) / 2, unclamped; only with return_trajectory
+    trajectory: np.ndarray | None = None
 
     @property
     def valid_poses(self) -> list[Pose]:
@@ -236,10 +239,13 @@ class GoalPredictor:
         method: str | None = None,
         generator: torch.Generator | None = None,
         cost: SamplingCost | None = None,
+        trajectory: list[Tensor] | None = None,
     ) -> Tensor:
         """``num_samples`` goal masks per context row in ONE batched call.
 
-        ``context`` ``(N, 5, S, S)`` in [-1, 1] -> ``(N, K, 1, S, S)`` in [-1, 1].
+        ``context`` ``(N, 5, S, S)`` in [-1, 1] -> ``(N, K, 1, S, S)`` in [-1, 1]. A
+        ``trajectory`` list receives the sampler's ``steps + 1`` states, each ``(N, K, 1, S,
+        S)`` on the model's scale (unclamped; the first is the noise, the last the sample).
         """
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -249,9 +255,15 @@ class GoalPredictor:
         n = context.shape[0]
         rows = context.to(self.device, torch.float32).repeat_interleave(num_samples, 0)
         counter = CountingNetwork(self.model.network)
+        record = None
+        if trajectory is not None:
+
+            def record(x: Tensor) -> None:
+                trajectory.append(x.float().view(n, num_samples, 1, *x.shape[-2:]))
+
         start = time.perf_counter()
         with self._sampler(method):
-            out = self.model.sample(rows, steps, generator, network=counter)
+            out = self.model.sample(rows, steps, generator, network=counter, record=record)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         if cost is not None:
@@ -270,6 +282,7 @@ class GoalPredictor:
         seed: int = 0,
         batch_size: int | None = None,
         geometry: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None = None,
+        return_trajectory: bool = False,
     ) -> list[Prediction]:
         """K goal proposals for each scene.
 
@@ -285,6 +298,9 @@ class GoalPredictor:
             geometry: ``world_bounds``/``robot_radius`` for array scenes (one mapping for all
                 or one per scene); ``.npz`` files carry their own. With world bounds, poses
                 are also given in metres.
+            return_trajectory: also keep the sampler's intermediate states in
+                ``Prediction.trajectory`` (K, steps + 1, S, S) (the original's
+                ``sample_with_trajectory``; memory grows with ``steps``).
         Returns:
             One :class:`Prediction` per scene, in order. ``self.last_cost`` holds the
             :class:`SamplingCost` of this call.
@@ -303,7 +319,9 @@ class GoalPredictor:
             )
             for i, (s, g) in enumerate(zip(items, geoms, strict=True))
         ]
-        return self.predict_inputs(inputs, num_samples, steps, method, seed, batch_size)
+        return self.predict_inputs(
+            inputs, num_samples, steps, method, seed, batch_size, return_trajectory
+        )
 
     def predict_inputs(
         self,
@@ -313,6 +331,7 @@ class GoalPredictor:
         method: str | None = None,
         seed: int = 0,
         batch_size: int | None = None,
+        return_trajectory: bool = False,
     ) -> list[Prediction]:
         """:meth:`predict` on already prepared scenes (:func:`prepare_scene`)."""
         per_call = batch_size or max(1, DEFAULT_ROWS // max(num_samples, 1))
@@ -324,9 +343,13 @@ class GoalPredictor:
         for start in range(0, len(inputs), per_call):
             group = inputs[start : start + per_call]
             context = torch.from_numpy(np.stack([s.context for s in group])) * 2 - 1
-            samples = self.sample(context, num_samples, steps, method, generator, cost)
+            states: list[Tensor] | None = [] if return_trajectory else None
+            samples = self.sample(context, num_samples, steps, method, generator, cost, states)
             probs = ((samples[:, :, 0] + 1) / 2).clamp(0, 1).cpu().numpy()
-            for scene, p in zip(group, probs, strict=True):
+            paths: Sequence[np.ndarray | None] = [None] * len(group)
+            if states is not None:  # (N, K, steps + 1, S, S)
+                paths = ((torch.cat(states, 2) + 1) / 2).cpu().numpy()
+            for scene, p, path in zip(group, probs, paths, strict=True):
                 masks = p >= THRESHOLD
                 bounds = scene.geometry.get("world_bounds") if scene.geometry else None
                 poses, rejected = masks_to_poses(masks, float(scene.context[4].sum()), bounds)
@@ -340,6 +363,7 @@ class GoalPredictor:
                         scene.context,
                         scene.truth,
                         scene.geometry,
+                        path,
                     )
                 )
         self.last_cost = cost

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from goalgen.model.paths import FBFlowMatchingPath, HFDiffusionPath
-from goalgen.model.samplers import FBODESampler, HFDiffusionSampler
+from goalgen.model.samplers import FBODESampler, HFDiffusionSampler, Record
 
 
 def coordinate_grid(batch: int, size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -30,13 +30,30 @@ def _grid(size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         return torch.stack([yy, xx])
 
 
-def soft_dice_loss(x_1_hat: Tensor, x_1: Tensor, eps: float = 1.0) -> Tensor:
-    """1 - Dice between masks in [-1, 1] (prediction clamped), averaged over the batch."""
+def soft_dice_loss(
+    x_1_hat: Tensor, x_1: Tensor, eps: float = 1.0, weight: Tensor | None = None
+) -> Tensor:
+    """1 - Dice between masks in [-1, 1] (prediction clamped), averaged over the batch
+    (``weight`` (B,): the mean of ``weight * (1 - Dice)`` instead)."""
     p = (x_1_hat.float().clamp(-1, 1) + 1) / 2
     g = (x_1.float() + 1) / 2
     inter = (p * g).flatten(1).sum(1)
     total = p.flatten(1).sum(1) + g.flatten(1).sum(1)
-    return (1 - (2 * inter + eps) / (total + eps)).mean()
+    loss = 1 - (2 * inter + eps) / (total + eps)
+    return (loss if weight is None else weight * loss).mean()
+
+
+def aux_weight(path: FBFlowMatchingPath | HFDiffusionPath, t: Tensor) -> Tensor:
+    """Per-sample weight (B,) of the dice term on ``x1_hat = path.to_x1(prediction, x_t, t)``:
+    ``min(1, 1 / g^2)`` with ``g`` the gain of that conversion, affine in the prediction
+    (diffusion epsilon: ``g = sigma / alpha``, 2e4 at the noisiest timestep; v: ``sigma``;
+    flow velocity: ``sigma / (alpha' sigma - sigma' alpha)``, 15 for vp and ``1 / 2t`` for
+    polynomial near t = 0; x1 or sample prediction: 1). The term's gradient w.r.t. the
+    network output is then at most its gradient w.r.t. ``x1_hat`` times ``min(g, 1/g) <= 1``,
+    and the term is untouched where the conversion does not amplify."""
+    zero = torch.zeros(t.shape[0], 1, 1, 1, device=t.device)
+    gain = path.to_x1(zero + 1, zero, t) - path.to_x1(zero, zero, t)
+    return gain.flatten().square().reciprocal().clamp(max=1)
 
 
 class GenerativeModel(nn.Module):
@@ -68,17 +85,21 @@ class GenerativeModel(nn.Module):
         """Network output for noisy target ``x_t`` (B, 1, S, S) at times ``t`` (B,)."""
         net = network if network is not None else self.network
         coords = coordinate_grid(x_t.shape[0], x_t.shape[-1], x_t.device, x_t.dtype)
-        return net(torch.cat([context.to(x_t.dtype), coords, x_t], dim=1), t)
+        raw = net(torch.cat([context.to(x_t.dtype), coords, x_t], dim=1), t)
+        return self.path.output(raw, x_t, t)
 
     def forward(self, context: Tensor, x_1: Tensor, noise: Tensor, t: Tensor) -> dict[str, Tensor]:
         x_t, t_net, target = self.path.sample(x_1, noise, t)
         prediction = self.predict(x_t, t_net, context)
-        mse = torch.mean((prediction.float() - target.float()) ** 2)
-        losses = {"mse": mse, "loss": mse}
+        error = ((prediction.float() - target.float()) ** 2).flatten(1).mean(1)
+        mse = error.mean()
+        weight = self.path.loss_weight(t_net)
+        losses = {"mse": mse, "loss": mse if weight is None else (weight * error).mean()}
         if self.aux_loss_weight > 0:
-            dice = soft_dice_loss(self.path.to_x1(prediction.float(), x_t.float(), t_net), x_1)
+            x_1_hat = self.path.to_x1(prediction.float(), x_t.float(), t_net)
+            dice = soft_dice_loss(x_1_hat, x_1, weight=aux_weight(self.path, t_net))
             losses["dice"] = dice
-            losses["loss"] = mse + self.aux_loss_weight * dice
+            losses["loss"] = losses["loss"] + self.aux_loss_weight * dice
         return losses
 
     @torch.no_grad()
@@ -88,11 +109,14 @@ class GenerativeModel(nn.Module):
         steps: int,
         generator: torch.Generator | None = None,
         network: nn.Module | None = None,
+        record: Record | None = None,
     ) -> Tensor:
         """Goal masks for each context row: (B, 1, S, S), values in [-1, 1] (clamped).
 
         ``network`` overrides the weights used (e.g. the EMA copy). To draw K samples per
         scene in one batched call, repeat the context rows (``context.repeat_interleave(K, 0)``).
+        ``record`` receives the sampler's ``steps + 1`` states, unclamped (see
+        :mod:`goalgen.model.samplers`).
         """
         b, _, s, _ = context.shape
         x_init = torch.randn((b, 1, s, s), generator=generator, device=context.device)
@@ -100,4 +124,5 @@ class GenerativeModel(nn.Module):
         def model_fn(x: Tensor, t: Tensor) -> Tensor:  # the raw output: samplers convert it
             return self.predict(x, t, context, network).float()
 
-        return self.sampler.sample(model_fn, x_init, steps, generator=generator).clamp(-1, 1)
+        x_1 = self.sampler.sample(model_fn, x_init, steps, generator=generator, record=record)
+        return x_1.clamp(-1, 1)

@@ -104,6 +104,14 @@ class FBFlowMatchingPath:
             return prediction
         return self.path.velocity_to_target(velocity=prediction, x_t=x_t, t=_bcast(t, x_t))
 
+    def loss_weight(self, t: Tensor) -> None:
+        """No per-sample weighting: the plain MSE on the target (see HFDiffusionPath)."""
+        return None
+
+    def output(self, raw: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """The prediction is the network's raw output."""
+        return raw
+
     def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """The scheduler's ``(alpha_t, sigma_t)`` at ``t`` (``x_t = alpha_t x_1 + sigma_t x_0``)."""
         out = self.path.scheduler(t)
@@ -126,6 +134,17 @@ class HFDiffusionPath:
         clip_sample, timestep_spacing: passed to ``DDPMScheduler`` as given (set
         ``clip_sample`` and ``timestep_spacing`` on purpose: diffusers' defaults are
         ``True`` and ``'leading'``).
+        snr_gamma: Min-SNR-gamma loss weighting (Hang et al., 2023; diffusers' training
+            scripts' ``--snr_gamma``): each sample's MSE is weighted so that its error on
+            x_0 counts ``min(SNR, gamma)`` times (epsilon: ``min(SNR, gamma) / SNR``,
+            v: ``min(SNR, gamma) / (SNR + 1)``, sample: ``min(SNR, gamma)``).
+            ``None``: the plain MSE on the prediction type's target.
+        epsilon_skip: (epsilon only) the network's raw output ``F`` becomes
+            ``eps_hat = sigma_t x_t + alpha_t F`` (:meth:`output`): the per-pixel noise
+            passes through a skip connection instead of being rebuilt by the patchified
+            network, and ``x0_hat = alpha_t x_t - sigma_t F`` no longer amplifies the
+            network's error by ``sigma / alpha`` (2e4 at the noisiest level). The loss,
+            the sampler and ``prediction_type`` stay epsilon's.
     """
 
     family = "diffusion"
@@ -139,7 +158,16 @@ class HFDiffusionPath:
         prediction_type: str = "epsilon",
         clip_sample: bool = True,
         timestep_spacing: str = "trailing",
+        snr_gamma: float | None = None,
+        epsilon_skip: bool = False,
     ):
+        if epsilon_skip and prediction_type != "epsilon":
+            raise ValueError(
+                f"model.path.epsilon_skip=true applies to prediction_type=epsilon, not "
+                f"{prediction_type!r}; drop it"
+            )
+        if snr_gamma is not None and not snr_gamma > 0:
+            raise ValueError(f"model.path.snr_gamma={snr_gamma}; use a value > 0 or null")
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(
                 f"model.path.prediction_type={prediction_type!r}; choose one of "
@@ -161,6 +189,30 @@ class HFDiffusionPath:
         )
         self.num_train_timesteps = num_train_timesteps
         self.prediction_type = prediction_type
+        self.snr_gamma = snr_gamma
+        self.epsilon_skip = epsilon_skip
+
+    def output(self, raw: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """The prediction (of ``prediction_type``) from the network's raw output."""
+        if not self.epsilon_skip:
+            return raw
+        a, s = self._alpha_sigma(t, x_t)
+        return s * x_t + a * raw
+
+    def _alpha_sigma(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+        alpha_bar = self.scheduler.alphas_cumprod.to(like.device)[self.t_to_timestep(t)]
+        return _bcast(alpha_bar.sqrt(), like), _bcast((1 - alpha_bar).sqrt(), like)
+
+    def loss_weight(self, t: Tensor) -> Tensor | None:
+        """Per-sample weights (B,) of the MSE at times ``t`` (B,), or None (Min-SNR off)."""
+        if self.snr_gamma is None:
+            return None
+        alpha_bar = self.scheduler.alphas_cumprod.to(t.device)[self.t_to_timestep(t)]
+        snr = alpha_bar / (1 - alpha_bar)
+        weight = snr.clamp(max=self.snr_gamma)
+        if self.prediction_type == "epsilon":
+            return weight / snr
+        return weight / (snr + 1) if self.prediction_type == "v_prediction" else weight
 
     def timestep_to_t(self, k: Tensor) -> Tensor:
         return 1.0 - k.float() / self.num_train_timesteps
@@ -192,9 +244,7 @@ class HFDiffusionPath:
         return prediction
 
     def to_x1(self, prediction: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-        k = self.t_to_timestep(t)
-        alpha_bar = self.scheduler.alphas_cumprod.to(x_t.device)[k]
-        a, s = _bcast(alpha_bar.sqrt(), x_t), _bcast((1 - alpha_bar).sqrt(), x_t)
+        a, s = self._alpha_sigma(t, x_t)
         if self.prediction_type == "epsilon":
             return (x_t - s * prediction) / a
         if self.prediction_type == "v_prediction":

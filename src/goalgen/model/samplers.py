@@ -1,8 +1,11 @@
 """Samplers: integrate from noise (t = 0) to a goal mask (t = 1).
 
-Contract: ``sample(model_fn, x_init, steps, generator=None) -> x_1`` where
+Contract: ``sample(model_fn, x_init, steps, generator=None, record=None) -> x_1`` where
 ``model_fn(x, t)`` takes ``x`` (B, 1, S, S) and ``t`` of shape (B,) in [0, 1] and returns
-the network output for the path's target (velocity, epsilon, v or sample).
+the network output for the path's target (velocity, epsilon, v or sample). ``record``, when
+given, is called with the sampler's state (B, 1, S, S) ``steps + 1`` times: at t = 0 (the
+noise), after every step, the last call with the returned ``x_1`` (adaptive ODE methods: at
+``steps + 1`` uniform times, their own steps being their own).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from torchdiffeq import odeint
 from goalgen.model.paths import FBFlowMatchingPath, HFDiffusionPath
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
+Record = Callable[[Tensor], None]
 FIXED_STEP_METHODS = ("euler", "midpoint", "rk4", "heun3")
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun")
 ADAPTIVE_LAST_STEP = 0.05  # adaptive methods integrate to 1 - this; the final step ends
@@ -82,6 +86,7 @@ class FBODESampler:
         x_init: Tensor,
         steps: int,
         generator: torch.Generator | None = None,
+        record: Record | None = None,
     ) -> Tensor:
         """Integrate from t = 0 to 1: ``steps`` uniform steps (adaptive: ``atol``/``rtol``).
 
@@ -94,18 +99,32 @@ class FBODESampler:
         up to t = 1. Every network call has t in [0, 1].
         """
         end = 1.0 if self.path is None else 1.0 - ADAPTIVE_LAST_STEP
-        grid = torch.tensor([0.0, end]) if self.adaptive else torch.linspace(0.0, 1.0, steps + 1)
+        if not self.adaptive:
+            grid = torch.linspace(0.0, 1.0, steps + 1)
+        elif record is None:
+            grid = torch.tensor([0.0, end])
+        else:  # where to report the solution; the solver picks its own steps in between
+            grid = torch.linspace(0.0, end, steps + 1 if self.path is None else max(steps, 2))
         grid = grid.to(x_init.device)
         if self.path is None:
-            return self._solve(model_fn, x_init, grid)
+            return self._record(self._solve(model_fn, x_init, grid), record)
         path = self.path
 
         def velocity(x: Tensor, t: Tensor) -> Tensor:
             return path.to_sampler_output(model_fn(x, t), x, t)
 
         grid = grid if self.adaptive else grid[:-1]
-        x = self._solve(velocity, x_init, grid) if len(grid) > 1 else x_init
-        return self._last_step(model_fn, x, grid[-1])
+        states = self._solve(velocity, x_init, grid) if len(grid) > 1 else x_init[None]
+        x_1 = self._last_step(model_fn, states[-1], grid[-1])
+        shown = states if steps > 1 or not self.adaptive else states[:1]
+        return self._record(torch.cat([shown, x_1[None]]), record)
+
+    @staticmethod
+    def _record(states: Tensor, record: Record | None) -> Tensor:
+        """The last of ``states`` (T, B, ...), after passing each to ``record``."""
+        for x in states if record is not None else ():
+            record(x)
+        return states[-1]
 
     def _last_step(self, model_fn: ModelFn, x: Tensor, t_a: Tensor) -> Tensor:
         """From ``x`` at ``t_a = 1 - h`` to t = 1 with DDIM steps on the predicted x1.
@@ -134,14 +153,17 @@ class FBODESampler:
         return x1_b + (x1_b - x1_a) * sigma_b / (sigma_a - sigma_b)
 
     def _solve(self, velocity: ModelFn, x: Tensor, grid: Tensor) -> Tensor:
-        """``x`` at ``grid[-1]``. Fixed-step methods step from one grid point to the next with
-        flow_matching's ``ODESolver``. Adaptive ones choose their own steps between the
-        grid's ends, through torchdiffeq itself: ODESolver passes no options, and without
+        """``x`` at every time of ``grid``: (len(grid), B, ...). Fixed-step methods step from
+        one grid point to the next with flow_matching's ``ODESolver``. Adaptive ones choose
+        their own steps between the grid's ends (the grid only says where to report the
+        solution), through torchdiffeq itself: ODESolver passes no options, and without
         ``step_t`` they step past the end and interpolate back (network calls up to t = 1.9
         for dopri5, 5.8 for bosh3), without ``first_step`` the initial-step probe may too."""
         if not self.adaptive:
             solver = ODESolver(velocity_model=_VelocityModel(velocity))
-            return solver.sample(x, None, method=self.method, time_grid=grid)
+            return solver.sample(
+                x, None, method=self.method, time_grid=grid, return_intermediates=True
+            )
 
         def func(t: Tensor, y: Tensor) -> Tensor:
             return velocity(y, _batch_t(t, y))
@@ -149,7 +171,7 @@ class FBODESampler:
         options = {"step_t": grid[-1:], "first_step": ADAPTIVE_FIRST_STEP}
         return odeint(
             func, x, grid, method=self.method, atol=self.atol, rtol=self.rtol, options=options
-        )[-1]
+        )
 
 
 class HFDiffusionSampler:
@@ -243,13 +265,18 @@ class HFDiffusionSampler:
         x_init: Tensor,
         steps: int,
         generator: torch.Generator | None = None,
+        record: Record | None = None,
     ) -> Tensor:
         """Denoise ``x_init`` (B, 1, S, S) in ``steps`` steps from t = 0 to t = 1."""
         scheduler, timesteps = self.respaced(steps)
         x = x_init
+        if record is not None:
+            record(x)
         extra = {"eta": self.eta} if self.sampler_type == "ddim" else {}
         for j, k in zip(scheduler.timesteps, timesteps, strict=True):
             t = self.path.timestep_to_t(k.reshape(1)).expand(x.shape[0]).to(x.device)
             out = model_fn(x, t)
             x = scheduler.step(out, j, x, generator=generator, **extra).prev_sample
+            if record is not None:
+                record(x)
         return x
