@@ -33,11 +33,12 @@ import pickle
 import re
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from goalgen.checkpoint import LAST, peek, rank_checkpoints, run_checkpoint_dir
+from goalgen.checkpoint import LAST, is_complete, peek, rank_checkpoints, run_checkpoint_dir
 from goalgen.cli import OneLineParser, one_line, want_traceback
 
 PROG = "goalgen-sweep"
@@ -277,9 +278,7 @@ def _fill_from_run_dir(point: Point) -> None:
         point.val_loss_best = None
     folder = run_checkpoint_dir(run_dir)
     if folder.is_dir():
-        import warnings
-
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # unreadable files are skipped: not this table's news
             warnings.simplefilter("ignore")
             ranked = rank_checkpoints(folder)
         point.best_checkpoint = ranked[0][2] if ranked else None
@@ -288,8 +287,6 @@ def _fill_from_run_dir(point: Point) -> None:
 def _complete(point: Point, cfg: Any) -> bool:
     if point.epoch is None or cfg is None:
         return False
-    from goalgen.checkpoint import is_complete
-
     return is_complete(point.epoch, point.step or 0, int(cfg.max_epochs), int(cfg.max_steps))
 
 
@@ -325,13 +322,16 @@ def read_sweep(sweep_dir: str | os.PathLike, use_sacct: bool = True) -> list[Poi
         point.requeues = sum(1 for state, _ in attempts if state == "REQUEUED")
         slurm_state, exit_code = attempts[-1] if attempts else ("", "")
         status = getattr(getattr(ret, "status", None), "name", None)
-        if status == "COMPLETED" or _complete(point, cfg):
-            point.state = "completed"
-        elif status == "FAILED":
+        if status == "FAILED":  # even a complete run: its objective may be what failed
             point.state = "failed"
             point.reason = _failure_reason(sub, one_line(ret._return_value))
         elif result is not None and result[0] == "error":
             point.state, point.reason = "failed", _failure_reason(sub, _last_line(str(result[1])))
+        elif status == "COMPLETED" or _complete(point, cfg):
+            point.state = "completed"
+        elif slurm_state == "COMPLETED":  # exited 0 without a result, not requeued
+            point.state = "stopped"
+            point.reason = "stopped before the end (not requeued); run the sweep command again"
         elif slurm_state in WAITING or (sub.cluster == "slurm" and records and not attempts):
             point.state = "pending"
         elif slurm_state in ACTIVE:
@@ -481,7 +481,7 @@ def print_rich(columns: list[str], table: list[dict], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    colours = {"completed": "green", "failed": "red", "running": "yellow"}
+    colours = {"completed": "green", "failed": "red", "stopped": "red", "running": "yellow"}
     t = Table(title=title, title_justify="left")
     cells = [[_cell(r[c]) for c in columns] for r in table]
     for i, c in enumerate(columns):
