@@ -325,3 +325,28 @@ def test_goalgen_sweep_bad_dirs_are_one_line_errors(tmp_path, make, message):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert proc.stderr.startswith("goalgen-sweep: error: ")
     assert re.search(message, proc.stderr), proc.stderr
+
+
+@pytest.mark.slow
+def test_failed_trials_do_not_stop_an_optuna_search(tmp_path, synth_dir):
+    """Every trial's objective fails here (no task metrics without val.metric_scenes): the
+    search still runs both rounds, Optuna records the failures, goalgen-sweep names them."""
+    cmd = sweep_cmd(
+        tmp_path,
+        synth_dir,
+        "hydra/sweeper=tpe",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_jobs=2",
+        "max_epochs=1",
+        "val.metric_scenes=0",
+        "objective=val_validity",
+    )
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0  # no trial completed: Optuna has no best one
+    assert out.count("Failed experiment") == 4 and "Directions: ['maximize']" in out
+    points = read_sweep(sweep_dir_of(tmp_path))
+    assert [p.num for p in points] == [0, 1, 2, 3]  # the second round ran after the first failed
+    for p in points:
+        assert p.state == "failed" and p.epoch == 1  # trained; the objective is what failed
+        assert p.reason.startswith("objective=val_validity is not among the metrics of ")
