@@ -345,5 +345,5 @@ def test_epsilon_skip_turns_the_v_target_into_the_exact_noise():
     x0_hat = path.to_x1(path.output(v + error, x_t, t_net), x_t, t_net)
     sigma = (1 - path.scheduler.alphas_cumprod.double()[k]).sqrt().view(-1, 1, 1, 1)
     assert torch.allclose(x0_hat - x_1, -sigma * error, atol=1e-3)  # float32 alphas at 999
-    with pytest.raises(ValueError, match="epsilon_skip"):
-        HFDiffusionPath(prediction_type="sample", epsilon_skip=True)
+    other = HFDiffusionPath(prediction_type="sample", epsilon_skip=True)
+    assert torch.equal(other.output(v, x_t, t_net), v)  # only epsilon is re-parametrized

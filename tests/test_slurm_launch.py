@@ -294,7 +294,7 @@ def test_hydra_sweep_on_slurm_and_a_requeued_point_resumes_in_its_folder(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    array = None
+    array, ok = None, False
     try:
         sub = wait_until(
             lambda: sorted((tmp_path / "out").glob("*/.submitit/*_0")),
@@ -312,13 +312,18 @@ def test_hydra_sweep_on_slurm_and_a_requeued_point_resumes_in_its_folder(
         requeued_at = time.time()
         slurm_cluster.run("scontrol", "requeue", f"{array}_0")
         output, _ = proc.communicate(timeout=420)
+        ok = proc.returncode == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        if array:
+        # only after a failure: -m returns once every task wrote its submitit result, while
+        # Slurm may still hold the element RUNNING; a scancel then is accounted CANCELLED
+        if array and not ok:
             slurm_cluster.cancel(array)
     assert proc.returncode == 0, output[-4000:]
+    for k in (0, 1):
+        slurm_cluster.wait_job(f"{array}_{k}", timeout=120)
     points = sorted(
         (tmp_path / "out").glob("*/[01]/checkpoints/last.ckpt"), key=lambda p: p.parents[1].name
     )

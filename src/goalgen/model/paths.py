@@ -139,7 +139,9 @@ class HFDiffusionPath:
             x_0 counts ``min(SNR, gamma)`` times (epsilon: ``min(SNR, gamma) / SNR``,
             v: ``min(SNR, gamma) / (SNR + 1)``, sample: ``min(SNR, gamma)``).
             ``None``: the plain MSE on the prediction type's target.
-        epsilon_skip: (epsilon only) the network's raw output ``F`` becomes
+        epsilon_skip: (epsilon only; other prediction types ignore it, so that
+            ``prediction_type=sample`` overrides the guide's config alone) the network's raw
+            output ``F`` becomes
             ``eps_hat = sigma_t x_t + alpha_t F`` (:meth:`output`): the per-pixel noise
             passes through a skip connection instead of being rebuilt by the patchified
             network, and ``x0_hat = alpha_t x_t - sigma_t F`` no longer amplifies the
@@ -161,11 +163,6 @@ class HFDiffusionPath:
         snr_gamma: float | None = None,
         epsilon_skip: bool = False,
     ):
-        if epsilon_skip and prediction_type != "epsilon":
-            raise ValueError(
-                f"model.path.epsilon_skip=true applies to prediction_type=epsilon, not "
-                f"{prediction_type!r}; drop it"
-            )
         if snr_gamma is not None and not snr_gamma > 0:
             raise ValueError(f"model.path.snr_gamma={snr_gamma}; use a value > 0 or null")
         if prediction_type not in PREDICTION_TYPES:
@@ -190,7 +187,7 @@ class HFDiffusionPath:
         self.num_train_timesteps = num_train_timesteps
         self.prediction_type = prediction_type
         self.snr_gamma = snr_gamma
-        self.epsilon_skip = epsilon_skip
+        self.epsilon_skip = epsilon_skip and prediction_type == "epsilon"
 
     def output(self, raw: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """The prediction (of ``prediction_type``) from the network's raw output."""
