@@ -347,3 +347,24 @@ def test_epsilon_skip_turns_the_v_target_into_the_exact_noise():
     assert torch.allclose(x0_hat - x_1, -sigma * error, atol=1e-3)  # float32 alphas at 999
     other = HFDiffusionPath(prediction_type="sample", epsilon_skip=True)
     assert torch.equal(other.output(v, x_t, t_net), v)  # only epsilon is re-parametrized
+
+
+def test_dice_weight_undoes_the_gain_of_the_x1_conversion():
+    """The dice term on x1_hat = to_x1(prediction) is weighted min(1, 1/g^2), g the gain of
+    that conversion: epsilon g = sigma / alpha (so min(1, SNR)), v g = sigma, sample 1."""
+    from goalgen.model.generative import aux_weight
+
+    k = torch.tensor([0, 100, 500, 900, 999])
+    for prediction_type in PREDICTION_TYPES:
+        path = HFDiffusionPath(prediction_type=prediction_type, epsilon_skip=False)
+        a = path.scheduler.alphas_cumprod[k]
+        expected = {
+            "epsilon": (a / (1 - a)).clamp(max=1),
+            "v_prediction": (1 / (1 - a)).clamp(max=1),
+            "sample": torch.ones(len(k)),
+        }[prediction_type]
+        got = aux_weight(path, path.timestep_to_t(k))
+        assert torch.allclose(got, expected, rtol=1e-3), prediction_type
+    skip = HFDiffusionPath(prediction_type="epsilon", epsilon_skip=True)  # as plain epsilon
+    a = skip.scheduler.alphas_cumprod[k]
+    assert torch.allclose(aux_weight(skip, skip.timestep_to_t(k)), (a / (1 - a)).clamp(max=1))

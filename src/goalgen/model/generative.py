@@ -46,7 +46,9 @@ def soft_dice_loss(
 def aux_weight(path: FBFlowMatchingPath | HFDiffusionPath, t: Tensor) -> Tensor:
     """Per-sample weight (B,) of the dice term on ``x1_hat = path.to_x1(prediction, x_t, t)``:
     ``min(1, 1 / g^2)`` with ``g`` the gain of that conversion, affine in the prediction
-    (diffusion epsilon: ``g = sigma / alpha``, 2e4 at the noisiest timestep; v: ``sigma``;
+    (diffusion epsilon: ``g = sigma / alpha``, 2e4 at the noisiest timestep, also with
+    ``epsilon_skip``: the dice of an x0 that cannot be known yet stays down-weighted, which
+    measured 0.21 vs 0.07 demo validity against weighting it fully; v: ``sigma``;
     flow velocity: ``sigma / (alpha' sigma - sigma' alpha)``, 15 for vp and ``1 / 2t`` for
     polynomial near t = 0; x1 or sample prediction: 1). The term's gradient w.r.t. the
     network output is then at most its gradient w.r.t. ``x1_hat`` times ``min(g, 1/g) <= 1``,
