@@ -84,3 +84,23 @@ def test_without_bounds_there_is_no_world_pose():
     mask[10:14, 8:20] = True
     pose, _ = mask_to_pose(mask, 48.0, frame=pose_frame(None, 32))
     assert pose.center_world is None and pose.angle_world is None
+
+
+@pytest.mark.parametrize("family,scene", SCENES[:2], ids=["maze0", "rooms0"])
+def test_a_scene_file_read_for_prediction_carries_its_own_convention(family, scene, tmp_path):
+    """What GoalPredictor.predict sees of a file (prepare_scene -> geometry -> pose_frame)
+    gives the stored goal pose: maze files are not mirrored into the rooms convention."""
+    from goalgen.data.scenes import read_geometry
+    from goalgen.infer import prepare_scene
+
+    path = tmp_path / f"{family}.npz"
+    synth.save_npz(path, scene)
+    geometry = read_geometry(path)
+    assert geometry["image_convention"] == int(scene.get("image_convention", 0))
+    assert geometry["image_size"] == SIZE
+    prepared = prepare_scene(path, 64)
+    frame = pose_frame(prepared.geometry, 64)
+    pose, reason = mask_to_pose(prepared.truth >= 0.5, float(prepared.truth.sum()), frame=frame)
+    assert reason is None, reason
+    box = np.asarray(scene["target_goal_box"], dtype=np.float64)
+    assert np.hypot(*(np.array(pose.center_world) - box[:2])) <= 0.75 * frame.side / 64

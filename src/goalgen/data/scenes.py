@@ -206,18 +206,32 @@ GEOMETRY_KEYS = ("world_bounds", "robot_radius")
 
 
 def read_geometry(path: str | os.PathLike) -> dict[str, Any] | None:
-    """``world_bounds`` and ``robot_radius`` from a synthetic scene file, or None."""
+    """``world_bounds``, ``robot_radius``, ``image_convention`` (0 when not stored: the rooms
+    family's) and ``image_size`` (the file's mask side) of a scene file, or None."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             if not all(k in npz.files for k in GEOMETRY_KEYS):
                 return None
             bounds = np.asarray(npz["world_bounds"], dtype=np.float64).reshape(-1)
             radius = float(np.asarray(npz["robot_radius"], dtype=np.float64))
+            convention = (
+                int(np.asarray(npz["image_convention"])) if "image_convention" in npz.files else 0
+            )
+            stored = (
+                "target_object"
+                if "target_object" in npz.files
+                else LEGACY_ALIASES.get("target_object")
+            )
+            size = int(npz[stored].shape[-1]) if stored in npz.files else None
     except (OSError, ValueError, TypeError):
         return None
     if bounds.shape != (4,):
         return None
-    return {"world_bounds": tuple(float(v) for v in bounds), "robot_radius": radius}
+    geometry = {"world_bounds": tuple(float(v) for v in bounds), "robot_radius": radius}
+    geometry["image_convention"] = convention
+    if size is not None:
+        geometry["image_size"] = size
+    return geometry
 
 
 def _read_context_only(path: Path) -> np.ndarray:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from goalgen import checkpoint as ckpt
-from goalgen.infer.poses import Pose, masks_to_poses
+from goalgen.infer.poses import Pose, masks_to_poses, pose_frame
 from goalgen.infer.scene_input import SceneInput, SceneLike, prepare_scene
 from goalgen.model.build import build_model
 from goalgen.model.generative import GenerativeModel
@@ -351,8 +351,8 @@ class GoalPredictor:
                 paths = ((torch.cat(states, 2) + 1) / 2).cpu().numpy()
             for scene, p, path in zip(group, probs, paths, strict=True):
                 masks = p >= THRESHOLD
-                bounds = scene.geometry.get("world_bounds") if scene.geometry else None
-                poses, rejected = masks_to_poses(masks, float(scene.context[4].sum()), bounds)
+                frame = pose_frame(scene.geometry, masks.shape[-1])
+                poses, rejected = masks_to_poses(masks, float(scene.context[4].sum()), frame=frame)
                 results.append(
                     Prediction(
                         scene.name,
