@@ -20,9 +20,13 @@ def run_dir_of(cfg) -> Path:
 
 
 def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
-    """``(step, value)`` of every TensorBoard scalar ``tag`` the run logged."""
+    """``(step, value)`` of every TensorBoard scalar ``tag`` the run logged, by step.
+
+    Sorted (stably) because the accumulator reads event files in name order, and a resumed
+    attempt's file can sort before the first one's (``...<pid>.10`` before ``...<pid>.9`` when
+    both start in the same second): its steps then come first, all still there."""
     acc = EventAccumulator(str(run_dir / "tensorboard")).Reload()
-    return [(e.step, e.value) for e in acc.Scalars(tag)]
+    return sorted(((e.step, e.value) for e in acc.Scalars(tag)), key=lambda sv: sv[0])
 
 
 def steps_logged(run_dir: Path) -> list[int]:
