@@ -170,3 +170,36 @@ def test_load_network_names_the_keys_that_differ(tmp_path):
         ckpt.load_network(
             torch.nn.Linear(2, 3), {"model": {"network.weight": small.weight}}, "model", "y"
         )
+
+
+def test_an_exported_weights_file_samples_like_its_checkpoint(tmp_path, synth_dir, capsys):
+    from goalgen.eval.export import main as export_main
+    from goalgen.infer.predictor import GoalPredictor
+    from run_helpers import train_tiny_run
+
+    run_dir = train_tiny_run(tmp_path, synth_dir)
+    source = select_checkpoint(run_dir, "best")
+    half, full = tmp_path / "w_bf16.pt", tmp_path / "w_fp32.pt"
+    assert export_main([str(run_dir), str(half)]) == 0
+    assert export_main([str(run_dir), str(full), "--dtype", "fp32"]) == 0
+    assert "bf16" in capsys.readouterr().out
+    state = torch.load(half, weights_only=True)
+    assert state["format"] == ckpt.WEIGHTS_FORMAT and "optimizer" not in state
+    assert all(v.dtype == torch.bfloat16 for v in state["ema"].values() if v.is_floating_point())
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    original = GoalPredictor.from_checkpoint(source, "cpu")
+    x = torch.randn(1, 5, original.image_size, original.image_size)
+
+    def draw(predictor):
+        return predictor.sample(x, 4, None, None, torch.Generator().manual_seed(3))
+
+    reference = draw(original)
+    assert torch.equal(draw(GoalPredictor.from_checkpoint(full, "cpu")), reference)
+    rounded = GoalPredictor.from_checkpoint(half, "cpu")
+    assert next(rounded.model.parameters()).dtype == torch.float32
+    assert rounded.checkpoint_info["step"] == original.checkpoint_info["step"]
+    assert 0 < (draw(rounded) - reference).abs().max() < 0.5  # bf16 rounding, not garbage
+    with pytest.raises(ckpt.CheckpointError, match=f"{half}.*weights file"):
+        ckpt.load_checkpoint(half)
+    assert export_main([str(tmp_path / "nope"), str(tmp_path / "x.pt")]) == 1
+    assert "goalgen-export: error" in capsys.readouterr().err

@@ -222,6 +222,29 @@ def test_verified_proposals_are_confirmed_by_independent_world_checks(room):
     assert sum(not c.verified for c in result.candidates) >= 10
 
 
+def test_a_fit_a_pixel_into_a_wall_snaps_to_the_nearest_free_pose(room):
+    cell = room.frame.metres_per_pixel * room.size / 64  # a model cell at 64 px
+    grazing = (-0.17, -0.6, 0.0)  # 3 cm into wall_4 (x = 0, half-thickness 5 cm)
+    deep = (0.0, -0.6, 0.0)  # through the wall: far beyond a cell
+    oracle = Oracle(room.frame, [grazing, deep])
+    off = propose(oracle, room, num_samples=2, snap=0).candidates
+    assert [c.collision_free for c in off] == [False, False] and off[0].snapped == 0
+    on = propose(Oracle(room.frame, [grazing, deep]), room, num_samples=2).candidates
+    snapped, stuck = on
+    assert not stuck.collision_free and stuck.snapped == 0
+    assert snapped.collision_free and snapped.verified
+    box = (snapped.x, snapped.y, W, H, snapped.theta)
+    others = world_boxes()
+    assert not any(sat_overlap(box, o) for o in others)
+    # the least move that clears the wall by the 1 cm clearance, to a lattice step (cell / 4)
+    fitted = np.array([off[0].x, off[0].y])
+    moved = np.hypot(*(np.array(box[:2]) - fitted))
+    assert snapped.snapped == pytest.approx(moved, abs=1e-9)
+    need = (off[0].x + W / 2) - (-0.05 - 0.01)  # right edge past the wall's left face
+    assert need <= moved + 1e-9 <= need + cell / 4 + 1e-9 and moved <= cell
+    assert snapped.to_dict()["snapped"] == pytest.approx(moved, abs=1e-6)
+
+
 def test_verified_proposals_on_a_maze_file_are_confirmed(tmp_path):
     from goalgen.data.synthetic import generate_scene, save_npz
 

@@ -7,6 +7,11 @@ tools rely on: ``model`` and ``ema`` (network weights, keys ``network.*``), ``op
 (the resolved config, plain), ``val_loss``, ``top_k``. A run keeps them in
 ``<run_dir>/checkpoints/``: ``last.ckpt`` (the resume point) and the best-k files
 ``epochXXX-val_lossX.XXXX.ckpt``.
+
+A *weights file* (:func:`export_weights`, ``goalgen-export``) is the inference part only:
+``format`` (:data:`WEIGHTS_FORMAT`), ``ema`` (the EMA network weights, else the raw model's,
+cast to a smaller dtype), ``config``, ``epoch``, ``step``, ``val_loss`` and ``source`` (the
+checkpoint it came from); :func:`load_inference` reads either kind.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ log = logging.getLogger("goalgen")
 DIRNAME = "checkpoints"
 LAST = "last.ckpt"
 REQUIRED_KEYS = ("model", "ema", "optimizer", "epoch", "step", "batch_in_epoch", "config")
+WEIGHTS_FORMAT = "goalgen-weights-1"
+WEIGHTS_KEYS = ("format", "ema", "config", "epoch", "step")
+SHIPPED = Path(__file__).parent / "weights"  # weights files installed with the package
 _BEST_NAME = re.compile(r"val_loss(-?\d+(?:\.\d+)?(?:e-?\d+)?)", re.IGNORECASE)
 
 
@@ -83,9 +91,7 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and verify a checkpoint; raise CheckpointError naming the file and the problem."""
-    path = Path(path)
+def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -97,6 +103,18 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         ) from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")
+    return state
+
+
+def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and verify a checkpoint; raise CheckpointError naming the file and the problem."""
+    path = Path(path)
+    state = _read(path, map_location)
+    if state.get("format") == WEIGHTS_FORMAT:
+        raise CheckpointError(
+            f"checkpoint {path} is a weights file (goalgen-export): it holds no training state; "
+            "sample with it (goalgen-propose, goalgen-eval), resume or fine-tune from its run"
+        )
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CheckpointError(
@@ -104,6 +122,44 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
             "it was not written by goalgen"
         )
     return state
+
+
+def load_inference(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A training checkpoint (:func:`load_checkpoint`) or a weights file
+    (:func:`export_weights`), verified; CheckpointError names the file and the problem."""
+    path = Path(path)
+    state = _read(path, map_location)
+    if state.get("format") != WEIGHTS_FORMAT:
+        return load_checkpoint(path, map_location)
+    missing = [k for k in WEIGHTS_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"weights file {path} lacks keys {missing} (found {sorted(state)})")
+    return state
+
+
+def export_weights(
+    state: Mapping[str, Any],
+    path: Path | str,
+    dtype: torch.dtype = torch.bfloat16,
+    source: str = "",
+) -> Path:
+    """Write the inference part of checkpoint ``state`` to ``path`` (atomically): its EMA
+    weights (else the raw model's) cast to ``dtype`` when floating, and what tools read."""
+    weights = state.get("ema") or state["model"]
+    out = {
+        "format": WEIGHTS_FORMAT,
+        "ema": {
+            k: (v.to(dtype) if v.is_floating_point() else v).clone() for k, v in weights.items()
+        },
+        "config": state["config"],
+        "epoch": state["epoch"],
+        "step": state["step"],
+        "val_loss": state.get("val_loss"),
+        "source": source,
+        "weights": "ema" if state.get("ema") else "model",
+    }
+    save_atomic(out, Path(path))
+    return Path(path)
 
 
 def peek(path: Path) -> dict[str, Any] | None:
@@ -217,11 +273,21 @@ def rank_checkpoints(folder: Path) -> list[tuple[float, str, Path]]:
     return sorted(ranked, key=lambda e: (e[0], e[2].name))
 
 
+def shipped(name: str | os.PathLike) -> Path | None:
+    """The weights file installed as ``<name>.pt`` in the package's ``weights/`` (the README's
+    ``planner``: flow matching, ``experiment=planner``), or None."""
+    path = SHIPPED / f"{name}.pt"
+    return path if str(name).isidentifier() and path.is_file() else None
+
+
 def select_checkpoint(run_dir: str | os.PathLike, checkpoint: str | os.PathLike = "best") -> Path:
     """The checkpoint file to load: ``"best"`` (lowest recorded val_loss, see
     :func:`rank_checkpoints`; ``last.ckpt`` with a warning when there is none), ``"last"``, or
     a path (absolute, relative to the cwd, or a file name in the run's checkpoints/).
-    ``run_dir`` may itself be a checkpoint file."""
+    ``run_dir`` may itself be a checkpoint file, or the name of a shipped weights file
+    (:func:`shipped`, e.g. ``planner``) when no such path exists."""
+    if not Path(run_dir).exists() and shipped(run_dir) is not None:
+        return shipped(run_dir)
     if str(checkpoint) not in ("best", "last"):
         path = Path(checkpoint)
         if path.is_file():

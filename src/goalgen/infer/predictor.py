@@ -161,19 +161,21 @@ class GoalPredictor:
         device: str | torch.device | None = None,
         use_ema: bool = True,
     ) -> GoalPredictor:
-        """Build the model from the checkpoint's ``config`` and load its (EMA) weights."""
+        """Build the model from the checkpoint's ``config`` and load its (EMA) weights; ``path``
+        may also be a weights file (``goalgen-export``, loaded in the network's own dtype)."""
         path = Path(path)
-        state = ckpt.load_checkpoint(path)
+        state = ckpt.load_inference(path)
         config = state["config"]
         if not isinstance(config, dict) or "model" not in config or "image_size" not in config:
             raise ckpt.CheckpointError(f"checkpoint {path} has no usable config")
         model = build_model(config)
-        source = "ema" if use_ema and state.get("ema") else "model"
+        exported = state.get("format") == ckpt.WEIGHTS_FORMAT  # holds one set: "ema"
+        source = "ema" if exported or (use_ema and state.get("ema")) else "model"
         if use_ema and source == "model":
             warnings.warn(f"{path} has no EMA weights: using the raw model", stacklevel=2)
         ckpt.load_network(model.network, state, source, path)
         info = {k: state.get(k) for k in ("epoch", "step", "val_loss")}
-        info["weights"] = source
+        info["weights"] = state.get("weights", source) if exported else source
         return cls(model, config, device, path, info)
 
     @classmethod

@@ -11,6 +11,13 @@ known, else on the masks), the robot then reaches its goal, and its push distanc
 through space the box fits). A sample whose fitted footprint overlaps it by less than
 ``min_fit_iou`` is no fit of the object (``"poor fit"``); empty samples give no candidate.
 
+Snap (world geometry only): a fitted pose that collides is moved to the nearest
+collision-free pose within ``snap`` model cells (lattice of a quarter cell, yaw within
+``SNAP_YAW``; nearest by ``|dxy| + r |dyaw|``, ``r`` half the box's diagonal) before the
+route and push checks, since a sample placed right but a pixel off at the model's resolution
+(walls ~1 px thick at 64 px) is the planner's goal in all but that pixel. ``snapped`` says
+how far it moved (0: as fitted); ``snap=0`` turns it off.
+
 Ranking: verified (collision-free, route open, fits) first, then by push distance (inf last),
 then fit IoU. Near-duplicates (centres within ``merge_distance``, default the box's short side,
 yaws within ``merge_angle`` modulo the box's symmetry, same verdict) are merged into the
@@ -43,6 +50,8 @@ from goalgen.infer.propose_scene import Checker, ProposalScene, as_scene
 MIN_FIT_IOU = 0.3
 MERGE_ANGLE = 30.0  # degrees
 CLEARANCE = 0.01  # m kept from walls, boxes and the robot (world geometry)
+SNAP = 1.0  # model cells a colliding fit may move to become collision-free
+SNAP_YAW = 5.0  # degrees a colliding fit may turn (each side)
 
 
 @dataclass
@@ -61,6 +70,7 @@ class Proposal:
     reasons: list[str] = field(default_factory=list)  # failed checks
     merged: list[int] = field(default_factory=list)  # near-duplicate samples merged into it
     blobs: int = 1
+    snapped: float = 0.0  # world units moved from the fit to the nearest collision-free pose
 
     @property
     def verified(self) -> bool:
@@ -95,6 +105,7 @@ class Proposal:
             "merged": list(self.merged),
             "support": 1 + len(self.merged),
             "footprint_px": int(self.footprint.sum()),
+            "snapped": round(self.snapped, 6),
         }
 
 
@@ -169,15 +180,53 @@ class ProposalSet:
 
 
 # ----------------------------------------------------------------------------- per draw
+def snap_lattice(cell: float, reach: float, diagonal: float) -> np.ndarray:
+    """Offsets ``(L, 3)`` ``(dx, dy, dyaw)`` within ``reach`` model cells of side ``cell``
+    (steps of a quarter cell) and ``SNAP_YAW`` (steps of a quarter of it), nearest first by
+    ``|dxy| + diagonal / 2 * |dyaw|``."""
+    n = int(np.floor(4 * reach))
+    d = np.arange(-n, n + 1) * cell / 4
+    a = np.radians(np.linspace(-SNAP_YAW, SNAP_YAW, 9))
+    dx, dy, dyaw = (v.ravel() for v in np.meshgrid(d, d, a, indexing="ij"))
+    keep = np.hypot(dx, dy) <= reach * cell + 1e-12
+    offsets = np.column_stack([dx, dy, dyaw])[keep]
+    cost = np.hypot(offsets[:, 0], offsets[:, 1]) + diagonal / 2 * np.abs(offsets[:, 2])
+    return offsets[np.argsort(cost, kind="stable")]
+
+
+def snap_free(
+    checker: Checker, boxes: np.ndarray, offsets: np.ndarray, chunk: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each box ``(K, 5)`` moved by the first offset of ``offsets`` ``(L, 3)`` (nearest first)
+    that makes it collision-free (:meth:`Checker.collision_free`) -> ``(boxes (K, 5), moved
+    (K,))``, ``moved`` the world distance of the chosen offset; boxes with none stay as they
+    are (``moved`` NaN)."""
+    boxes = np.array(boxes, dtype=np.float64).reshape(-1, 5)
+    moved = np.full(len(boxes), np.nan)
+    for start in range(0, len(boxes), chunk):
+        part = boxes[start : start + chunk]
+        trial = np.repeat(part[:, None], len(offsets), 1)  # (k, L, 5)
+        trial[..., 0:2] += offsets[None, :, 0:2]
+        trial[..., 4] += offsets[None, :, 2]
+        free = checker.collision_free(trial.reshape(-1, 5)).reshape(len(part), len(offsets))
+        for j in np.flatnonzero(free.any(1)):
+            first = int(np.argmax(free[j]))
+            boxes[start + j] = trial[j, first]
+            moved[start + j] = float(np.hypot(*offsets[first, :2]))
+    return boxes, moved
+
+
+# ----------------------------------------------------------------------------- per draw
 def evaluate_samples(
     scene: ProposalScene,
     checker: Checker,
     probs: np.ndarray,
     first_index: int = 0,
     min_fit_iou: float = MIN_FIT_IOU,
+    snap: float = SNAP,
 ) -> tuple[list[Proposal], dict[int, str]]:
-    """Fit and check samples ``probs`` ``(K, S, S)`` in [0, 1] -> candidates (draw order)
-    and the indices of empty samples."""
+    """Fit, snap and check samples ``probs`` ``(K, S, S)`` in [0, 1] -> candidates (draw
+    order) and the indices of empty samples."""
     xs, ys, cell = cell_centres(scene.frame, probs.shape[-1])
     _, _, w, h, yaw = (float(v) for v in scene.target)
     fit = fit_boxes(probs, xs, ys, cell, w, h, yaw)
@@ -187,6 +236,13 @@ def evaluate_samples(
     boxes = np.column_stack(
         [poses[:, :2], np.full(len(live), w), np.full(len(live), h), poses[:, 2]]
     )
+    moved = np.zeros(len(live))
+    if snap > 0 and scene.world is not None and len(live):
+        stuck = np.flatnonzero(~checker.collision_free(boxes) & (fit.iou[live] >= min_fit_iou))
+        if len(stuck):
+            offsets = snap_lattice(cell, snap, float(np.hypot(w, h)))
+            boxes[stuck], moved[stuck] = snap_free(checker, boxes[stuck], offsets)
+            moved = np.nan_to_num(moved, nan=0.0)
     footprints = checker.footprints(boxes)
     collisions = checker.collisions(boxes, footprints)
     opens = checker.opens(boxes, footprints)
@@ -206,9 +262,9 @@ def evaluate_samples(
         out.append(
             Proposal(
                 index=first_index + int(i),
-                x=float(poses[j, 0]),
-                y=float(poses[j, 1]),
-                theta=float(poses[j, 2]),
+                x=float(boxes[j, 0]),
+                y=float(boxes[j, 1]),
+                theta=float(wrap(boxes[j, 4] - yaw, scene.period) + yaw),
                 footprint=footprints[j],
                 push_distance=float(push[j]),
                 collision_free=collisions[j] is None,
@@ -216,6 +272,7 @@ def evaluate_samples(
                 fit_iou=float(fit.iou[i]),
                 reasons=reasons,
                 blobs=int(fit.blobs[i]),
+                snapped=float(moved[j]),
             )
         )
     return out, rejected
@@ -264,6 +321,7 @@ def propose(
     merge_angle: float = MERGE_ANGLE,
     min_fit_iou: float = MIN_FIT_IOU,
     clearance: float = CLEARANCE,
+    snap: float = SNAP,
 ) -> ProposalSet:
     """Ranked, verified goal proposals for one scene (see the module docstring).
 
@@ -275,6 +333,7 @@ def propose(
         num_samples: samples per draw (K).
         top: return at most this many; draw more while fewer verify (up to ``max_samples``).
         seed: noise seed (None: nondeterministic).
+        snap: model cells a colliding fit may move to the nearest collision-free pose (0: off).
     Returns:
         A :class:`ProposalSet`: iterate it for the ranked proposals.
     """
@@ -309,7 +368,7 @@ def propose(
         out = predictor.sample(model_input, k, steps, method, generator)
         probs = ((out[0, :, 0].float() + 1) / 2).clamp(0, 1).cpu().numpy()
         t1 = time.perf_counter()
-        found, empty = evaluate_samples(prepared, checker, probs, drawn, min_fit_iou)
+        found, empty = evaluate_samples(prepared, checker, probs, drawn, min_fit_iou, snap)
         candidates += found
         rejected.update(empty)
         draws.append(probs)
@@ -347,6 +406,7 @@ def proposals_of_samples(
     merge_angle: float = MERGE_ANGLE,
     min_fit_iou: float = MIN_FIT_IOU,
     clearance: float = CLEARANCE,
+    snap: float = SNAP,
 ) -> ProposalSet:
     """The ranked proposals of samples already drawn: ``probs`` ``(K, S, S)`` in [0, 1] at the
     model's resolution ``S`` for ``scene`` (any input :func:`as_scene` takes), fitted, checked
@@ -359,7 +419,7 @@ def proposals_of_samples(
     size = probs.shape[-1]
     context = resize_masks(np.ascontiguousarray(prepared.masks, dtype=np.float32), size)
     t1 = time.perf_counter()
-    candidates, rejected = evaluate_samples(prepared, checker, probs, 0, min_fit_iou)
+    candidates, rejected = evaluate_samples(prepared, checker, probs, 0, min_fit_iou, snap)
     ranked = rank(
         candidates, _merge_distance(prepared, merge_distance), merge_angle, prepared.period
     )

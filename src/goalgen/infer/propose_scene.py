@@ -185,6 +185,18 @@ def as_scene(
 
 
 # ----------------------------------------------------------------------------- checks
+def _nearby(obstacles: np.ndarray, boxes: np.ndarray, margin: float) -> np.ndarray:
+    """The obstacles ``(B, 5)`` whose bounding disk comes within ``margin`` of the disk that
+    bounds every box of ``boxes`` ``(K, 5)`` (the others cannot touch any of them)."""
+    obstacles = np.asarray(obstacles, dtype=np.float64).reshape(-1, 5)
+    if len(obstacles) == 0 or len(boxes) == 0:
+        return obstacles
+    centre = (boxes[:, :2].min(0) + boxes[:, :2].max(0)) / 2
+    reach = np.max(np.hypot(*(boxes[:, :2] - centre).T) + np.hypot(boxes[:, 2], boxes[:, 3]) / 2)
+    gap = np.hypot(*(obstacles[:, :2] - centre).T) - np.hypot(obstacles[:, 2], obstacles[:, 3]) / 2
+    return obstacles[gap <= reach + margin]
+
+
 class Checker:
     """The checks of one scene (see :mod:`goalgen.infer.verify`), set up once.
 
@@ -270,10 +282,12 @@ class Checker:
             out[i] = frame.box_mask(*box)
         return out
 
-    def collisions(self, boxes: np.ndarray, footprints: np.ndarray) -> list[str | None]:
-        """Per box: None, or ``"outside the map"`` / ``"collision with static+movable+robot"``
-        (masks only: also ``goal``, the drawn goal disk, as the evaluation counts it)."""
-        frame, out = self.scene.frame, []
+    def _hits(
+        self, boxes: np.ndarray, footprints: np.ndarray | None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``(outside (K,), {obstacle name: hit (K,)})`` of ``boxes`` ``(K, 5)`` (``footprints``
+        are needed without world geometry only)."""
+        frame = self.scene.frame
         if self.scene.world is not None:
             world, m = self.scene.world, self.clearance
             corners = verify.box_corners(boxes)
@@ -281,23 +295,34 @@ class Checker:
             outside = ((corners[..., 0] < xmin) | (corners[..., 0] > xmax)).any(1) | (
                 (corners[..., 1] < ymin) | (corners[..., 1] > ymax)
             ).any(1)
-            hits = {
-                "static": verify.boxes_overlap(boxes, world.static, m).any(1),
-                "movable": verify.boxes_overlap(boxes, world.others, m).any(1),
+            return outside, {
+                "static": verify.boxes_overlap(boxes, _nearby(world.static, boxes, m), m).any(1),
+                "movable": verify.boxes_overlap(boxes, _nearby(world.others, boxes, m), m).any(1),
                 "robot": verify.point_box_distance(world.robot_xy, boxes) < world.robot_radius + m,
             }
-        else:
-            edge = footprints[:, [0, -1], :].any((1, 2)) | footprints[:, :, [0, -1]].any((1, 2))
-            outside = edge | ~footprints.any((1, 2))
-            hits = {
-                name: (footprints & mask[None]).any((1, 2))
-                for name, mask in (
-                    ("static", self.static),
-                    ("movable", self.others),
-                    ("robot", self.robot),
-                    ("goal", self.goal),
-                )
-            }
+        if footprints is None:
+            footprints = self.footprints(boxes)
+        edge = footprints[:, [0, -1], :].any((1, 2)) | footprints[:, :, [0, -1]].any((1, 2))
+        return edge | ~footprints.any((1, 2)), {
+            name: (footprints & mask[None]).any((1, 2))
+            for name, mask in (
+                ("static", self.static),
+                ("movable", self.others),
+                ("robot", self.robot),
+                ("goal", self.goal),
+            )
+        }
+
+    def collision_free(self, boxes: np.ndarray, footprints: np.ndarray | None = None) -> np.ndarray:
+        """``(K,)`` bool: inside the map and touching nothing (see :meth:`collisions`)."""
+        outside, hits = self._hits(np.asarray(boxes, dtype=np.float64).reshape(-1, 5), footprints)
+        return ~outside & ~np.any(list(hits.values()), axis=0)
+
+    def collisions(self, boxes: np.ndarray, footprints: np.ndarray) -> list[str | None]:
+        """Per box: None, or ``"outside the map"`` / ``"collision with static+movable+robot"``
+        (masks only: also ``goal``, the drawn goal disk, as the evaluation counts it)."""
+        outside, hits = self._hits(boxes, footprints)
+        out = []
         for i in range(len(boxes)):
             names = [n for n, hit in hits.items() if hit[i]]
             out.append(
