@@ -66,6 +66,18 @@ def test_guide_command_composes_and_builds(config_name, overrides):
     requested_devices(cfg)
 
 
+@pytest.mark.parametrize("experiment", ["planner", "planner_gpu"])
+@pytest.mark.parametrize("config_name", [FM, HF])
+def test_planner_recipes_compose_and_build(config_name, experiment):
+    cfg = compose_config(config_name, [f"experiment={experiment}", "run_name=x"])
+    assert cfg.data.synthetic.family == "mixed" and cfg.image_size == 64
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.max_steps > 0
+    tokens = (cfg.image_size // cfg.model.network.patch_size) ** 2
+    assert tokens == (64 if experiment == "planner" else 256)
+    model = build_model(cfg)
+    assert model.family == ("flow" if config_name == FM else "diffusion")
+
+
 def test_guide_defaults():
     for name, steps in ((FM, 20), (HF, 50)):
         cfg = compose_config(name, ["run_name=x"])

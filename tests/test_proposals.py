@@ -367,3 +367,25 @@ def test_a_tiny_model_end_to_end(tiny_run, synth_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         propose_main([str(tiny_run), str(npz), "--xml", str(xml), "--json", str(out)])
     assert info.value.code == 2
+
+
+def test_the_shipped_planner_weights_propose_right_after_install(tmp_path, capsys):
+    from goalgen import checkpoint as ckpt
+    from goalgen.data.synthetic import generate_scene, save_npz
+    from goalgen.infer.predictor import GoalPredictor
+
+    path = ckpt.shipped("planner")
+    assert path is not None and path.stat().st_size <= 10 * 10**6  # the 10 MB
+    assert ckpt.select_checkpoint("planner") == path and ckpt.shipped("../planner") is None
+    state = torch.load(path, weights_only=True)
+    assert state["format"] == ckpt.WEIGHTS_FORMAT and state["config"]["image_size"] == 64
+    predictor = GoalPredictor.from_run("planner", device="cpu")
+    assert predictor.family == "flow" and predictor.checkpoint_info["step"] == state["step"]
+    scene = tmp_path / "maze.npz"
+    save_npz(scene, generate_scene(np.random.SeedSequence(5, spawn_key=(1,)), 224, family="maze"))
+    out = tmp_path / "proposals.json"
+    argv = ["planner", str(scene), "--samples", "4", "--steps", "4", "--json", str(out)]
+    assert propose_main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["model_image_size"] == 64 and report["samples_drawn"] == 4
+    assert report["checkpoint"] == str(path)
