@@ -5,9 +5,10 @@ feasible goal pose of its selected box within the push search radius, the geodes
 distance to each, and a push field: the push distance to any pose the box can slide to. Here:
 
 - ``success_near``: a sample is *valid* (:func:`goalgen.eval.metrics.invalid_reason`, at the
-  samples' resolution), *opens the robot's route* (:func:`opens_route`: the box drawn at the
-  sample's fitted pose at the file's resolution, since a maze's gaps narrower than the robot,
-  ~0.2 m, vanish in a 64 px mask, where every placement "opens" it) with a push no longer than
+  samples' resolution), *opens the robot's route* (:func:`opens_route`: the box at the
+  sample's fitted pose, judged exactly on the world geometry, since a maze's gaps narrower
+  than the robot, ~0.2 m, vanish in a 64 px mask, where every placement "opens" it, and a
+  file's 5 cm pixels still let gaps a pixel too narrow pass) with a push no longer than
   the nearest feasible one's plus ``NEAR_SLACK`` (5 %) of the world's width. Its push distance
   is read from the push field at its pose (centre and yaw fitted to the mask; the least value
   within half a sample pixel of that centre, so coarse samples are not penalised for their
@@ -33,7 +34,6 @@ from typing import Any
 
 import numpy as np
 
-from goalgen.data import geometry as geo
 from goalgen.data.frames import Frame, frame_of
 from goalgen.eval.metrics import THRESHOLD, SceneMasks, invalid_reason
 
@@ -245,27 +245,48 @@ def scene_masks(scene: Scene, size: int) -> SceneMasks:
 
 
 def opens_route(scene: Scene, poses: np.ndarray) -> np.ndarray:
-    """``(K,)`` bool: with the selected box moved to each pose ``(K, 3)`` (drawn at the file's
-    resolution, where gaps narrower than the robot are resolved), does the robot, of its true
-    ``robot_radius``, reach its goal (robot and goal pixels from their world poses)? NaN
-    poses: False."""
-    frame = _frame(scene)
-    size = scene["target_object"].shape[-1]
-    mpp = world_side(scene) / size
-    radius = float(scene["robot_radius"]) / mpp
-    target = np.asarray(scene["target_object"]) != 0
-    fixed = (np.asarray(scene["static_objects_image"]) != 0) | (
-        (np.asarray(scene["movable_objects_image"]) != 0) & ~target
+    """``(K,)`` bool: with the selected box moved to each pose ``(K, 3)``, does the robot, of
+    its true ``robot_radius``, reach its goal? NaN poses: False.
+
+    Judged exactly on the world geometry with shapely, independently of the proposals' grid
+    check (:class:`goalgen.infer.verify.ReachGrid`): the robot's free space is the world square
+    less every wall (``static_walls``) and other box grown by the robot's radius (the
+    Minkowski sum with its disk, arcs as 64-gons: within 0.2 mm of the circle); the route is
+    open when the robot's centre and its goal lie in one piece of it once the moved box, grown
+    alike, is taken away too. (Drawn at the file's resolution instead, a 5 cm pixel in an
+    11 m maze, gaps up to a pixel narrower than the robot pass.)"""
+    import shapely
+
+    if "static_walls" not in scene:
+        raise KeyError("scene has no static_walls: the route check needs maze files' geometry")
+    radius = float(scene["robot_radius"])
+    boxes = np.asarray(scene["movable_boxes"], dtype=np.float64).reshape(-1, 5)
+    others = np.delete(boxes, int(scene["target_index"]), axis=0)
+    walls = np.asarray(scene["static_walls"], dtype=np.float64).reshape(-1, 5)
+    fixed = shapely.union_all([_box_polygon(b).buffer(radius, 16) for b in (*walls, *others)])
+    x0, y0, x1, y1 = (float(v) for v in np.asarray(scene["world_bounds"]))
+    free = shapely.box(x0, y0, x1, y1).difference(fixed)
+    start, goal = (
+        shapely.Point(*np.asarray(scene[k], float)[:2]) for k in ("robot_pose", "goal_pose")
     )
-    blocked = geo.distance_to(fixed) <= radius
-    start, goal = (_pixel_of(frame, scene[k]) for k in ("robot_pose", "goal_pose"))
     w, h = _box(scene)[2:4]
     out = np.zeros(len(poses), dtype=bool)
     for i, (x, y, yaw) in enumerate(np.asarray(poses, dtype=np.float64).reshape(-1, 3)):
-        if np.isfinite([x, y, yaw]).all():
-            moved = geo.inflate(frame.box_mask(x, y, w, h, yaw), radius)
-            out[i] = geo.cspace_connected(blocked | moved, start, goal)
+        if not np.isfinite([x, y, yaw]).all():
+            continue
+        space = free.difference(_box_polygon(np.array([x, y, w, h, yaw])).buffer(radius, 16))
+        out[i] = any(
+            p.intersects(start) and p.intersects(goal) for p in getattr(space, "geoms", [space])
+        )
     return out
+
+
+def _box_polygon(box: np.ndarray):
+    from shapely import affinity, geometry
+
+    cx, cy, w, h, yaw = (float(v) for v in box)
+    rect = geometry.box(-w / 2, -h / 2, w / 2, h / 2)
+    return affinity.translate(affinity.rotate(rect, yaw, origin=(0, 0), use_radians=True), cx, cy)
 
 
 def success_near(
