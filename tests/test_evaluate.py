@@ -143,11 +143,27 @@ def test_compare_a_run_dir_uses_its_saved_report(run_dir, report, tmp_path, caps
         saved.unlink()
 
 
+def test_a_checkpoint_file_reports_into_the_cwd_and_compares(
+    run_dir, synth_dir, tmp_path, monkeypatch, capsys
+):
+    """A file (or a shipped weights name) is not a run dir: its report goes to
+    ./eval/<stem>_report.json, never beside the file; --compare evaluates it like a run."""
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    monkeypatch.chdir(tmp_path)
+    common = ["--data", str(synth_dir), "--samples", "2", "--max-scenes", "2", "--device", "cpu"]
+    assert main([str(ckpt), *common, "--no-proposals"]) == 0
+    assert json.loads((tmp_path / "eval" / "last_report.json").read_text())["num_scenes"] == 2
+    assert not (ckpt / "eval").exists()
+    capsys.readouterr()
+    assert main(["--compare", str(ckpt), "eval/last_report.json", *common]) == 0
+    assert "validity" in capsys.readouterr().out
+
+
 def test_cli_errors_are_one_line(run_dir, tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     for args, message in [
-        (["--compare", str(tmp_path / "nothing")], "neither a report nor a run"),
+        (["--compare", str(tmp_path / "nothing")], "neither a report, a run directory"),
         (["--compare", str(bad)], "not a goalgen-eval report"),
         ([str(run_dir), "--data", str(tmp_path / "nodata")], "does not exist"),
     ]:

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from goalgen.checkpoint import shipped
 from goalgen.cli import USER_ERRORS, OneLineParser, one_line, warnings_as_lines
 from goalgen.data.dataset import split_indices
 from goalgen.data.scenes import find_scene_files
@@ -74,6 +75,16 @@ PROPOSAL_KEYS = (  # score_proposals' shares, kept in the proposals row
     "num_proposals",
 )
 DEFAULT_REPORT = Path("eval") / "report.json"  # inside the run dir
+
+
+def default_report_path(run: str | os.PathLike) -> Path:
+    """Where a run's report goes: ``RUN_DIR/eval/report.json``; for a checkpoint or weights
+    file, or a shipped weights name (``planner``), ``eval/<stem>_report.json`` in the cwd
+    (never beside an installed package's weights)."""
+    path = Path(run)
+    return path / DEFAULT_REPORT if path.is_dir() else Path("eval") / f"{path.stem}_report.json"
+
+
 RANDOM_TRIES = 200  # rejection-sampling attempts per random placement
 SPLITS = ("auto", "all", "val", "train")
 TABLE_ROWS = (  # (report key, label)
@@ -517,7 +528,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--batch-size", type=int, help="scenes per sampling call")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
-    parser.add_argument("--out", type=Path, help=f"report path (default: RUN_DIR/{DEFAULT_REPORT})")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help=f"report path (default: RUN_DIR/{DEFAULT_REPORT}; for a checkpoint file or "
+        "shipped weights NAME: eval/NAME_report.json here)",
+    )
     parser.add_argument("--no-per-scene", action="store_true", help="omit per-scene records")
     parser.add_argument(
         "--no-proposals",
@@ -563,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.compare is None:
             report = run_eval(args.run_dir)
-            out = args.out or Path(args.run_dir) / DEFAULT_REPORT
+            out = args.out or default_report_path(args.run_dir)
             write_report(report, out)
             print(format_table([report], markdown=args.markdown))
             print(f"\nreport: {out}")
@@ -571,10 +587,13 @@ def main(argv: list[str] | None = None) -> int:
         reports, names = [], []
         for entry in args.compare:
             path = Path(entry)
-            if path.is_file():
+            if path.is_file() and path.suffix == ".json":
                 report = load_report(path)
-            elif not path.is_dir():
-                raise FileNotFoundError(f"{entry} is neither a report nor a run directory")
+            elif not path.exists() and shipped(entry) is None:
+                raise FileNotFoundError(
+                    f"{entry} is neither a report, a run directory, a checkpoint nor a shipped "
+                    "weights name"
+                )
             elif args.data is None and (path / DEFAULT_REPORT).is_file():
                 report = load_report(path / DEFAULT_REPORT)
                 print(f"{entry}: using its saved report {path / DEFAULT_REPORT}", file=sys.stderr)
