@@ -512,7 +512,11 @@ def main(argv: list[str] | None = None) -> int:
         "success on scenes with a feasible set, cost) next to random-valid, random-local, "
         "leave-in-place and ground-truth rows, per scene family; or compare runs/reports.",
     )
-    parser.add_argument("run_dir", nargs="?", help="training run directory")
+    parser.add_argument(
+        "run_dir",
+        nargs="?",
+        help="training run directory, a .ckpt or weights file, or shipped weights (planner)",
+    )
     parser.add_argument("--data", help="scene folder or .npz (default: the run's own data)")
     parser.add_argument("--samples", type=int, default=16, help="samples per scene K (16)")
     parser.add_argument("--max-scenes", type=int, help="evaluate the first N scenes")

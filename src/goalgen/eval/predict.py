@@ -58,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         description="Sample goal masks for the selected object of each scene and fit poses. "
         "Writes <stem>_masks.npz, <stem>_poses.json and <stem>_grid.png per scene.",
     )
-    parser.add_argument("run_dir", help="training run directory (or a .ckpt file)")
+    parser.add_argument(
+        "run_dir",
+        help="training run directory, a .ckpt or weights file, or shipped weights (planner)",
+    )
     parser.add_argument("scenes", nargs="+", help=".npz scene files")
     parser.add_argument("--samples", type=int, default=32, help="samples per scene (32)")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the run's)")

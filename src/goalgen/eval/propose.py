@@ -120,7 +120,10 @@ def _parser() -> OneLineParser:
         description="Ranked, verified goal proposals for the selected object of one scene: an "
         ".npz scene file, or a MuJoCo XML with --object (and --state).",
     )
-    parser.add_argument("run_dir", help="training run directory (or a .ckpt file)")
+    parser.add_argument(
+        "run_dir",
+        help="training run directory, a .ckpt or weights file, or shipped weights (planner)",
+    )
     parser.add_argument("scene", nargs="?", help=".npz scene file")
     parser.add_argument("--xml", type=Path, help="MuJoCo scene XML (namo_cpp naming)")
     parser.add_argument("--state", type=Path, help="the planner's JSON state (with --xml)")
