@@ -216,7 +216,6 @@ def snap_free(
     return boxes, moved
 
 
-# ----------------------------------------------------------------------------- per draw
 def evaluate_samples(
     scene: ProposalScene,
     checker: Checker,

@@ -181,11 +181,14 @@ def run(cfg: DictConfig, run_dir: Path) -> TrainResult:
     ignore_early_stop_signals()
     ctx = init_distributed(cfg.trainer.accelerator, cfg.trainer.process_group_timeout_s)
     _set_threads(ctx.local_world_size)
+    completed = False
     try:
         _ensure_synthetic_data(cfg, ctx.local_rank == 0, ctx.barrier)
-        return train(cfg, run_dir, ctx)
+        result = train(cfg, run_dir, ctx)
+        completed = True
+        return result
     finally:
-        shutdown_distributed(ctx)
+        shutdown_distributed(ctx, completed)
 
 
 def requested_devices(cfg: DictConfig) -> int:
