@@ -203,3 +203,12 @@ def test_an_exported_weights_file_samples_like_its_checkpoint(tmp_path, synth_di
         ckpt.load_checkpoint(half)
     assert export_main([str(tmp_path / "nope"), str(tmp_path / "x.pt")]) == 1
     assert "goalgen-export: error" in capsys.readouterr().err
+
+    # the file may carry a planner's sampler: its users get it by default, the run keeps its own
+    fast = tmp_path / "w_euler.pt"
+    assert export_main([str(run_dir), str(fast), "--method", "euler", "--steps", "3"]) == 0
+    predictor = GoalPredictor.from_checkpoint(fast, "cpu")
+    assert predictor.method == "euler" and predictor.sampling_steps == 3
+    assert original.method == "midpoint" and original.sampling_steps == 2
+    assert export_main([str(run_dir), str(fast), "--method", "ddim"]) == 1
+    assert "'ddim': this model takes euler" in capsys.readouterr().err

@@ -16,6 +16,7 @@ checkpoint it came from); :func:`load_inference` reads either kind.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from goalgen.io import atomic_write
+from goalgen.model.samplers import sampler_methods
 
 log = logging.getLogger("goalgen")
 
@@ -142,16 +144,32 @@ def export_weights(
     path: Path | str,
     dtype: torch.dtype = torch.bfloat16,
     source: str = "",
+    method: str | None = None,
+    steps: int | None = None,
 ) -> Path:
     """Write the inference part of checkpoint ``state`` to ``path`` (atomically): its EMA
-    weights (else the raw model's) cast to ``dtype`` when floating, and what tools read."""
+    weights (else the raw model's) cast to ``dtype`` when floating, and what tools read.
+    ``method``/``steps``: the sampler the file's users get by default (flow: an ODE method;
+    diffusion: ``ddim``/``ddpm``), instead of the training run's validation sampler."""
+    config = copy.deepcopy(state["config"])
+    if method is not None:
+        sampler = config["model"]["sampler"]
+        flow = "method" in sampler
+        allowed = sampler_methods("flow" if flow else "diffusion")
+        if method not in allowed:
+            raise ValueError(f"sampler method {method!r}: this model takes {', '.join(allowed)}")
+        sampler["method" if flow else "sampler_type"] = method
+    if steps is not None:
+        if steps < 1:
+            raise ValueError(f"sampling steps {steps}: give at least 1")
+        config["sampling_steps"] = int(steps)
     weights = state.get("ema") or state["model"]
     out = {
         "format": WEIGHTS_FORMAT,
         "ema": {
             k: (v.to(dtype) if v.is_floating_point() else v).clone() for k, v in weights.items()
         },
-        "config": state["config"],
+        "config": config,
         "epoch": state["epoch"],
         "step": state["step"],
         "val_loss": state.get("val_loss"),

@@ -1,6 +1,7 @@
 """``goalgen-export``: a run's checkpoint as a small weights file for inference.
 
 >>> goalgen-export outputs/RUN planner_fm.pt            # best checkpoint, EMA weights in bf16
+>>> goalgen-export outputs/RUN planner_fm.pt --method euler --steps 8   # + a planner's sampler
 
 The file (:func:`goalgen.checkpoint.export_weights`) holds the EMA network weights cast to
 ``--dtype`` and the run's config; ``GoalPredictor.from_checkpoint``, ``goalgen-propose``,
@@ -29,11 +30,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="output weights file (.pt)")
     parser.add_argument("--checkpoint", default="best", help="best (default), last or a path")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="bf16 (default)")
+    parser.add_argument(
+        "--method", help="default sampler of the file (flow: euler, midpoint, ...; ddim/ddpm)"
+    )
+    parser.add_argument("--steps", type=int, help="default sampling steps of the file")
     args = parser.parse_args(argv)
     try:
         source = ckpt.select_checkpoint(args.run_dir, args.checkpoint)
         state = ckpt.load_checkpoint(source)
-        ckpt.export_weights(state, args.out, DTYPES[args.dtype], source=str(source))
+        ckpt.export_weights(
+            state, args.out, DTYPES[args.dtype], str(source), args.method, args.steps
+        )
     except USER_ERRORS as error:
         print(f"goalgen-export: error: {one_line(error)}", file=sys.stderr)
         return 1

@@ -33,12 +33,7 @@ from goalgen.infer.poses import Pose, masks_to_poses, pose_frame
 from goalgen.infer.scene_input import SceneInput, SceneLike, prepare_scene
 from goalgen.model.build import build_model
 from goalgen.model.generative import GenerativeModel
-from goalgen.model.samplers import (
-    ADAPTIVE_METHODS,
-    FIXED_STEP_METHODS,
-    FBODESampler,
-    HFDiffusionSampler,
-)
+from goalgen.model.samplers import FBODESampler, HFDiffusionSampler, sampler_methods
 
 THRESHOLD = 0.5  # on probabilities in [0, 1] (0 on the model's [-1, 1] scale)
 DEFAULT_ROWS = 512  # scenes x samples per batched sampling call, unless batch_size is given
@@ -201,7 +196,7 @@ class GoalPredictor:
         return sampler.method if self.family == "flow" else sampler.sampler_type
 
     def methods(self) -> tuple[str, ...]:
-        return FIXED_STEP_METHODS + ADAPTIVE_METHODS if self.family == "flow" else ("ddim", "ddpm")
+        return sampler_methods(self.family)
 
     @contextlib.contextmanager
     def _sampler(self, method: str | None) -> Iterator[None]:

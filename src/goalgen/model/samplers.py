@@ -25,6 +25,14 @@ ModelFn = Callable[[Tensor, Tensor], Tensor]
 Record = Callable[[Tensor], None]
 FIXED_STEP_METHODS = ("euler", "midpoint", "rk4", "heun3")
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun")
+DIFFUSION_SAMPLERS = ("ddim", "ddpm")
+
+
+def sampler_methods(family: str) -> tuple[str, ...]:
+    """The sampler methods a model of ``family`` takes: ODE methods (flow) or DDIM/DDPM."""
+    return FIXED_STEP_METHODS + ADAPTIVE_METHODS if family == "flow" else DIFFUSION_SAMPLERS
+
+
 ADAPTIVE_LAST_STEP = 0.05  # adaptive methods integrate to 1 - this; the final step ends
 # torchdiffeq's initial-step probe evaluates at t0 + 0.01 |x| / |v|: t = 26 for the small
 # velocity of an untrained vp model. A given first step skips it (NFE within 10 % either way)
@@ -203,7 +211,7 @@ class HFDiffusionSampler:
         num_train_timesteps: int | None = None,
         prediction_type: str | None = None,
     ):
-        if sampler_type not in ("ddim", "ddpm"):
+        if sampler_type not in DIFFUSION_SAMPLERS:
             raise ValueError(f"model.sampler.sampler_type={sampler_type!r}; choose ddim or ddpm")
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"model.sampler.eta={eta} must lie in [0, 1]")
