@@ -74,11 +74,6 @@ def _frame(scene: Scene) -> Frame:
     return frame_of(convention, bounds, scene["target_object"].shape[-1])
 
 
-def _pixel_of(frame: Frame, xy: np.ndarray) -> tuple[int, int]:
-    """The file pixel ``(row, col)`` holding world point ``xy`` (clamped to the image)."""
-    return tuple(int(v) for v in frame.world_to_pixel(np.asarray(xy, dtype=np.float64)[:2]))
-
-
 def pixels_to_world(scene: Scene, rc: np.ndarray, size: int) -> np.ndarray:
     """Continuous pixel coordinates ``(..., 2)`` ``(row, col)`` of a ``(size, size)`` mask ->
     world ``(..., 2)`` ``(x, y)``, in the scene's image convention: a pixel of an area-pooled
