@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from goalgen.data import geometry as geo
 from goalgen.data.frames import Frame, frame_of
 from goalgen.eval.metrics import THRESHOLD, SceneMasks, invalid_reason
 
@@ -277,11 +278,10 @@ def opens_route(scene: Scene, poses: np.ndarray) -> np.ndarray:
 
 
 def _box_polygon(box: np.ndarray):
-    from shapely import affinity, geometry
+    """The rotated box ``(cx, cy, w, h, yaw)`` as a shapely polygon."""
+    import shapely
 
-    cx, cy, w, h, yaw = (float(v) for v in box)
-    rect = geometry.box(-w / 2, -h / 2, w / 2, h / 2)
-    return affinity.translate(affinity.rotate(rect, yaw, origin=(0, 0), use_radians=True), cx, cy)
+    return shapely.Polygon(geo.box_corners(*(float(v) for v in box)))
 
 
 def success_near(
