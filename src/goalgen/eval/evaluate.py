@@ -75,16 +75,6 @@ PROPOSAL_KEYS = (  # score_proposals' shares, kept in the proposals row
     "num_proposals",
 )
 DEFAULT_REPORT = Path("eval") / "report.json"  # inside the run dir
-
-
-def default_report_path(run: str | os.PathLike) -> Path:
-    """Where a run's report goes: ``RUN_DIR/eval/report.json``; for a checkpoint or weights
-    file, or a shipped weights name (``planner``), ``eval/<stem>_report.json`` in the cwd
-    (never beside an installed package's weights)."""
-    path = Path(run)
-    return path / DEFAULT_REPORT if path.is_dir() else Path("eval") / f"{path.stem}_report.json"
-
-
 RANDOM_TRIES = 200  # rejection-sampling attempts per random placement
 SPLITS = ("auto", "all", "val", "train")
 TABLE_ROWS = (  # (report key, label)
@@ -118,6 +108,14 @@ TABLE_ROWS = (  # (report key, label)
 
 
 # ----------------------------------------------------------------------------- data
+def default_report_path(run: str | os.PathLike) -> Path:
+    """Where a run's report goes: ``RUN_DIR/eval/report.json``; for a checkpoint or weights
+    file, or a shipped weights name (``planner``), ``eval/<stem>_report.json`` in the cwd
+    (never beside an installed package's weights)."""
+    path = Path(run)
+    return path / DEFAULT_REPORT if path.is_dir() else Path("eval") / f"{path.stem}_report.json"
+
+
 def _same_files(a: Any, b: Any) -> bool:
     try:
         return find_scene_files(a) == find_scene_files(b)
