@@ -12,16 +12,26 @@ import json
 
 import numpy as np
 import pytest
+import shapely
 import torch
 
-from goalgen.data.geometry import NamoFrame
+from goalgen.data.geometry import NamoFrame, box_corners
 from goalgen.data.pack import resize_masks
 from goalgen.data.planner_scene import GridFrame
 from goalgen.eval import metrics
 from goalgen.eval.propose import main as propose_main
 from goalgen.eval.propose import score_proposals
 from goalgen.infer.fit import cell_centres, fit_boxes, period_of, wrap
-from goalgen.infer.proposals import propose, time_propose
+from goalgen.infer.proposals import (
+    ROUTE_SNAP_STEP,
+    ROUTE_SNAP_YAWS,
+    SNAP,
+    _moved,
+    covered_core,
+    propose,
+    snap_lattice,
+    time_propose,
+)
 from goalgen.infer.propose_scene import as_scene
 from test_planner_scene import (
     MOVABLE,
@@ -243,6 +253,52 @@ def test_a_fit_a_pixel_into_a_wall_snaps_to_the_nearest_free_pose(room):
     need = (off[0].x + W / 2) - (-0.05 - 0.01)  # right edge past the wall's left face
     assert need <= moved + 1e-9 <= need + cell / 4 + 1e-9 and moved <= cell
     assert snapped.to_dict()["snapped"] == pytest.approx(moved, abs=1e-6)
+
+
+def test_a_fit_that_blocks_the_door_by_a_few_cm_snaps_to_a_pose_that_opens_it(room):
+    """The door (x = 0, y 0.2 .. 0.9) is the only way through; a box just right of it leaves
+    the robot (radius 0.15) a gap of x - 0.2 m. Fits at x 0.46 and 0.48 close it (the
+    independent fine grid finds no route), move less than a model cell to poses that verify
+    and that the independent checks confirm; a fit 0.1 m short stays as it is."""
+    cell = room.frame.metres_per_pixel * room.size / 64
+    poses = [(0.46, 0.55, 0.0), (0.48, 0.55, 0.0), (0.40, 0.55, 0.0)]
+    fine = FineWorld((-2.25, -2.25, 2.25, 2.25), world_boxes(), [PILLAR[1]])
+    off = propose(Oracle(room.frame, poses), room, num_samples=3, snap=0).candidates
+    on = propose(Oracle(room.frame, poses), room, num_samples=3).candidates
+    for fitted, snapped in zip(off[:2], on[:2], strict=True):
+        box = (fitted.x, fitted.y, W, H, fitted.theta)
+        assert fitted.collision_free and not fitted.verified
+        assert _independent(box, fine, world_boxes()) == (True, False)
+        assert snapped.verified and 0 < snapped.snapped <= cell + 1e-9
+        moved = (snapped.x, snapped.y, W, H, snapped.theta)
+        assert np.hypot(snapped.x - fitted.x, snapped.y - fitted.y) == pytest.approx(
+            snapped.snapped, abs=1e-9
+        )
+        assert abs(np.degrees(wrap(snapped.theta - fitted.theta, np.pi))) <= 5 + 1e-6
+        assert _independent(moved, fine, world_boxes()) == (True, True)
+    assert not on[2].verified and on[2].snapped == 0 and on[2].x == off[2].x
+
+
+def test_every_snapped_box_covers_the_core_that_skips_the_route_search():
+    """If the core blocks the route, every box of the route lattice blocks it too: checked
+    as polygon containment (shapely) over random boxes, the lattice of a 64 px model."""
+    rng = np.random.default_rng(3)
+    boxes = np.column_stack(
+        [rng.uniform(-1, 1, (40, 2)), rng.uniform(0.25, 0.9, (40, 2)), rng.uniform(-3, 3, 40)]
+    )
+    checked = 0
+    for box in boxes:
+        offsets = snap_lattice(
+            0.07, SNAP, float(np.hypot(*box[2:4])), ROUTE_SNAP_STEP, ROUTE_SNAP_YAWS
+        )
+        core = covered_core(box[None], offsets)[0]
+        if (core[2:4] <= 0).any():
+            continue
+        inner = shapely.Polygon(box_corners(*core)).buffer(-1e-9)
+        for moved in _moved(box[None], offsets)[0]:
+            assert shapely.Polygon(box_corners(*moved)).contains(inner)
+        checked += 1
+    assert checked >= 20
 
 
 def test_verified_proposals_on_a_maze_file_are_confirmed(tmp_path):

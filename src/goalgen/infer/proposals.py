@@ -11,12 +11,13 @@ known, else on the masks), the robot then reaches its goal, and its push distanc
 through space the box fits). A sample whose fitted footprint overlaps it by less than
 ``min_fit_iou`` is no fit of the object (``"poor fit"``); empty samples give no candidate.
 
-Snap (world geometry only): a fitted pose that collides is moved to the nearest
-collision-free pose within ``snap`` model cells (lattice of a quarter cell, yaw within
-``SNAP_YAW``; nearest by ``|dxy| + r |dyaw|``, ``r`` half the box's diagonal) before the
-route and push checks, since a sample placed right but a pixel off at the model's resolution
-(walls ~1 px thick at 64 px) is the planner's goal in all but that pixel. ``snapped`` says
-how far it moved (0: as fitted); ``snap=0`` turns it off.
+Snap (world geometry only): a fitted pose that collides or blocks the robot's route is moved
+to the nearest pose within ``snap`` model cells (lattice of a quarter cell, yaw within
+``SNAP_YAW``; nearest by ``|dxy| + r |dyaw|``, ``r`` half the box's diagonal) that is
+collision-free and opens the route, else to the nearest collision-free one, before the
+checks, since a sample placed right but a pixel off at the model's resolution (walls ~1 px
+thick at 64 px, gaps the robot passes with a few cm to spare) is the planner's goal in all
+but that pixel. ``snapped`` says how far it moved (0: as fitted); ``snap=0`` turns it off.
 
 Ranking: verified (collision-free, route open, fits) first, then by push distance (inf last),
 then fit IoU. Near-duplicates (centres within ``merge_distance``, default the box's short side,
@@ -52,6 +53,10 @@ MERGE_ANGLE = 30.0  # degrees
 CLEARANCE = 0.01  # m kept from walls, boxes and the robot (world geometry)
 SNAP = 1.0  # model cells a colliding fit may move to become collision-free
 SNAP_YAW = 5.0  # degrees a colliding fit may turn (each side)
+# The route search's coarser lattice (cells, yaw steps): 39 poses instead of 441 within a
+# cell; on 50 held-out mazes as many proposals open the route near-optimally, 3x faster.
+ROUTE_SNAP_STEP = 0.5
+ROUTE_SNAP_YAWS = 3
 
 
 @dataclass
@@ -180,13 +185,15 @@ class ProposalSet:
 
 
 # ----------------------------------------------------------------------------- per draw
-def snap_lattice(cell: float, reach: float, diagonal: float) -> np.ndarray:
+def snap_lattice(
+    cell: float, reach: float, diagonal: float, step: float = 0.25, yaws: int = 9
+) -> np.ndarray:
     """Offsets ``(L, 3)`` ``(dx, dy, dyaw)`` within ``reach`` model cells of side ``cell``
-    (steps of a quarter cell) and ``SNAP_YAW`` (steps of a quarter of it), nearest first by
-    ``|dxy| + diagonal / 2 * |dyaw|``."""
-    n = int(np.floor(4 * reach))
-    d = np.arange(-n, n + 1) * cell / 4
-    a = np.radians(np.linspace(-SNAP_YAW, SNAP_YAW, 9))
+    (steps of ``step`` cells) and ``SNAP_YAW`` (``yaws`` steps from ``-SNAP_YAW`` to
+    ``SNAP_YAW``), nearest first by ``|dxy| + diagonal / 2 * |dyaw|``."""
+    n = int(np.floor(reach / step + 1e-9))
+    d = np.arange(-n, n + 1) * cell * step
+    a = np.radians(np.linspace(-SNAP_YAW, SNAP_YAW, yaws))
     dx, dy, dyaw = (v.ravel() for v in np.meshgrid(d, d, a, indexing="ij"))
     keep = np.hypot(dx, dy) <= reach * cell + 1e-12
     offsets = np.column_stack([dx, dy, dyaw])[keep]
@@ -194,25 +201,68 @@ def snap_lattice(cell: float, reach: float, diagonal: float) -> np.ndarray:
     return offsets[np.argsort(cost, kind="stable")]
 
 
+def _moved(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """``(K, L, 5)``: each box ``(K, 5)`` moved by each offset ``(L, 3)``."""
+    trial = np.repeat(boxes[:, None], len(offsets), 1)
+    trial[..., 0:2] += offsets[None, :, 0:2]
+    trial[..., 4] += offsets[None, :, 2]
+    return trial
+
+
+def covered_core(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """``(K, 5)``: each box ``(K, 5)`` shrunk on each side by ``max |dxy| + diagonal / 2 *
+    max |dyaw|`` over ``offsets`` ``(L, 3)``, a box that every moved box covers (a side of
+    0 or less: none)."""
+    margin = (
+        np.hypot(offsets[:, 0], offsets[:, 1]).max()
+        + np.hypot(boxes[:, 2], boxes[:, 3]) / 2 * np.abs(offsets[:, 2]).max()
+    )
+    core = np.array(boxes, dtype=np.float64)
+    core[:, 2:4] -= 2 * margin[:, None]
+    return core
+
+
 def snap_free(
-    checker: Checker, boxes: np.ndarray, offsets: np.ndarray, chunk: int = 1
+    checker: Checker,
+    boxes: np.ndarray,
+    offsets: np.ndarray,
+    route_offsets: np.ndarray | None = None,
+    batch: int = 32,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each box ``(K, 5)`` moved by the first offset of ``offsets`` ``(L, 3)`` (nearest first)
-    that makes it collision-free (:meth:`Checker.collision_free`) -> ``(boxes (K, 5), moved
-    (K,))``, ``moved`` the world distance of the chosen offset; boxes with none stay as they
-    are (``moved`` NaN)."""
+    """Each box ``(K, 5)`` moved to the nearest collision-free pose that opens the route ->
+    ``(boxes (K, 5), moved (K,))``, ``moved`` the world distance of the chosen offset; boxes
+    with no collision-free offset stay as they are (``moved`` NaN).
+
+    In order: the first offset of ``offsets`` ``(L, 3)`` (nearest first) that makes the box
+    collision-free (:meth:`Checker.collision_free`), if it also opens the route (or no route
+    exists); else the first of ``route_offsets`` ``(R, 3)`` (a coarser lattice, nearest
+    first) that does both (on the coarse route grid, ``batch`` trials at a time); else that
+    first collision-free one. Every route offset's box covers :func:`covered_core`, so where
+    that core already blocks the route (on the same grid) none opens it: no search."""
     boxes = np.array(boxes, dtype=np.float64).reshape(-1, 5)
     moved = np.full(len(boxes), np.nan)
-    for start in range(0, len(boxes), chunk):
-        part = boxes[start : start + chunk]
-        trial = np.repeat(part[:, None], len(offsets), 1)  # (k, L, 5)
-        trial[..., 0:2] += offsets[None, :, 0:2]
-        trial[..., 4] += offsets[None, :, 2]
-        free = checker.collision_free(trial.reshape(-1, 5)).reshape(len(part), len(offsets))
-        for j in np.flatnonzero(free.any(1)):
-            first = int(np.argmax(free[j]))
-            boxes[start + j] = trial[j, first]
-            moved[start + j] = float(np.hypot(*offsets[first, :2]))
+    searchable = np.zeros(len(boxes), dtype=bool)
+    if route_offsets is not None and len(route_offsets) and checker.route_exists and len(boxes):
+        core = covered_core(boxes, route_offsets)
+        searchable = (core[:, 2:4] <= 0).any(1)
+        solid = np.flatnonzero(~searchable)
+        searchable[solid] = checker.opens(core[solid], fine=False)
+    for i in range(len(boxes)):
+        trial = _moved(boxes[i : i + 1], offsets)[0]
+        free = np.flatnonzero(checker.collision_free(trial))
+        chosen = offsets[free[0]] if len(free) else None
+        if searchable[i] and not (len(free) and checker.opens(trial[free[:1]], fine=False)[0]):
+            trial = _moved(boxes[i : i + 1], route_offsets)[0]
+            free = np.flatnonzero(checker.collision_free(trial))
+            for start in range(0, len(free), batch):
+                part = free[start : start + batch]
+                opening = checker.opens(trial[part], fine=False)
+                if opening.any():
+                    chosen = route_offsets[part[int(np.argmax(opening))]]
+                    break
+        if chosen is not None:
+            boxes[i] = _moved(boxes[i : i + 1], chosen[None])[0, 0]
+            moved[i] = float(np.hypot(*chosen[:2]))
     return boxes, moved
 
 
@@ -237,10 +287,14 @@ def evaluate_samples(
     )
     moved = np.zeros(len(live))
     if snap > 0 and scene.world is not None and len(live):
-        stuck = np.flatnonzero(~checker.collision_free(boxes) & (fit.iou[live] >= min_fit_iou))
+        works = checker.collision_free(boxes)
+        works[works] = checker.opens(boxes[works])
+        stuck = np.flatnonzero(~works & (fit.iou[live] >= min_fit_iou))
         if len(stuck):
-            offsets = snap_lattice(cell, snap, float(np.hypot(w, h)))
-            boxes[stuck], moved[stuck] = snap_free(checker, boxes[stuck], offsets)
+            diagonal = float(np.hypot(w, h))
+            offsets = snap_lattice(cell, snap, diagonal)
+            route_offsets = snap_lattice(cell, snap, diagonal, ROUTE_SNAP_STEP, ROUTE_SNAP_YAWS)
+            boxes[stuck], moved[stuck] = snap_free(checker, boxes[stuck], offsets, route_offsets)
             moved = np.nan_to_num(moved, nan=0.0)
     footprints = checker.footprints(boxes)
     collisions = checker.collisions(boxes, footprints)

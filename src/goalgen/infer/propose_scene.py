@@ -332,15 +332,18 @@ class Checker:
             )
         return out
 
-    def opens(self, boxes: np.ndarray, footprints: np.ndarray) -> np.ndarray:
+    def opens(
+        self, boxes: np.ndarray, footprints: np.ndarray | None = None, fine: bool = True
+    ) -> np.ndarray:
         """``(K,)`` bool: does the robot reach its goal with the box placed there? With world
         geometry, boxes the grid finds blocked are checked again on cells half as big (the
-        check is sound on both; the finer one misses fewer routes that squeeze through)."""
+        check is sound on both; the finer one misses fewer routes that squeeze through;
+        ``fine=False`` skips it). ``footprints`` are needed without world geometry only."""
         if self.scene.world is None:
-            return self.reach.opens(footprints)
+            return self.reach.opens(self.footprints(boxes) if footprints is None else footprints)
         found = self.reach.opens(boxes)
         again = np.flatnonzero(~found)
-        if len(again) and self.reach.base_connected:
+        if fine and len(again) and self.reach.base_connected:
             if self._fine is None:
                 world = self.scene.world
                 self._fine = verify.ReachGrid(
