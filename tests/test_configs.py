@@ -74,6 +74,7 @@ def test_planner_recipes_compose_and_build(config_name, experiment):
     assert cfg.trainer.precision == "bf16-mixed" and cfg.max_steps > 0
     tokens = (cfg.image_size // cfg.model.network.patch_size) ** 2
     assert tokens == (64 if experiment == "planner" else 256)
+    assert cfg.model.network.refine_channels == (32 if experiment == "planner" else 0)
     model = build_model(cfg)
     assert model.family == ("flow" if config_name == FM else "diffusion")
 

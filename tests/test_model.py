@@ -57,6 +57,32 @@ def test_patch_embedding_is_the_convolution_and_right_in_bf16(patch):
     assert ((low - reference).norm() / reference.norm()).item() < 0.02
 
 
+def test_refine_head_starts_at_zero_and_reads_the_input_pixel_by_pixel():
+    """The conv head (``refine_channels``) keeps the zero output at init; once trained it
+    sees each input pixel within its 7x7 receptive field (three 3x3 convolutions), across
+    patch borders, and agrees with itself under CPU bf16 autocast (channels-last convs)."""
+    net = DiT(
+        in_ch=8, out_ch=1, image_size=32, patch_size=8, dim=32, depth=1, heads=2, refine_channels=8
+    )
+    x = torch.randn(2, 8, 32, 32, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0.3, 0.7])
+    assert torch.all(net(x, t) == 0)
+    for conv in net.refine[::2]:
+        torch.nn.init.normal_(conv.weight, std=0.3)
+    poked = x.clone()
+    poked[:, :, 7, 8] += 1.0  # a pixel on a patch border
+    changed = (net(poked, t) - net(x, t)).abs()[:, 0] > 0
+    rows, cols = changed.nonzero()[:, 1:].T
+    assert changed.any() and rows.min() >= 4 and rows.max() <= 10
+    assert cols.min() >= 5 and cols.max() <= 11 and (cols < 8).any()
+    torch.nn.init.normal_(net.final_linear.weight, std=0.1)
+    torch.nn.init.normal_(net.final_ada_ln[-1].weight, std=0.1)
+    reference = net(x, t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = net(x, t).float()
+    assert ((low - reference).norm() / reference.norm()).item() < 0.02
+
+
 def test_dit_patches_are_position_aware():
     net = tiny_net()
     torch.nn.init.normal_(net.final_linear.weight)

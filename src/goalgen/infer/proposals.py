@@ -286,9 +286,10 @@ def evaluate_samples(
         [poses[:, :2], np.full(len(live), w), np.full(len(live), h), poses[:, 2]]
     )
     moved = np.zeros(len(live))
+    footprints = checker.footprints(boxes)
+    opens = checker.opens(boxes, footprints)
     if snap > 0 and scene.world is not None and len(live):
-        works = checker.collision_free(boxes)
-        works[works] = checker.opens(boxes[works])
+        works = opens & checker.collision_free(boxes)
         stuck = np.flatnonzero(~works & (fit.iou[live] >= min_fit_iou))
         if len(stuck):
             diagonal = float(np.hypot(w, h))
@@ -296,9 +297,9 @@ def evaluate_samples(
             route_offsets = snap_lattice(cell, snap, diagonal, ROUTE_SNAP_STEP, ROUTE_SNAP_YAWS)
             boxes[stuck], moved[stuck] = snap_free(checker, boxes[stuck], offsets, route_offsets)
             moved = np.nan_to_num(moved, nan=0.0)
-    footprints = checker.footprints(boxes)
+            footprints[stuck] = checker.footprints(boxes[stuck])
+            opens[stuck] = checker.opens(boxes[stuck], footprints[stuck])
     collisions = checker.collisions(boxes, footprints)
-    opens = checker.opens(boxes, footprints)
     push = checker.push_distance(boxes)
     out = []
     for j, i in enumerate(live):

@@ -104,6 +104,13 @@ class DiT(nn.Module):
         image_size: side ``S`` of the square input.
         patch_size: side of each patch token.
         dim, depth, heads, mlp_ratio: transformer width, blocks, attention heads, MLP ratio.
+        refine_channels: 0 (the plain DiT: each token decodes its own patch linearly), or the
+            width of a full-resolution convolutional head: the tokens decode ``refine_channels``
+            features per pixel, which three 3x3 convolutions read together with the input
+            (context masks at full resolution) to produce the output. With large patches
+            (8 px at 64 px) a linear decoder draws each patch on its own, so an object split
+            over patches fragments and a 1-px wall inside a patch is easy to overlap; the head
+            sees neighbouring patches and the walls pixel by pixel.
     """
 
     def __init__(
@@ -116,6 +123,7 @@ class DiT(nn.Module):
         depth: int = 8,
         heads: int = 8,
         mlp_ratio: float = 4.0,
+        refine_channels: int = 0,
     ):
         super().__init__()
         if image_size % patch_size:
@@ -130,7 +138,18 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(dim, heads, mlp_ratio) for _ in range(depth))
         self.final_norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.final_ada_ln = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
-        self.final_linear = nn.Linear(dim, patch_size * patch_size * out_ch)
+        decoded = refine_channels or out_ch
+        self.final_linear = nn.Linear(dim, patch_size * patch_size * decoded)
+        self.refine = None
+        if refine_channels:
+            width = refine_channels
+            self.refine = nn.Sequential(
+                nn.Conv2d(decoded + in_ch, width, 3, padding=1),
+                nn.GELU(),
+                nn.Conv2d(width, width, 3, padding=1),
+                nn.GELU(),
+                nn.Conv2d(width, out_ch, 3, padding=1),
+            )
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -150,6 +169,9 @@ class DiT(nn.Module):
         for layer in (self.final_ada_ln[-1], self.final_linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        if self.refine is not None:  # the output starts at zero, as without the head
+            nn.init.zeros_(self.refine[-1].weight)
+            nn.init.zeros_(self.refine[-1].bias)
 
     def embed_patches(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, N, dim): ``patch_embed`` (a Conv2d with kernel = stride = p,
@@ -174,5 +196,11 @@ class DiT(nn.Module):
         shift, scale = self.final_ada_ln(c).unsqueeze(1).chunk(2, dim=-1)
         out = self.final_linear(_modulate(self.final_norm(tokens), shift, scale))
         p, g = self.patch, self.grid
-        out = out.view(b, g, g, p, p, self.out_ch).permute(0, 5, 1, 3, 2, 4)
-        return out.reshape(b, self.out_ch, g * p, g * p)
+        channels = out.shape[-1] // (p * p)
+        out = out.view(b, g, g, p, p, channels).permute(0, 5, 1, 3, 2, 4)
+        out = out.reshape(b, channels, g * p, g * p)
+        if self.refine is None:
+            return out
+        # channels-last: 2-3x faster CPU convolutions in bf16 (fwd + bwd), and no slower on CUDA
+        features = torch.cat([out, x.to(out.dtype)], dim=1)
+        return self.refine(features.contiguous(memory_format=torch.channels_last))
