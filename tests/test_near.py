@@ -80,6 +80,25 @@ def test_ground_truth_succeeds_and_leaving_in_place_does_not(scenes):
         assert got["success_near_at_k"] == 0 and got["in_feasible_at_k"] == 0
 
 
+def test_exact_poses_are_judged_instead_of_the_poses_fitted_to_the_masks(scenes):
+    """Proposals carry their world pose: with ``poses`` the route, push and feasibility are
+    judged there, whatever the mask's fitted pose; the mask still decides validity."""
+    for scene in scenes:
+        box = _box(scene)
+        best = scene["feasible_poses"][:1]
+        mask = _draw(scene, best)
+        stay = box[None, [0, 1, 4]]
+        assert near.success_near(scene, mask)[0]
+        assert near.success_near(scene, mask, poses=best)[0]
+        assert not near.success_near(scene, mask, poses=stay)[0]  # blocks the route
+        assert not near.success_near(scene, np.zeros_like(mask), poses=best)[0]  # invalid mask
+        got = near.score_near(scene, np.repeat(mask, 2, 0), poses=np.concatenate([stay, best]))
+        assert got["success_near_at_1"] == 0 and got["success_near_at_k"] == 1
+        assert got["best_feasible_distance_m"] == 0 and got["in_feasible_at_k"] == 1
+        with pytest.raises(ValueError, match="2 poses for 1 samples"):
+            near.success_near(scene, mask, poses=np.concatenate([stay, best]))
+
+
 def test_every_stored_feasible_pose_counts_as_in_feasible(scenes):
     scene = scenes[1]
     masks = _draw(scene, scene["feasible_poses"][:20])

@@ -7,7 +7,9 @@ reference rows scored the same way, so every number has a floor and a ceiling:
 - ``proposals``: the model's own K samples turned into ranked, verified proposals
   (:func:`goalgen.infer.proposals.proposals_of_samples`: the object's footprint fitted to each
   sample, checked, ranked, near-duplicates merged; no second draw), scored as masks (their
-  footprints) by the same metrics; ``@1`` is the top-ranked proposal. Off with
+  footprints) by the same metrics, except that the near metrics judge each proposal at its
+  exact world pose (where a planner puts the box) rather than at a pose fitted to its
+  footprint's pixels; ``@1`` is the top-ranked proposal. Off with
   ``proposals=False`` (``--no-proposals``). The row also holds the verification shares of
   :func:`goalgen.eval.propose.score_proposals`.
 - ``random_valid``: the selected object moved to a random collision-free pose (random
@@ -216,13 +218,14 @@ def _proposal_row(result: Any, masks: SceneMasks, arrays: Mapping[str, np.ndarra
     row = scored.get("proposals") or score_samples(np.zeros((1, size, size), bool), masks)
     row = dict(row) | {k: scored[k] for k in PROPOSAL_KEYS}
     if arrays is not None:
-        feet = np.zeros((1, size, size), bool)
+        feet, poses = np.zeros((1, size, size), bool), np.full((1, 3), np.nan)
         if result.proposals:
             from goalgen.data.pack import resize_masks
 
             stack = np.stack([p.footprint for p in result.proposals]).astype(np.float32)
             feet = resize_masks(stack, size) >= THRESHOLD
-        row |= near.score_near(arrays, feet, masks=masks)
+            poses = np.array([(p.x, p.y, p.theta) for p in result.proposals])
+        row |= near.score_near(arrays, feet, masks=masks, poses=poses)
     return row
 
 

@@ -284,23 +284,40 @@ def _box_polygon(box: np.ndarray):
     return shapely.Polygon(geo.box_corners(*(float(v) for v in box)))
 
 
+def _poses_and_size(
+    scene: Scene, samples: np.ndarray, poses: np.ndarray | None
+) -> tuple[np.ndarray, int | None]:
+    """The samples' poses ``(K, 3)`` and the mask size their pose tolerances use: fitted to
+    the masks at their size, or ``poses`` as given (exact: the file's resolution)."""
+    if poses is None:
+        return sample_poses(scene, samples), samples.shape[-1]
+    poses = np.asarray(poses, dtype=np.float64).reshape(-1, 3)
+    if len(poses) != len(samples):
+        raise ValueError(f"{len(poses)} poses for {len(samples)} samples")
+    return poses, None
+
+
 def success_near(
     scene: Scene,
     samples: np.ndarray,
     slack: float = NEAR_SLACK,
     masks: SceneMasks | None = None,
+    poses: np.ndarray | None = None,
 ) -> np.ndarray:
     """``(K,)`` bool: is each sample ``(K, S, S)`` valid at its resolution
     (:func:`goalgen.eval.metrics.invalid_reason`), does its pose open the route
     (:func:`opens_route`) and is its push at most ``feasible_push[0] + slack * world width``?
-    ``masks``: the scene at ``S`` (:func:`scene_masks`), if already built."""
+    ``masks``: the scene at ``S`` (:func:`scene_masks`), if already built. ``poses``: the
+    samples' exact world poses ``(K, 3)`` where known (proposals: judged where the planner
+    would put the box, not where a pose fitted to their ``S``-px footprint lands), with the
+    push read within half a pixel of the file rather than of the samples."""
     _require(scene)
     samples = np.asarray(samples) != 0
     size = samples.shape[-1]
     masks = masks or scene_masks(scene, size)
     limit = float(np.asarray(scene["feasible_push"])[0]) + slack * world_side(scene)
-    poses = sample_poses(scene, samples)
-    near = push_distance(scene, poses, size) <= limit + 1e-9
+    poses, tolerance_size = _poses_and_size(scene, samples, poses)
+    near = push_distance(scene, poses, tolerance_size) <= limit + 1e-9
     valid = np.array([invalid_reason(s, masks) is None for s in samples], dtype=bool)
     out = valid & near
     out[out] = opens_route(scene, poses[out])
@@ -308,7 +325,11 @@ def success_near(
 
 
 def score_near(
-    scene: Scene, samples: np.ndarray, slack: float = NEAR_SLACK, masks: SceneMasks | None = None
+    scene: Scene,
+    samples: np.ndarray,
+    slack: float = NEAR_SLACK,
+    masks: SceneMasks | None = None,
+    poses: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Per-scene near metrics of samples ``(K, S, S)``: ``success_near_at_1``,
     ``success_near_at_k``, ``success_near_rate`` (share of samples), ``in_feasible_at_k``,
@@ -319,12 +340,12 @@ def score_near(
     ``within_half_width_at_k`` (best distance <= 1 half-width), ``modes_covered``
     (:func:`modes_covered`) and ``modes_covered_share`` (of the scene's modes),
     ``nearest_push_m`` (the ground truth's push) and ``feasible_poses`` / ``modes`` (the
-    scene's counts). ``masks``: the scene at ``S`` (:func:`scene_masks`)."""
+    scene's counts). ``masks``: the scene at ``S`` (:func:`scene_masks`); ``poses``: exact
+    world poses of the samples (:func:`success_near`)."""
     _require(scene)
     samples = np.asarray(samples) != 0
-    size = samples.shape[-1]
-    poses = sample_poses(scene, samples)
-    near = success_near(scene, samples, slack, masks)
+    near = success_near(scene, samples, slack, masks, poses)
+    poses, size = _poses_and_size(scene, samples, poses)
     inside = in_feasible(scene, poses, size)
     best = feasible_distance(scene, poses, size).min()
     covered = modes_covered(scene, poses, size)
