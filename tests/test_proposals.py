@@ -8,12 +8,15 @@ covers the real model end to end.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import shapely
 import torch
+from PIL import Image
 
 from goalgen.data.geometry import NamoFrame, box_corners
 from goalgen.data.pack import resize_masks
@@ -21,6 +24,7 @@ from goalgen.data.planner_scene import GridFrame
 from goalgen.eval import metrics
 from goalgen.eval.propose import main as propose_main
 from goalgen.eval.propose import score_proposals
+from goalgen.infer import verify
 from goalgen.infer.fit import cell_centres, fit_boxes, period_of, wrap
 from goalgen.infer.proposals import (
     ROUTE_SNAP_STEP,
@@ -48,6 +52,15 @@ from test_planner_scene import (
 pytest.importorskip("mujoco")
 
 W, H = 0.3, 0.64  # the selected box of the test room
+
+
+def _load_job(name: str):
+    """A script of ``jobs/`` as a module."""
+    path = Path(__file__).resolve().parents[1] / "jobs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class Oracle:
@@ -301,6 +314,32 @@ def test_every_snapped_box_covers_the_core_that_skips_the_route_search():
     assert checked >= 20
 
 
+def test_the_push_field_turns_the_box_only_where_it_fits_while_turning():
+    """A 0.8 x 0.2 box in a corridor 0.4 wide that opens into a room: it cannot stand turned
+    in the corridor, and reaching a turned pose in the room costs the slide plus the arc a
+    corner travels (analytic, independent of the lattice search)."""
+    cell, n = 0.05, 60  # a 3 m square of 5 cm cells; x = col * cell, y = row * cell
+    y, x = (np.mgrid[0:n, 0:n] + 0.0) * cell
+    occupied = (x < 1.5) & (np.abs(y - 1.5) > 0.2)  # the corridor; the room is x >= 1.5
+    box = np.array([0.75, 1.5, 0.8, 0.2, 0.0])
+    field = verify.PushField(
+        occupied,
+        lambda xy: np.stack([xy[..., 1] / cell, xy[..., 0] / cell], -1),
+        lambda a, b: (b * cell, a * cell),
+        cell,
+        box,
+        np.pi,
+    )
+    arc = np.hypot(0.8, 0.2) / 2 * np.pi / 2  # a quarter turn
+    slide, turned_in_room, turned_in_corridor, back = field.distance(
+        [(2.25, 1.5, 0.0), (2.25, 1.5, np.pi / 2), (0.75, 1.5, np.pi / 2), (0.75, 1.5, np.pi)]
+    )
+    assert slide == pytest.approx(1.5, abs=cell)
+    assert turned_in_room == pytest.approx(1.5 + arc, abs=cell)
+    assert np.isinf(turned_in_corridor)
+    assert back == pytest.approx(0.0, abs=cell)  # a half turn is the same pose
+
+
 def test_verified_proposals_on_a_maze_file_are_confirmed(tmp_path):
     from goalgen.data.synthetic import generate_scene, save_npz
 
@@ -445,3 +484,23 @@ def test_the_shipped_planner_weights_propose_right_after_install(tmp_path, capsy
     report = json.loads(out.read_text())
     assert report["model_image_size"] == 64 and report["samples_drawn"] == 4
     assert report["checkpoint"] == str(path)
+    # the README's picture: one row per scene, the maze's with its nearest feasible pose
+    rooms = tmp_path / "rooms.npz"
+    save_npz(rooms, generate_scene(np.random.SeedSequence(5, spawn_key=(2,)), 224))
+    png = tmp_path / "grid.png"
+    grid = _load_job("proposal_grid")
+    argv = ["planner", str(scene), str(rooms), "--samples", "4", "--steps", "2", "--top", "2"]
+    capsys.readouterr()
+    assert grid.main([*argv, "--device", "cpu", "--out", str(png)]) == 0
+    shown = [
+        int(line.split(" of ")[1].split()[0])
+        for line in capsys.readouterr().out.split("\n")
+        if " verified" in line
+    ]  # proposals per row: maze, rooms
+    picture = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    panel = 224 + 4
+    assert picture.shape[:2] == (2 * panel, panel * max(1 + shown[0] + 1, 1 + shown[1]))
+    yellow = (picture[..., 0] > 200) & (picture[..., 1] > 150) & (picture[..., 2] < 60)
+    truth = slice(panel * (1 + shown[0]), panel * (2 + shown[0]))
+    assert (yellow[:panel, truth] & ~yellow[:panel, :panel]).sum() > 50  # beyond the goal disk
+    assert (picture[panel:, panel * (1 + shown[1]) :] == 255).all()  # rooms: no truth panel

@@ -95,16 +95,24 @@ def score_proposals(result: ProposalSet) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- picture
-def proposal_image(result: ProposalSet, panels: int = 8, pad: int = 2) -> torch.Tensor:
+def proposal_image(
+    result: ProposalSet, panels: int = 8, pad: int = 2, truth: np.ndarray | None = None
+) -> torch.Tensor:
     """``(3, H, W)`` in [0, 1]: the scene, then one panel per ranked proposal (up to
-    ``panels``): its footprint green if verified, red if not, over the scene."""
+    ``panels``): its footprint green if verified, red if not, over the scene; then, if given,
+    a ``truth`` footprint ``(N, N)`` (e.g. the nearest feasible pose) in yellow."""
     context = torch.from_numpy(result.scene.masks) * 2 - 1
     base = scene_rgb(context)
     cells = [base]
-    for p in result.proposals[:panels]:
-        color = torch.tensor((0.1, 0.75, 0.2) if p.verified else (0.9, 0.1, 0.1)).view(3, 1, 1)
-        alpha = torch.from_numpy(p.footprint.astype(np.float32))[None] * 0.85
-        cells.append((0.55 + 0.45 * base) * (1 - alpha) + color * alpha)
+    overlays = [
+        ((0.1, 0.75, 0.2) if p.verified else (0.9, 0.1, 0.1), p.footprint)
+        for p in result.proposals[:panels]
+    ]
+    if truth is not None:
+        overlays.append(((0.95, 0.8, 0.0), truth))
+    for color, footprint in overlays:
+        alpha = torch.from_numpy(footprint.astype(np.float32))[None] * 0.85
+        cells.append((0.55 + 0.45 * base) * (1 - alpha) + torch.tensor(color).view(3, 1, 1) * alpha)
     flipped = [c.flip(1) if _rows_up(result) else c for c in cells]  # y up in the picture
     return torch.cat([torch.nn.functional.pad(c, (pad,) * 4, value=1.0) for c in flipped], dim=2)
 

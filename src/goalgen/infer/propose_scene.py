@@ -230,7 +230,10 @@ class Checker:
                     -1,
                 )
 
-            occupied = grid.clear < grid.cell * np.sqrt(0.5)
+            # a cell is an obstacle's when its centre lies within half a cell of one (its
+            # inscribed disk touches it): between the mask pixels' centre-inside rule of the
+            # ground truth's search and the whole cell touching (too tight for maze corridors)
+            occupied = grid.clear < grid.cell / 2
             self.push = verify.PushField(
                 occupied,
                 to_cell,
@@ -358,5 +361,6 @@ class Checker:
         return found
 
     def push_distance(self, boxes: np.ndarray) -> np.ndarray:
-        """``(K,)`` push distances (world units; inf where the box cannot be pushed)."""
-        return self.push.distance(np.asarray(boxes)[:, :2])
+        """``(K,)`` push distances (world units; inf where the box cannot be pushed) to boxes
+        ``(K, 5)``."""
+        return self.push.distance(np.asarray(boxes)[:, [0, 1, 4]])

@@ -16,10 +16,13 @@ World geometry (exact boxes known):
   obstacle (the segment to it is clear too). The check is therefore sound (it never reports a
   route that does not exist) and may miss a route that squeezes through with less than
   ``cell / 2`` to spare.
-- Push distance (:class:`PushField`): Dijkstra from the box's centre over 8-connected cells
-  where the box fits at one of ``yaw_steps`` yaws (occupancy from the cell centres; fits from
-  one FFT correlation per yaw): the centre's travel through space the box fits, turning free
-  (a lower bound of the real push).
+- Push distance (:class:`PushField`): Dijkstra from the box where it stands over the (yaw,
+  cell) lattice where the box fits (``yaw_steps`` yaws over its symmetry period; occupancy
+  from the cell centres, fits from one FFT correlation per footprint), as the ground truth's
+  search does (:func:`goalgen.data.synthetic.feasible.push_distances`): 8-connected slides
+  within a yaw, and turns by one yaw step in place where the swept footprint is clear too, at
+  the arc a corner travels. The box turns only where it fits while turning: a long box in a
+  corridor does not turn for free.
 
 Masks only: the same push field on the mask pixels, and :class:`MaskReach`, the evaluation's
 rule (:func:`goalgen.data.geometry.path_open_after_move`): obstacles inflated by the robot's
@@ -31,12 +34,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from scipy import fft, ndimage, sparse
-from scipy.sparse import csgraph
+from scipy import fft, ndimage
 
 from goalgen.data import geometry as geo
+from goalgen.data.synthetic.feasible import TURN_SAMPLES, push_distances
 
 YAW_STEPS = 12  # yaws over the box's symmetry period in the push field
+_TURN_FRACTIONS = np.linspace(0.0, 1.0, TURN_SAMPLES)  # footprints swept by one yaw step
 _PLANE4 = np.zeros((3, 3, 3), dtype=bool)
 _PLANE4[1] = ndimage.generate_binary_structure(2, 1)
 _PLANE8 = np.zeros((3, 3, 3), dtype=bool)
@@ -242,11 +246,12 @@ class MaskReach:
 
 # ----------------------------------------------------------------------------- push distance
 class PushField:
-    """Geodesic push distances of the selected box (see the module docstring).
+    """Push distances of the selected box over (yaw, position) (see the module docstring).
 
     ``occupied`` ``(H, W)``: cells whose centre is in an obstacle (walls, other boxes);
     ``to_cell(xy)`` maps world points ``(..., 2)`` to continuous ``(row, col)``;
-    ``offset(rows, cols)`` gives the world displacement of a cell offset; ``cell`` in m.
+    ``offset(rows, cols)`` gives the world displacement of a cell offset; ``cell`` in m;
+    ``box`` ``(5,)`` where the box stands; ``period``: its symmetry period (rad).
     """
 
     def __init__(
@@ -260,61 +265,52 @@ class PushField:
         yaw_steps: int = YAW_STEPS,
     ) -> None:
         self.to_cell, self.shape = to_cell, occupied.shape
+        self.yaw0, self.yaw_step, self.yaw_steps = float(box[4]), period / yaw_steps, yaw_steps
         w, h = float(box[2]), float(box[3])
         reach = int(np.ceil(np.hypot(w, h) / 2 / cell)) + 1
-        a, b = np.mgrid[-reach : reach + 1, -reach : reach + 1]
-        dx, dy = offset(a, b)
+        dx, dy = offset(*np.mgrid[-reach : reach + 1, -reach : reach + 1])
         padded = np.pad(occupied.astype(np.float32), reach, constant_values=1.0)
         spectrum = fft.rfft2(padded)
-        fits = np.zeros(self.shape, dtype=bool)
-        for k in range(yaw_steps):
-            yaw = box[4] + k * period / yaw_steps
-            c, s = np.cos(yaw), np.sin(yaw)
-            kernel = (np.abs(dx * c + dy * s) <= w / 2) & (np.abs(dy * c - dx * s) <= h / 2)
+
+        def clear(kernel: np.ndarray) -> np.ndarray:
+            """``(H, W)`` bool: ``kernel`` centred on each cell touches no occupied cell."""
             spec = fft.rfft2(kernel[::-1, ::-1].astype(np.float32), padded.shape)
             hits = fft.irfft2(spectrum * spec, padded.shape)
-            # full correlation: entry [i + 2 reach, j + 2 reach] is the kernel centred on cell (i, j)
-            fits |= hits[2 * reach :, 2 * reach :][: self.shape[0], : self.shape[1]] < 0.5
+            # full correlation: entry [i + 2 reach, j + 2 reach] is the kernel centred on (i, j)
+            return hits[2 * reach :, 2 * reach :][: self.shape[0], : self.shape[1]] < 0.5
+
+        def kernel(yaw: float) -> np.ndarray:
+            c, s = np.cos(yaw), np.sin(yaw)
+            return (np.abs(dx * c + dy * s) <= w / 2) & (np.abs(dy * c - dx * s) <= h / 2)
+
+        yaws = self.yaw0 + np.arange(yaw_steps) * self.yaw_step
+        fits = np.array([clear(kernel(yaw)) for yaw in yaws])
+        turns = np.array(
+            [
+                clear(np.any([kernel(yaw + f * self.yaw_step) for f in _TURN_FRACTIONS], 0))
+                for yaw in yaws
+            ]
+        )
         start = np.clip(
             np.rint(to_cell(np.asarray(box[:2]))).astype(int), 0, np.array(self.shape) - 1
         )
-        fits[tuple(start)] = True
-        self.dist = _geodesic(fits, tuple(start), cell)
+        fits[(0, *start)] = True
+        turn_cost = np.hypot(w, h) / 2 * self.yaw_step  # the arc a corner travels
+        self.dist = push_distances(fits, turns, cell, turn_cost, source=(0, *start))
 
-    def distance(self, xy: np.ndarray) -> np.ndarray:
-        """``(K,)`` push distance (m; inf: not reachable) to centres ``xy`` ``(K, 2)``."""
-        rc = np.rint(self.to_cell(np.asarray(xy, dtype=np.float64))).astype(int)
-        out = np.full(len(rc), np.inf)
-        for dr in (-1, 0, 1):  # the nearest reachable cell next to the centre's
-            for dc in (-1, 0, 1):
-                r, c = rc[:, 0] + dr, rc[:, 1] + dc
-                ok = (r >= 0) & (r < self.shape[0]) & (c >= 0) & (c < self.shape[1])
-                vals = np.full(len(rc), np.inf)
-                vals[ok] = self.dist[r[ok], c[ok]]
-                out = np.minimum(out, vals)
+    def distance(self, poses: np.ndarray) -> np.ndarray:
+        """``(K,)`` push distance (m; inf: not reachable) to poses ``(K, 3)`` ``(x, y, yaw)``:
+        the least over the cells next to the centre's and the two yaw steps around its yaw."""
+        poses = np.asarray(poses, dtype=np.float64).reshape(-1, 3)
+        rc = np.rint(self.to_cell(poses[:, :2])).astype(int)
+        turns = np.mod((poses[:, 2] - self.yaw0) / self.yaw_step, self.yaw_steps)
+        out = np.full(len(poses), np.inf)
+        for k in (np.floor(turns).astype(int), np.ceil(turns).astype(int) % self.yaw_steps):
+            for dr in (-1, 0, 1):
+                for dc in (-1, 0, 1):
+                    r, c = rc[:, 0] + dr, rc[:, 1] + dc
+                    ok = (r >= 0) & (r < self.shape[0]) & (c >= 0) & (c < self.shape[1])
+                    vals = np.full(len(poses), np.inf)
+                    vals[ok] = self.dist[k[ok], r[ok], c[ok]]
+                    out = np.minimum(out, vals)
         return out
-
-
-def _geodesic(free: np.ndarray, start: tuple[int, int], cell: float) -> np.ndarray:
-    """Dijkstra distances ``(H, W)`` (m) from ``start`` over 8-connected ``free`` cells."""
-    labels, _ = ndimage.label(free, structure=np.ones((3, 3), dtype=bool))
-    free = labels == labels[start]
-    index = np.full(free.shape, -1, dtype=np.int64)
-    index[free] = np.arange(int(free.sum()))
-    h, w = free.shape
-    heads, tails, costs = [], [], []
-    for dr, dc, cost in ((0, 1, 1.0), (1, 0, 1.0), (1, 1, np.sqrt(2)), (1, -1, np.sqrt(2))):
-        a = (slice(0, h - dr), slice(max(0, -dc), w - max(0, dc)))
-        b = (slice(dr, h), slice(max(0, dc), w - max(0, -dc)))
-        ok = free[a] & free[b]
-        heads.append(index[a][ok])
-        tails.append(index[b][ok])
-        costs.append(np.full(int(ok.sum()), cost * cell))
-    n = int(free.sum())
-    graph = sparse.csr_matrix(
-        (np.concatenate(costs), (np.concatenate(heads), np.concatenate(tails))), shape=(n, n)
-    )
-    dist = csgraph.dijkstra(graph, directed=False, indices=int(index[start]))
-    out = np.full(free.shape, np.inf)
-    out[free] = dist
-    return out

@@ -134,21 +134,29 @@ def _footprints(frame: Frame, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return feet, swept
 
 
-def _push_distances(
-    free: np.ndarray, turn_free: np.ndarray, mpp: float, turn_cost: float, limit: float
+def push_distances(
+    free: np.ndarray,
+    turn_free: np.ndarray,
+    step: float,
+    turn_cost: float,
+    limit: float = np.inf,
+    source: tuple[int, int, int] | None = None,
 ) -> np.ndarray:
-    """Dijkstra from the unshifted pose over the lattice ``free`` ``(R, n, n)`` -> distances
-    ``(R, n, n)`` in metres (inf beyond ``limit`` or unreachable)."""
-    shape, n = free.shape, free.shape[1]
+    """Dijkstra over the pose lattice ``free`` ``(R, H, W)`` (yaw steps, rows, cols) from
+    ``source`` (default the unshifted pose: yaw 0 at the centre) -> distances ``(R, H, W)``
+    in metres (inf beyond ``limit`` or unreachable). Moves: 8 neighbours within a yaw
+    (``step`` m per row/col), or yaw ``k -> k + 1`` (cyclic) at ``turn_cost`` where both
+    poses and ``turn_free[k]`` (the turn's swept area) are free."""
+    shape, (_, h, w) = free.shape, free.shape
     index = np.arange(free.size).reshape(shape)
     heads, tails, costs = [], [], []
     for dr, dc, cost in ((0, 1, 1.0), (1, 0, 1.0), (1, 1, np.sqrt(2)), (1, -1, np.sqrt(2))):
-        a = (slice(None), slice(0, n - dr), slice(max(0, -dc), n - max(0, dc)))
-        b = (slice(None), slice(dr, n), slice(max(0, dc), n - max(0, -dc)))
+        a = (slice(None), slice(0, h - dr), slice(max(0, -dc), w - max(0, dc)))
+        b = (slice(None), slice(dr, h), slice(max(0, dc), w - max(0, -dc)))
         ok = free[a] & free[b]
         heads.append(index[a][ok])
         tails.append(index[b][ok])
-        costs.append(np.full(ok.sum(), cost * mpp))
+        costs.append(np.full(ok.sum(), cost * step))
     turn = free & np.roll(free, -1, axis=0) & turn_free  # step k -> k + 1 (cyclic)
     heads.append(index[turn])
     tails.append(np.roll(index, -1, axis=0)[turn])
@@ -157,8 +165,8 @@ def _push_distances(
         (np.concatenate(costs), (np.concatenate(heads), np.concatenate(tails))),
         shape=(free.size, free.size),
     )
-    source = index[0, n // 2, n // 2]
-    dist = csgraph.dijkstra(graph, directed=False, indices=source, limit=limit)
+    source = (0, h // 2, w // 2) if source is None else source
+    dist = csgraph.dijkstra(graph, directed=False, indices=int(index[source]), limit=limit)
     return dist.reshape(shape)
 
 
@@ -289,7 +297,7 @@ def solve(problem: Problem, search: Search) -> Result | None:
     if not free[0, reach, reach]:
         return None  # the box stands in an obstacle: no search
     turn_cost = np.hypot(box[2], box[3]) / 2 * np.pi / ROT_STEPS
-    dist = _push_distances(free, ~hits[ROT_STEPS:], mpp, turn_cost, search.field_reach)
+    dist = push_distances(free, ~hits[ROT_STEPS:], mpp, turn_cost, search.field_reach)
     step = max(1, int(round(search.candidate_step / mpp)))
     lattice = (dr % step == 0) & (dc % step == 0)
     ok = (dist <= search.max_push) & ~placed & lattice
