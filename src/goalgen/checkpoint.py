@@ -149,8 +149,9 @@ def export_weights(
 ) -> Path:
     """Write the inference part of checkpoint ``state`` to ``path`` (atomically): its EMA
     weights (else the raw model's) cast to ``dtype`` when floating, and what tools read.
-    ``method``/``steps``: the sampler the file's users get by default (flow: an ODE method;
-    diffusion: ``ddim``/``ddpm``), instead of the training run's validation sampler."""
+    ``method``/``steps``: the sampler the file's users get by default (flow: an ODE method
+    or ``ancestral``; diffusion: ``ddim``/``ddpm``), instead of the training run's validation
+    sampler."""
     config = copy.deepcopy(state["config"])
     if method is not None:
         sampler = config["model"]["sampler"]

@@ -522,7 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=16, help="samples per scene K (16)")
     parser.add_argument("--max-scenes", type=int, help="evaluate the first N scenes")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the run's)")
-    parser.add_argument("--method", help="ODE method (flow) or ddim/ddpm (diffusion)")
+    parser.add_argument(
+        "--method", help="flow: an ODE method or ancestral; diffusion: ddim or ddpm"
+    )
     parser.add_argument("--checkpoint", default="best", help="best (default), last or a path")
     parser.add_argument("--seed", type=int, default=0, help="noise and baseline seed (0)")
     parser.add_argument(

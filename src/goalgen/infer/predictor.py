@@ -211,7 +211,7 @@ class GoalPredictor:
             )
         old = self.model.sampler
         if self.family == "flow":
-            new = FBODESampler(method=method, atol=old.atol, rtol=old.rtol)
+            new = FBODESampler(method=method, atol=old.atol, rtol=old.rtol, eta=old.eta)
         else:
             new = HFDiffusionSampler(sampler_type=method, eta=old.eta if method == "ddim" else 0.0)
         new.attach(self.model.path)
@@ -289,7 +289,8 @@ class GoalPredictor:
             steps: sampling steps (default: the run's ``sampling_steps``; ignored by adaptive
                 ODE methods).
             method: ODE method (flow: ``euler``, ``midpoint``, ``rk4``, ``dopri5``, ...) or
-                sampler type (diffusion: ``ddim``, ``ddpm``) for this call.
+                ``ancestral`` (flow, stochastic), or sampler type (diffusion: ``ddim``,
+                ``ddpm``) for this call.
             seed: noise seed (one generator, consumed group after group).
             batch_size: scenes per batched call (default ``max(1, 512 // K)``).
             geometry: ``world_bounds``/``robot_radius`` for array scenes (one mapping for all

@@ -25,12 +25,15 @@ ModelFn = Callable[[Tensor, Tensor], Tensor]
 Record = Callable[[Tensor], None]
 FIXED_STEP_METHODS = ("euler", "midpoint", "rk4", "heun3")
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun")
+STOCHASTIC_METHODS = ("ancestral",)  # DDIM-eta steps on the predicted x1 (FBODESampler)
 DIFFUSION_SAMPLERS = ("ddim", "ddpm")
 
 
 def sampler_methods(family: str) -> tuple[str, ...]:
-    """The sampler methods a model of ``family`` takes: ODE methods (flow) or DDIM/DDPM."""
-    return FIXED_STEP_METHODS + ADAPTIVE_METHODS if family == "flow" else DIFFUSION_SAMPLERS
+    """The sampler methods a model of ``family`` takes: ODE methods and ``ancestral`` (flow) or
+    DDIM/DDPM."""
+    flow = FIXED_STEP_METHODS + ADAPTIVE_METHODS + STOCHASTIC_METHODS
+    return flow if family == "flow" else DIFFUSION_SAMPLERS
 
 
 ADAPTIVE_LAST_STEP = 0.05  # adaptive methods integrate to 1 - this; the final step ends
@@ -56,22 +59,28 @@ def _batch_t(t: Tensor, x: Tensor) -> Tensor:
 
 
 class FBODESampler:
-    """ODE sampling with ``flow_matching.solver.ODESolver`` (torchdiffeq underneath).
+    """ODE sampling with ``flow_matching.solver.ODESolver`` (torchdiffeq underneath), or
+    ancestral sampling on the path's predicted x1.
 
     Args:
-        method: fixed-step ``euler|midpoint|rk4|heun3`` (``steps`` uniform steps) or adaptive
-            ``dopri5|dopri8|bosh3|adaptive_heun`` (``steps`` ignored; ``atol``/``rtol`` rule).
+        method: fixed-step ``euler|midpoint|rk4|heun3`` (``steps`` uniform steps), adaptive
+            ``dopri5|dopri8|bosh3|adaptive_heun`` (``steps`` ignored; ``atol``/``rtol`` rule),
+            or ``ancestral`` (``steps`` uniform steps, :meth:`_ancestral`).
+        eta: ``ancestral`` only: the share of each step's noise drawn afresh (0: the
+            deterministic DDIM step, = euler for condOT; 1: the posterior's full noise).
     """
 
     family = "flow"
 
-    def __init__(self, method: str = "midpoint", atol: float = 1e-5, rtol: float = 1e-5):
-        if method not in FIXED_STEP_METHODS + ADAPTIVE_METHODS:
-            raise ValueError(
-                f"model.sampler.method={method!r}; choose one of "
-                f"{', '.join(FIXED_STEP_METHODS + ADAPTIVE_METHODS)}"
-            )
-        self.method, self.atol, self.rtol = method, atol, rtol
+    def __init__(
+        self, method: str = "midpoint", atol: float = 1e-5, rtol: float = 1e-5, eta: float = 1.0
+    ):
+        methods = FIXED_STEP_METHODS + ADAPTIVE_METHODS + STOCHASTIC_METHODS
+        if method not in methods:
+            raise ValueError(f"model.sampler.method={method!r}; choose one of {', '.join(methods)}")
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"model.sampler.eta={eta} must lie in [0, 1]")
+        self.method, self.atol, self.rtol, self.eta = method, atol, rtol, float(eta)
         self.path: FBFlowMatchingPath | None = None
 
     @property
@@ -84,6 +93,12 @@ class FBODESampler:
             raise ValueError(
                 f"model.sampler is an ODE sampler but model.path is a {path.family} path; "
                 "use model=generative_hf_diffusion's sampler with a diffusion path"
+            )
+        if self.method in STOCHASTIC_METHODS and getattr(path, "prediction", "x1") != "x1":
+            raise ValueError(
+                f"model.sampler.method={self.method} steps on the predicted x1, which a "
+                f"{path.prediction} prediction gives only where the path is regular; use "
+                "model.path.prediction=x1 or an ODE method"
             )
         self.path = path
 
@@ -106,6 +121,8 @@ class FBODESampler:
         noise ``~ sigma_{1-h}``). Without a path ``model_fn`` is a velocity field, integrated
         up to t = 1. Every network call has t in [0, 1].
         """
+        if self.method in STOCHASTIC_METHODS:
+            return self._record(self._ancestral(model_fn, x_init, steps, generator), record)
         end = 1.0 if self.path is None else 1.0 - ADAPTIVE_LAST_STEP
         if not self.adaptive:
             grid = torch.linspace(0.0, 1.0, steps + 1)
@@ -133,6 +150,37 @@ class FBODESampler:
         for x in states if record is not None else ():
             record(x)
         return states[-1]
+
+    def _ancestral(
+        self, model_fn: ModelFn, x: Tensor, steps: int, generator: torch.Generator | None
+    ) -> Tensor:
+        """States ``(steps + 1, B, ...)`` of ancestral sampling over ``steps`` uniform steps.
+
+        Each step from ``t_a`` to ``t_b`` predicts ``x1_hat`` and the noise ``eps_hat = (x -
+        alpha_a x1_hat) / sigma_a``, then draws ``x' = alpha_b x1_hat + sqrt(sigma_b^2 -
+        s^2) eps_hat + s z``, ``z ~ N(0, I)``, ``s = eta sigma_b sqrt(1 - (alpha_a sigma_b /
+        (alpha_b sigma_a))^2)``: at ``eta = 1`` the posterior ``q(x_b | x_a, x1_hat)`` of
+        the path's Gaussian marginals (DDPM's step for any scheduler), at ``eta = 0`` DDIM's.
+        An exact x1 predictor therefore keeps every state on the path's marginal at its
+        time. The last step returns ``x1_hat`` (t = 1 is never evaluated)."""
+        if self.path is None:
+            raise ValueError("ancestral sampling needs a path (its x1 and alpha/sigma)")
+        path, states = self.path, [x]
+        grid = torch.linspace(0.0, 1.0, steps + 1, device=x.device)
+        for t_a, t_b in zip(grid[:-1], grid[1:], strict=True):
+            t = t_a.expand(x.shape[0])
+            x1 = path.to_x1(model_fn(x, t), x, t)
+            if t_b >= 1:
+                states.append(x1)
+                break
+            (alpha_a, sigma_a), (alpha_b, sigma_b) = path.alpha_sigma(t_a), path.alpha_sigma(t_b)
+            eps = (x - alpha_a * x1) / sigma_a
+            kept = (alpha_a * sigma_b / (alpha_b * sigma_a)).clamp(max=1.0)
+            s = self.eta * sigma_b * torch.sqrt(1 - kept**2)
+            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = alpha_b * x1 + torch.sqrt((sigma_b**2 - s**2).clamp(min=0.0)) * eps + s * z
+            states.append(x)
+        return torch.stack(states)
 
     def _last_step(self, model_fn: ModelFn, x: Tensor, t_a: Tensor) -> Tensor:
         """From ``x`` at ``t_a = 1 - h`` to t = 1 with DDIM steps on the predicted x1.
