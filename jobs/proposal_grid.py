@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-scenes", type=int, default=6, help="rows (6)")
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--top", type=int, default=4)
+    parser.add_argument("--max-samples", type=int, help="sample budget (4 x samples)")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--method")
     parser.add_argument("--seed", type=int, default=0)
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             steps=args.steps,
             method=args.method,
             seed=args.seed,
+            max_samples=args.max_samples,
         )
         truth = nearest_feasible_footprint(path, result)
         rows.append(proposal_image(result, panels=args.top, truth=truth))

@@ -3,7 +3,9 @@ synthetic NAMO datasets generated once per session."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from omegaconf import DictConfig
@@ -35,6 +37,15 @@ TINY = [
 def compose_config(config_name: str, overrides: list[str] | None = None) -> DictConfig:
     """The real primary config with ``overrides`` (run_name must be given: no Hydra run)."""
     return compose(config_name, overrides or [])
+
+
+def load_job(name: str) -> ModuleType:
+    """The script ``jobs/<name>.py`` as a module (jobs/ is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "jobs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

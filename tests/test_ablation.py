@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -10,19 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import load_job
 from goalgen.data.synthetic import generate_scene, save_npz
 from goalgen.infer import prepare_scene
 from run_helpers import train_tiny_run
 
-SCRIPT = Path(__file__).resolve().parents[1] / "jobs" / "ablate_context.py"
-
 
 @pytest.fixture(scope="module")
 def ablation():
-    spec = importlib.util.spec_from_file_location("ablate_context", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_job("ablate_context")
 
 
 @pytest.fixture(scope="module")

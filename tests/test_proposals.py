@@ -8,9 +8,7 @@ covers the real model end to end.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +16,7 @@ import shapely
 import torch
 from PIL import Image
 
+from conftest import load_job
 from goalgen.data.geometry import NamoFrame, box_corners
 from goalgen.data.pack import resize_masks
 from goalgen.data.planner_scene import GridFrame
@@ -52,15 +51,6 @@ from test_planner_scene import (
 pytest.importorskip("mujoco")
 
 W, H = 0.3, 0.64  # the selected box of the test room
-
-
-def _load_job(name: str):
-    """A script of ``jobs/`` as a module."""
-    path = Path(__file__).resolve().parents[1] / "jobs" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class Oracle:
@@ -488,7 +478,7 @@ def test_the_shipped_planner_weights_propose_right_after_install(tmp_path, capsy
     rooms = tmp_path / "rooms.npz"
     save_npz(rooms, generate_scene(np.random.SeedSequence(5, spawn_key=(2,)), 224))
     png = tmp_path / "grid.png"
-    grid = _load_job("proposal_grid")
+    grid = load_job("proposal_grid")
     argv = ["planner", str(scene), str(rooms), "--samples", "4", "--steps", "2", "--top", "2"]
     capsys.readouterr()
     assert grid.main([*argv, "--device", "cpu", "--out", str(png)]) == 0

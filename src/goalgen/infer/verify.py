@@ -17,8 +17,8 @@ World geometry (exact boxes known):
   route that does not exist) and may miss a route that squeezes through with less than
   ``cell / 2`` to spare.
 - Push distance (:class:`PushField`): Dijkstra from the box where it stands over the (yaw,
-  cell) lattice where the box fits (``yaw_steps`` yaws over its symmetry period; occupancy
-  from the cell centres, fits from one FFT correlation per footprint), as the ground truth's
+  cell) lattice where the box fits (``yaw_steps`` yaws over its symmetry period; fits of the
+  cells inside each footprint from one FFT correlation per footprint), as the ground truth's
   search does (:func:`goalgen.data.synthetic.feasible.push_distances`): 8-connected slides
   within a yaw, and turns by one yaw step in place where the swept footprint is clear too, at
   the arc a corner travels. The box turns only where it fits while turning: a long box in a
@@ -248,7 +248,7 @@ class MaskReach:
 class PushField:
     """Push distances of the selected box over (yaw, position) (see the module docstring).
 
-    ``occupied`` ``(H, W)``: cells whose centre is in an obstacle (walls, other boxes);
+    ``occupied`` ``(H, W)``: cells taken by obstacles (walls, other boxes);
     ``to_cell(xy)`` maps world points ``(..., 2)`` to continuous ``(row, col)``;
     ``offset(rows, cols)`` gives the world displacement of a cell offset; ``cell`` in m;
     ``box`` ``(5,)`` where the box stands; ``period``: its symmetry period (rad).

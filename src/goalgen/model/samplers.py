@@ -75,7 +75,7 @@ class FBODESampler:
     def __init__(
         self, method: str = "midpoint", atol: float = 1e-5, rtol: float = 1e-5, eta: float = 1.0
     ):
-        methods = FIXED_STEP_METHODS + ADAPTIVE_METHODS + STOCHASTIC_METHODS
+        methods = sampler_methods(self.family)
         if method not in methods:
             raise ValueError(f"model.sampler.method={method!r}; choose one of {', '.join(methods)}")
         if not 0.0 <= eta <= 1.0:
