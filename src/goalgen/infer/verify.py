@@ -31,6 +31,7 @@ radius in pixels, 8-connected, between the centroid pixels of the robot and goal
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -304,13 +305,12 @@ class PushField:
         poses = np.asarray(poses, dtype=np.float64).reshape(-1, 3)
         rc = np.rint(self.to_cell(poses[:, :2])).astype(int)
         turns = np.mod((poses[:, 2] - self.yaw0) / self.yaw_step, self.yaw_steps)
+        yaws = (np.floor(turns).astype(int), np.ceil(turns).astype(int) % self.yaw_steps)
         out = np.full(len(poses), np.inf)
-        for k in (np.floor(turns).astype(int), np.ceil(turns).astype(int) % self.yaw_steps):
-            for dr in (-1, 0, 1):
-                for dc in (-1, 0, 1):
-                    r, c = rc[:, 0] + dr, rc[:, 1] + dc
-                    ok = (r >= 0) & (r < self.shape[0]) & (c >= 0) & (c < self.shape[1])
-                    vals = np.full(len(poses), np.inf)
-                    vals[ok] = self.dist[k[ok], r[ok], c[ok]]
-                    out = np.minimum(out, vals)
+        for k, dr, dc in itertools.product(yaws, (-1, 0, 1), (-1, 0, 1)):
+            r, c = rc[:, 0] + dr, rc[:, 1] + dc
+            ok = (r >= 0) & (r < self.shape[0]) & (c >= 0) & (c < self.shape[1])
+            vals = np.full(len(poses), np.inf)
+            vals[ok] = self.dist[k[ok], r[ok], c[ok]]
+            out = np.minimum(out, vals)
         return out

@@ -147,7 +147,8 @@ def push_distances(
     in metres (inf beyond ``limit`` or unreachable). Moves: 8 neighbours within a yaw
     (``step`` m per row/col), or yaw ``k -> k + 1`` (cyclic) at ``turn_cost`` where both
     poses and ``turn_free[k]`` (the turn's swept area) are free."""
-    shape, (_, h, w) = free.shape, free.shape
+    shape = free.shape
+    _, h, w = shape
     index = np.arange(free.size).reshape(shape)
     heads, tails, costs = [], [], []
     for dr, dc, cost in ((0, 1, 1.0), (1, 0, 1.0), (1, 1, np.sqrt(2)), (1, -1, np.sqrt(2))):
