@@ -12,6 +12,7 @@ from goalgen.data.dataset import split_indices
 from goalgen.data.scenes import find_scene_files
 from goalgen.eval.evaluate import (
     METHODS,
+    OPTIONAL_METHODS,
     choose_files,
     evaluate_run,
     format_table,
@@ -48,7 +49,7 @@ def report(run_dir, synth_dir) -> dict:
 
 
 def test_report_has_model_baselines_and_cost(report, synth_dir):
-    assert set(report["methods"]) == set(METHODS) | {"proposals", "random_local"}
+    assert set(report["methods"]) == set(METHODS) | set(OPTIONAL_METHODS)
     for method in METHODS:
         assert set(METRICS) <= set(report["methods"][method]), method
         assert report["methods"][method]["scenes"] == 4

@@ -62,6 +62,7 @@ def test_families_and_rows(report):
         "proposals",
         "random_valid",
         "random_local",
+        "random_local_proposals",
         "leave_in_place",
         "ground_truth",
     ):
@@ -73,6 +74,7 @@ def test_families_and_rows(report):
     assert "random_local" in rooms and "success_near_at_1" not in rooms["model"]
     old = fams["no_geometry"]["methods"]
     assert "random_local" not in old and "success_near_at_1" not in old["model"]
+    assert "random_local_proposals" in rooms and "random_local_proposals" not in old
     assert old["proposals"]["scenes"] == 1  # masks-only checks
     assert report["scenes_with_feasible_set"] == 2
     assert report["methods"]["random_local"]["scenes"] == 4
@@ -108,11 +110,26 @@ def test_no_proposals_and_old_reports(run_dir, mixed_dir, tmp_path, capsys):
     assert main([*args, "--device", "cpu", "--out", str(out), "--no-proposals"]) == 0
     saved = json.loads(out.read_text())
     assert "proposals" not in saved["methods"] and saved["settings"]["proposals"] is False
+    assert "random_local_proposals" not in saved["methods"]
     assert "proposals" not in capsys.readouterr().out.split("[all scenes]")[1].splitlines()[1]
     v1 = {k: v for k, v in saved.items() if k != "families"} | {"goalgen_eval": 1}
     (tmp_path / "v1.json").write_text(json.dumps(v1))
     assert main(["--compare", str(tmp_path / "v1.json"), str(out)]) == 0
     assert "[family maze]" in capsys.readouterr().out
+
+
+def test_a_tighter_near_slack_credits_fewer_samples(run_dir, mixed_dir, report):
+    """The same samples (same seed) judged with slack 0: no row gains a near-optimal sample,
+    random ones lose some, and the ground truth (the nearest feasible pose) keeps its score."""
+    tight = evaluate_run(run_dir, mixed_dir, num_samples=3, seed=0, device="cpu", near_slack=0)
+    assert tight["settings"]["near_slack"] == 0 and report["settings"]["near_slack"] == 0.05
+    maze, strict = report["families"]["maze"]["methods"], tight["families"]["maze"]["methods"]
+    for method in maze:
+        for key in ("success_near_at_1", "success_near_at_k", "success_near_rate"):
+            assert strict[method][key] <= maze[method][key], (method, key)
+        assert strict[method]["validity"] == maze[method]["validity"]
+    assert maze["random_local"]["success_near_rate"] > strict["random_local"]["success_near_rate"]
+    assert strict["ground_truth"]["success_near_at_1"] == 1
 
 
 def test_proposals_of_samples_match_a_single_draw(mixed_dir):

@@ -81,8 +81,9 @@ def test_ground_truth_succeeds_and_leaving_in_place_does_not(scenes):
 
 
 def test_exact_poses_are_judged_instead_of_the_poses_fitted_to_the_masks(scenes):
-    """Proposals carry their world pose: with ``poses`` the route, push and feasibility are
-    judged there, whatever the mask's fitted pose; the mask still decides validity."""
+    """Proposals carry their world pose: with ``poses`` the route, push, feasibility and
+    validity (the box clear of walls and boxes in the world) are judged there, whatever the
+    mask's fitted pose and its pixels."""
     for scene in scenes:
         box = _box(scene)
         best = scene["feasible_poses"][:1]
@@ -91,12 +92,59 @@ def test_exact_poses_are_judged_instead_of_the_poses_fitted_to_the_masks(scenes)
         assert near.success_near(scene, mask)[0]
         assert near.success_near(scene, mask, poses=best)[0]
         assert not near.success_near(scene, mask, poses=stay)[0]  # blocks the route
-        assert not near.success_near(scene, np.zeros_like(mask), poses=best)[0]  # invalid mask
+        assert near.success_near(scene, np.zeros_like(mask), poses=best)[0]  # pixels unused
         got = near.score_near(scene, np.repeat(mask, 2, 0), poses=np.concatenate([stay, best]))
         assert got["success_near_at_1"] == 0 and got["success_near_at_k"] == 1
         assert got["best_feasible_distance_m"] == 0 and got["in_feasible_at_k"] == 1
         with pytest.raises(ValueError, match="2 poses for 1 samples"):
             near.success_near(scene, mask, poses=np.concatenate([stay, best]))
+
+
+def test_world_validity_of_exact_poses_agrees_with_a_separating_axis_test(scenes):
+    """world_valid (shapely polygons) against infer.verify's separating-axis overlap test and
+    the world square: random poses around the box and its feasible poses, both verdicts
+    exercised; a pose pushed 2 cm into a wall succeeds no more, though its mask may."""
+    from goalgen.infer import verify
+
+    rng = np.random.default_rng(5)
+    for scene in scenes:
+        box = _box(scene)
+        around = np.concatenate([scene["feasible_poses"], box[None, [0, 1, 4]]])
+        jitter = rng.normal(0, [0.3, 0.3, 0.5], (200, 3))
+        poses = around[rng.integers(len(around), size=200)] + jitter
+        boxes = np.column_stack([poses[:, :2], np.tile(box[2:4], (200, 1)), poses[:, 2]])
+        others = np.delete(scene["movable_boxes"], int(scene["target_index"]), axis=0)
+        hit = verify.boxes_overlap(boxes, np.concatenate([scene["static_walls"], others])).any(1)
+        x0, y0, x1, y1 = scene["world_bounds"]
+        corners = verify.box_corners(boxes)
+        inside = ((corners >= [x0, y0]) & (corners <= [x1, y1])).all((1, 2))
+        expected = inside & ~hit
+        assert (near.world_valid(scene, poses) == expected).all()
+        assert 20 < expected.sum() < 180
+        assert not near.world_valid(scene, np.full((1, 3), np.nan))[0]
+
+    scene = scenes[0]
+    walls = scene["static_walls"]
+    best = scene["feasible_poses"][0]
+    w, h = _box(scene)[2:4]
+    limit = scene["feasible_push"][0] + near.NEAR_SLACK * near.world_side(scene)
+    for step in rng.normal(0, 1, (400, 2)):  # find a direction into a wall
+        direction = step / np.linalg.norm(step)
+        for reach in np.arange(0.0, 0.6, 0.005):
+            moved = best + np.array([*(direction * reach), 0.0])
+            if verify.boxes_overlap(np.array([[*moved[:2], w, h, moved[2]]]), walls).any():
+                break
+        else:
+            continue
+        into = best + np.array([*(direction * (reach + 0.02)), 0.0])
+        pushed = near.push_distance(scene, into[None])[0] <= limit
+        if pushed and near.opens_route(scene, into[None])[0]:
+            break
+    else:
+        pytest.fail("no pose into a wall that keeps the route open")
+    mask = _draw(scene, into[None])
+    assert not near.world_valid(scene, into[None])[0]
+    assert not near.success_near(scene, mask, poses=into[None])[0]
 
 
 def test_every_stored_feasible_pose_counts_as_in_feasible(scenes):

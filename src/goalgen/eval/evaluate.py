@@ -16,6 +16,9 @@ reference rows scored the same way, so every number has a floor and a ceiling:
   translation and rotation of its mask, rejection-sampled with a seeded rng);
 - ``random_local``: K random collision-free poses within the push search radius of the box
   (:func:`goalgen.eval.near.random_local`; scenes with world geometry only);
+- ``random_local_proposals``: those K random poses through the same proposals pipeline as the
+  model's samples (fitted, checked, ranked): what sample-and-verify achieves without a model
+  (with ``proposals`` on);
 - ``leave_in_place``: the object left where it is (its own mask, K times);
 - ``ground_truth``: the recorded goal (one sample): what the checks make of a perfect answer
   at this resolution.
@@ -38,7 +41,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +71,14 @@ from goalgen.model.samplers import ADAPTIVE_METHODS
 
 REPORT_VERSION = 2
 METHODS = ("model", "random_valid", "leave_in_place", "ground_truth")  # always scored
-OPTIONAL_METHODS = ("proposals", "random_local")  # when enabled / when the scenes allow
-REFERENCES = ("random_valid", "random_local", "leave_in_place", "ground_truth")
+OPTIONAL_METHODS = ("proposals", "random_local", "random_local_proposals")  # when available
+REFERENCES = (
+    "random_valid",
+    "random_local",
+    "random_local_proposals",
+    "leave_in_place",
+    "ground_truth",
+)
 PROPOSAL_KEYS = (  # score_proposals' shares, kept in the proposals row
     "raw_verified_share",
     "baseline_verified_share",
@@ -210,7 +219,12 @@ def read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return {k: npz[k] for k in npz.files}
 
 
-def _proposal_row(result: Any, masks: SceneMasks, arrays: Mapping[str, np.ndarray] | None):
+def _proposal_row(
+    result: Any,
+    masks: SceneMasks,
+    arrays: Mapping[str, np.ndarray] | None,
+    slack: float = near.NEAR_SLACK,
+):
     """The proposals of one scene scored like samples (a scene without any proposal scores as
     one empty mask: it fails every check)."""
     scored = score_proposals(result)
@@ -225,7 +239,7 @@ def _proposal_row(result: Any, masks: SceneMasks, arrays: Mapping[str, np.ndarra
             stack = np.stack([p.footprint for p in result.proposals]).astype(np.float32)
             feet = resize_masks(stack, size) >= THRESHOLD
             poses = np.array([(p.x, p.y, p.theta) for p in result.proposals])
-        row |= near.score_near(arrays, feet, masks=masks, poses=poses)
+        row |= near.score_near(arrays, feet, slack, masks=masks, poses=poses)
     return row
 
 
@@ -236,13 +250,18 @@ def score_scene(
     seed: int,
     arrays: Mapping[str, np.ndarray] | None = None,
     proposals: Any = None,
+    propose_baseline: Callable[[np.ndarray], Any] | None = None,
+    slack: float = near.NEAR_SLACK,
 ) -> tuple[dict[str, dict[str, Any]], int]:
     """Metrics of the model's masks ``(K, S, S)`` and of the reference rows for one scene;
     returns ``({method: metrics}, random placements that found no valid pose)``.
 
     ``arrays``: the scene file's arrays (:func:`read_arrays`): with world geometry they add the
     ``random_local`` row, with a feasible set the near metrics of every row. ``proposals``: the
-    :class:`goalgen.infer.proposals.ProposalSet` of the model's samples (adds ``proposals``).
+    :class:`goalgen.infer.proposals.ProposalSet` of the model's samples (adds ``proposals``);
+    ``propose_baseline``: masks ``(K, S, S)`` -> their ProposalSet, applied to the
+    ``random_local`` masks (adds ``random_local_proposals``). ``slack``: the near metrics'
+    (:func:`goalgen.eval.near.success_near`).
     """
     masks = SceneMasks.from_soft(scene.context, scene.truth, scene.geometry)
     k = len(model_masks)
@@ -263,9 +282,12 @@ def score_scene(
     for name, samples in sets.items():
         rows[name] = score_samples(samples, masks)
         if feasible is not None:
-            rows[name] |= near.score_near(feasible, samples, masks=masks)
+            rows[name] |= near.score_near(feasible, samples, slack, masks=masks)
     if proposals is not None:
-        rows["proposals"] = _proposal_row(proposals, masks, feasible)
+        rows["proposals"] = _proposal_row(proposals, masks, feasible, slack)
+    if propose_baseline is not None and "random_local" in sets:
+        baseline = propose_baseline(sets["random_local"].astype(np.float32))
+        rows["random_local_proposals"] = _proposal_row(baseline, masks, feasible, slack)
     return rows, failed
 
 
@@ -293,10 +315,13 @@ def evaluate_run(
     per_scene: bool = True,
     progress: bool = False,
     proposals: bool = True,
+    near_slack: float = near.NEAR_SLACK,
 ) -> dict[str, Any]:
     """Evaluate ``run_dir``'s checkpoint on ``data`` (default: the run's own data, val split);
     returns the report (see the module docstring; JSON-ready). ``proposals``: also score the
-    ranked, verified proposals of the same samples."""
+    ranked, verified proposals of the same samples (and of the ``random_local`` baseline's).
+    ``near_slack``: how much longer than the nearest feasible one a near-optimal push may be,
+    as a share of the world's width."""
     predictor = GoalPredictor.from_run(run_dir, checkpoint, device)
     config = predictor.config
     if data is None:
@@ -316,11 +341,15 @@ def evaluate_run(
     records, failed_total, post_seconds = [], 0, 0.0
     for i, (path, scene, pred) in enumerate(zip(files, scenes, predictions, strict=True)):
         arrays = read_arrays(path)
-        result = None
+        result = baseline = None
         if proposals:
             result = proposals_of_samples(path, pred.probs)
             post_seconds += result.seconds["setup"] + result.seconds["post"]
-        rows, failed = score_scene(scene, pred.masks, i, seed, arrays, result)
+
+            def baseline(masks: np.ndarray, path: Path = path) -> Any:
+                return proposals_of_samples(path, masks)
+
+        rows, failed = score_scene(scene, pred.masks, i, seed, arrays, result, baseline, near_slack)
         failed_total += failed
         records.append({"scene": scene.name, "family": near.scene_family(arrays), **rows})
         if progress and (i + 1) % max(1, len(scenes) // 10) == 0:
@@ -359,7 +388,7 @@ def evaluate_run(
             "static_threshold": STATIC_THRESHOLD,
             "area_tolerance": AREA_TOLERANCE,
             "hit_iou": HIT_IOU,
-            "near_slack": near.NEAR_SLACK,
+            "near_slack": near_slack,
             "proposals": bool(proposals),
         },
         "methods": methods,
@@ -548,6 +577,13 @@ def main(argv: list[str] | None = None) -> int:
         help="do not score the ranked, verified proposals of the samples (faster)",
     )
     parser.add_argument(
+        "--near-slack",
+        type=float,
+        default=near.NEAR_SLACK,
+        help="near-optimal: a push at most this share of the world's width longer than the "
+        f"nearest feasible one ({near.NEAR_SLACK}; 0.01 is 11 cm in an 11 m maze)",
+    )
+    parser.add_argument(
         "--compare",
         nargs="+",
         metavar="RUN_OR_REPORT",
@@ -562,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if not 0 <= args.near_slack < 1:
+        parser.error(f"--near-slack must be in [0, 1), got {args.near_slack}")
 
     def run_eval(run_dir: str) -> dict[str, Any]:
         with warnings_as_lines("goalgen-eval"):
@@ -580,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
                 per_scene=not args.no_per_scene,
                 progress=sys.stderr.isatty(),
                 proposals=not args.no_proposals,
+                near_slack=args.near_slack,
             )
         return report
 

@@ -5,7 +5,8 @@ feasible goal pose of its selected box within the push search radius, the geodes
 distance to each, and a push field: the push distance to any pose the box can slide to. Here:
 
 - ``success_near``: a sample is *valid* (:func:`goalgen.eval.metrics.invalid_reason`, at the
-  samples' resolution), *opens the robot's route* (:func:`opens_route`: the box at the
+  samples' resolution; a proposal, whose exact pose is known, when its box overlaps no wall
+  or other box in the world, :func:`world_valid`), *opens the robot's route* (:func:`opens_route`: the box at the
   sample's fitted pose, judged exactly on the world geometry, since a maze's gaps narrower
   than the robot, ~0.2 m, vanish in a 64 px mask, where every placement "opens" it, and a
   file's 5 cm pixels still let gaps a pixel too narrow pass) with a push no longer than
@@ -253,13 +254,8 @@ def opens_route(scene: Scene, poses: np.ndarray) -> np.ndarray:
     11 m maze, gaps up to a pixel narrower than the robot pass.)"""
     import shapely
 
-    if "static_walls" not in scene:
-        raise KeyError("scene has no static_walls: the route check needs maze files' geometry")
     radius = float(scene["robot_radius"])
-    boxes = np.asarray(scene["movable_boxes"], dtype=np.float64).reshape(-1, 5)
-    others = np.delete(boxes, int(scene["target_index"]), axis=0)
-    walls = np.asarray(scene["static_walls"], dtype=np.float64).reshape(-1, 5)
-    fixed = shapely.union_all([_box_polygon(b).buffer(radius, 16) for b in (*walls, *others)])
+    fixed = shapely.union_all([_box_polygon(b).buffer(radius, 16) for b in _fixed_boxes(scene)])
     x0, y0, x1, y1 = (float(v) for v in np.asarray(scene["world_bounds"]))
     free = shapely.box(x0, y0, x1, y1).difference(fixed)
     start, goal = (
@@ -275,6 +271,34 @@ def opens_route(scene: Scene, poses: np.ndarray) -> np.ndarray:
             p.intersects(start) and p.intersects(goal) for p in getattr(space, "geoms", [space])
         )
     return out
+
+
+def world_valid(scene: Scene, poses: np.ndarray) -> np.ndarray:
+    """``(K,)`` bool: does the selected box at each pose ``(K, 3)`` lie inside the world square
+    and overlap no wall and no other box? Exact polygons (shapely; touching counts as
+    overlap), independently of the proposals' separating-axis test. NaN poses: False. The
+    route check (:func:`opens_route`) covers the robot and its goal."""
+    import shapely
+
+    fixed = shapely.union_all([_box_polygon(b) for b in _fixed_boxes(scene)])
+    world = shapely.box(*(float(v) for v in np.asarray(scene["world_bounds"])))
+    w, h = _box(scene)[2:4]
+    out = np.zeros(len(poses), dtype=bool)
+    for i, (x, y, yaw) in enumerate(np.asarray(poses, dtype=np.float64).reshape(-1, 3)):
+        if np.isfinite([x, y, yaw]).all():
+            placed = _box_polygon(np.array([x, y, w, h, yaw]))
+            out[i] = world.contains(placed) and not placed.intersects(fixed)
+    return out
+
+
+def _fixed_boxes(scene: Scene) -> np.ndarray:
+    """``(B, 5)``: the walls (``static_walls``) and every movable box but the selected one."""
+    if "static_walls" not in scene:
+        raise KeyError("scene has no static_walls: exact checks need maze files' geometry")
+    boxes = np.asarray(scene["movable_boxes"], dtype=np.float64).reshape(-1, 5)
+    others = np.delete(boxes, int(scene["target_index"]), axis=0)
+    walls = np.asarray(scene["static_walls"], dtype=np.float64).reshape(-1, 5)
+    return np.concatenate([walls, others])
 
 
 def _box_polygon(box: np.ndarray):
@@ -309,16 +333,22 @@ def success_near(
     (:func:`opens_route`) and is its push at most ``feasible_push[0] + slack * world width``?
     ``masks``: the scene at ``S`` (:func:`scene_masks`), if already built. ``poses``: the
     samples' exact world poses ``(K, 3)`` where known (proposals: judged where the planner
-    would put the box, not where a pose fitted to their ``S``-px footprint lands), with the
+    would put the box, not where a pose fitted to their ``S``-px footprint lands): valid
+    when the box there is clear of the world's walls and boxes (:func:`world_valid`; its
+    ``S``-px footprint may gain a pixel of area or touch a wall's pixel 1 cm away), with the
     push read within half a pixel of the file rather than of the samples."""
     _require(scene)
     samples = np.asarray(samples) != 0
     size = samples.shape[-1]
-    masks = masks or scene_masks(scene, size)
     limit = float(np.asarray(scene["feasible_push"])[0]) + slack * world_side(scene)
+    exact = poses is not None
     poses, tolerance_size = _poses_and_size(scene, samples, poses)
     near = push_distance(scene, poses, tolerance_size) <= limit + 1e-9
-    valid = np.array([invalid_reason(s, masks) is None for s in samples], dtype=bool)
+    if exact:
+        valid = world_valid(scene, poses)
+    else:
+        masks = masks or scene_masks(scene, size)
+        valid = np.array([invalid_reason(s, masks) is None for s in samples], dtype=bool)
     out = valid & near
     out[out] = opens_route(scene, poses[out])
     return out

@@ -51,7 +51,10 @@ from goalgen.infer.propose_scene import Checker, ProposalScene, as_scene
 MIN_FIT_IOU = 0.3
 MERGE_ANGLE = 30.0  # degrees
 CLEARANCE = 0.01  # m kept from walls, boxes and the robot (world geometry)
-SNAP = 1.0  # model cells a colliding fit may move to become collision-free
+# Model cells a fit that collides or blocks the route may move: on 50 dev mazes (seed 9103,
+# flow euler 8, K = 32) proposals success_near@K 0.96 / 0.98 / 1.00 for 1 / 2 / 3 cells at
+# 0.35 / 0.79 / 1.43 s per scene; 2 is the cheapest within 2 points of the best.
+SNAP = 2.0
 SNAP_YAW = 5.0  # degrees a colliding fit may turn (each side)
 # The route search's coarser lattice (cells, yaw steps): 39 poses instead of 441 within a
 # cell; on 50 held-out mazes as many proposals open the route near-optimally, 3x faster.
@@ -246,17 +249,17 @@ def snap_free(
         core = covered_core(boxes, route_offsets)
         searchable = (core[:, 2:4] <= 0).any(1)
         solid = np.flatnonzero(~searchable)
-        searchable[solid] = checker.opens(core[solid], fine=False)
+        searchable[solid] = checker.opens(core[solid], exact=False)
     for i in range(len(boxes)):
         trial = _moved(boxes[i : i + 1], offsets)[0]
         free = np.flatnonzero(checker.collision_free(trial))
         chosen = offsets[free[0]] if len(free) else None
-        if searchable[i] and not (len(free) and checker.opens(trial[free[:1]], fine=False)[0]):
+        if searchable[i] and not (len(free) and checker.opens(trial[free[:1]], exact=False)[0]):
             trial = _moved(boxes[i : i + 1], route_offsets)[0]
             free = np.flatnonzero(checker.collision_free(trial))
             for start in range(0, len(free), batch):
                 part = free[start : start + batch]
-                opening = checker.opens(trial[part], fine=False)
+                opening = checker.opens(trial[part], exact=False)
                 if opening.any():
                     chosen = route_offsets[part[int(np.argmax(opening))]]
                     break

@@ -206,7 +206,7 @@ class Checker:
 
     def __init__(self, scene: ProposalScene, clearance: float = 0.01, cell: float | None = None):
         self.scene, self.clearance = scene, float(clearance)
-        self._fine: verify.ReachGrid | None = None
+        self._exact: verify.ExactReach | None = None
         frame, world, box = scene.frame, scene.world, scene.target
         if world is not None:
             self.obstacles = np.concatenate([world.static, world.others]).reshape(-1, 5)
@@ -275,7 +275,9 @@ class Checker:
     @property
     def route_exists(self) -> bool:
         """Does the robot reach its goal with the selected box taken away?"""
-        return self.reach.base_connected
+        if self.reach.base_connected or self.scene.world is None:
+            return self.reach.base_connected
+        return self.exact_reach.base_connected
 
     def footprints(self, boxes: np.ndarray) -> np.ndarray:
         """``(K, N, N)`` bool footprints of ``boxes`` ``(K, 5)`` at the masks' resolution."""
@@ -336,29 +338,34 @@ class Checker:
         return out
 
     def opens(
-        self, boxes: np.ndarray, footprints: np.ndarray | None = None, fine: bool = True
+        self, boxes: np.ndarray, footprints: np.ndarray | None = None, exact: bool = True
     ) -> np.ndarray:
         """``(K,)`` bool: does the robot reach its goal with the box placed there? With world
-        geometry, boxes the grid finds blocked are checked again on cells half as big (the
-        check is sound on both; the finer one misses fewer routes that squeeze through;
-        ``fine=False`` skips it). ``footprints`` are needed without world geometry only."""
+        geometry, boxes the grid finds blocked are checked again on polygons
+        (:class:`goalgen.infer.verify.ExactReach`: sound as the grid, and it finds the routes
+        that squeeze through with less than half a cell to spare; ``exact=False`` skips it).
+        ``footprints`` are needed without world geometry only."""
         if self.scene.world is None:
             return self.reach.opens(self.footprints(boxes) if footprints is None else footprints)
         found = self.reach.opens(boxes)
         again = np.flatnonzero(~found)
-        if fine and len(again) and self.reach.base_connected:
-            if self._fine is None:
-                world = self.scene.world
-                self._fine = verify.ReachGrid(
-                    self.scene.frame.bounds,
-                    self.cell / 2,
-                    self.obstacles,
-                    world.robot_xy,
-                    world.goal_xy,
-                    world.robot_radius,
-                )
-            found[again] = self._fine.opens(boxes[again])
+        if exact and len(again) and self.exact_reach.base_connected:
+            found[again] = self.exact_reach.opens(np.asarray(boxes)[again])
         return found
+
+    @property
+    def exact_reach(self) -> verify.ExactReach:
+        """The polygon route check (world geometry only), built on first use."""
+        if self._exact is None:
+            world = self.scene.world
+            self._exact = verify.ExactReach(
+                self.scene.frame.bounds,
+                self.obstacles,
+                world.robot_xy,
+                world.goal_xy,
+                world.robot_radius,
+            )
+        return self._exact
 
     def push_distance(self, boxes: np.ndarray) -> np.ndarray:
         """``(K,)`` push distances (world units; inf where the box cannot be pushed) to boxes
