@@ -13,6 +13,7 @@ from typing import NoReturn
 # what a console script reports as one line rather than a traceback: bad arguments, files and
 # values (SceneError and CheckpointError are ValueErrors; FileNotFoundError is an OSError)
 USER_ERRORS = (ValueError, OSError)
+METHOD_HELP = "flow: an ODE method or ancestral; diffusion: ddim or ddpm"  # every --method
 TRACEBACK_ENV = "GOALGEN_TRACEBACK"  # set it (=1) to get tracebacks instead of one-line errors
 
 

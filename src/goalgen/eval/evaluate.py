@@ -49,7 +49,7 @@ import numpy as np
 from scipy import ndimage
 
 from goalgen.checkpoint import shipped
-from goalgen.cli import USER_ERRORS, OneLineParser, one_line, warnings_as_lines
+from goalgen.cli import METHOD_HELP, USER_ERRORS, OneLineParser, one_line, warnings_as_lines
 from goalgen.data.dataset import split_indices
 from goalgen.data.scenes import find_scene_files
 from goalgen.eval import near
@@ -551,9 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=16, help="samples per scene K (16)")
     parser.add_argument("--max-scenes", type=int, help="evaluate the first N scenes")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the run's)")
-    parser.add_argument(
-        "--method", help="flow: an ODE method or ancestral; diffusion: ddim or ddpm"
-    )
+    parser.add_argument("--method", help=METHOD_HELP)
     parser.add_argument("--checkpoint", default="best", help="best (default), last or a path")
     parser.add_argument("--seed", type=int, default=0, help="noise and baseline seed (0)")
     parser.add_argument(

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from goalgen.cli import USER_ERRORS, OneLineParser, one_line, warnings_as_lines
+from goalgen.cli import METHOD_HELP, USER_ERRORS, OneLineParser, one_line, warnings_as_lines
 from goalgen.eval.visualize import sample_grid, save_png, trajectory_strip
 from goalgen.infer.predictor import GoalPredictor, Prediction
 
@@ -65,9 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("scenes", nargs="+", help=".npz scene files")
     parser.add_argument("--samples", type=int, default=32, help="samples per scene (32)")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the run's)")
-    parser.add_argument(
-        "--method", help="flow: an ODE method or ancestral; diffusion: ddim or ddpm"
-    )
+    parser.add_argument("--method", help=METHOD_HELP)
     parser.add_argument("--checkpoint", default="best", help="best (default), last or a path")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (0)")
     parser.add_argument("--batch-size", type=int, help="scenes per sampling call")

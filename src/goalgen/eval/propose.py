@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from goalgen.cli import USER_ERRORS, OneLineParser, one_line, warnings_as_lines
+from goalgen.cli import METHOD_HELP, USER_ERRORS, OneLineParser, one_line, warnings_as_lines
 from goalgen.data.pack import resize_masks
 from goalgen.eval import metrics
 from goalgen.eval.visualize import save_png, scene_rgb
@@ -140,9 +140,7 @@ def _parser() -> OneLineParser:
     parser.add_argument("--top", type=int, help="return at most K; draw more while fewer verify")
     parser.add_argument("--max-samples", type=int, help="sample budget with --top (4 x samples)")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the run's)")
-    parser.add_argument(
-        "--method", help="flow: an ODE method or ancestral; diffusion: ddim or ddpm"
-    )
+    parser.add_argument("--method", help=METHOD_HELP)
     parser.add_argument("--checkpoint", default="best", help="best (default), last or a path")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (0)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")

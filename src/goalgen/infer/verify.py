@@ -19,7 +19,7 @@ World geometry (exact boxes known):
 - Route (:class:`ExactReach`): the same question on polygons (shapely), for the boxes the grid
   finds blocked: the robot's centre moves in the world square less every obstacle grown by
   its radius, arcs as polygons whose edges lie outside the circle (``ARC_SEGMENTS`` per
-  quarter: at most 0.1 mm too thick for a 0.2 m robot). Sound as the grid is, and it misses
+  quarter: at most 0.25 mm too thick for a 0.2 m robot). Sound as the grid is, and it misses
   no route with more than that to spare: maze corridors a robot passes with millimetres left.
 - Push distance (:class:`PushField`): Dijkstra from the box where it stands over the (yaw,
   cell) lattice where the box fits (``yaw_steps`` yaws over its symmetry period; fits of the
