@@ -6,11 +6,12 @@ distance to each, and a push field: the push distance to any pose the box can sl
 
 - ``success_near``: a sample is *valid* (:func:`goalgen.eval.metrics.invalid_reason`, at the
   samples' resolution; a proposal, whose exact pose is known, when its box overlaps no wall
-  or other box in the world, :func:`world_valid`), *opens the robot's route* (:func:`opens_route`: the box at the
-  sample's fitted pose, judged exactly on the world geometry, since a maze's gaps narrower
-  than the robot, ~0.2 m, vanish in a 64 px mask, where every placement "opens" it, and a
-  file's 5 cm pixels still let gaps a pixel too narrow pass) with a push no longer than
-  the nearest feasible one's plus ``NEAR_SLACK`` (5 %) of the world's width. Its push distance
+  or other box in the world, :func:`world_valid`), *opens the robot's route*
+  (:func:`opens_route`: the box at the sample's fitted pose, judged exactly on the world
+  geometry, since a maze's gaps narrower than the robot, ~0.2 m, vanish in a 64 px mask,
+  where every placement "opens" it, and a file's 5 cm pixels still let gaps a pixel too
+  narrow pass) with a push no longer than the nearest feasible one's plus ``NEAR_SLACK``
+  (5 %; ``goalgen-eval --near-slack``) of the world's width. Its push distance
   is read from the push field at its pose (centre and yaw fitted to the mask; the least value
   within half a sample pixel of that centre, so coarse samples are not penalised for their
   pixels); a pose the box cannot slide to has none (inf).
