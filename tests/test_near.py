@@ -103,7 +103,8 @@ def test_exact_poses_are_judged_instead_of_the_poses_fitted_to_the_masks(scenes)
 def test_world_validity_of_exact_poses_agrees_with_a_separating_axis_test(scenes):
     """world_valid (shapely polygons) against infer.verify's separating-axis overlap test and
     the world square: random poses around the box and its feasible poses, both verdicts
-    exercised; a pose pushed 2 cm into a wall succeeds no more, though its mask may."""
+    exercised; a feasible pose pushed 2 cm into a wall, its route still open and its push
+    still near-optimal, succeeds no more."""
     from goalgen.infer import verify
 
     rng = np.random.default_rng(5)
