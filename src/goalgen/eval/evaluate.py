@@ -42,6 +42,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -345,10 +346,7 @@ def evaluate_run(
         if proposals:
             result = proposals_of_samples(path, pred.probs)
             post_seconds += result.seconds["setup"] + result.seconds["post"]
-
-            def baseline(masks: np.ndarray, path: Path = path) -> Any:
-                return proposals_of_samples(path, masks)
-
+            baseline = partial(proposals_of_samples, path)
         rows, failed = score_scene(scene, pred.masks, i, seed, arrays, result, baseline, near_slack)
         failed_total += failed
         records.append({"scene": scene.name, "family": near.scene_family(arrays), **rows})
