@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from goalgen.data.pack import resize_masks
 from goalgen.data.synthetic import generate_scene, save_npz
-from goalgen.eval.evaluate import evaluate_run, format_table, main
-from goalgen.infer.proposals import proposals_of_samples, propose
+from goalgen.eval.evaluate import evaluate_run, format_table, main, read_arrays, score_scene
+from goalgen.eval.metrics import SceneMasks, score_samples
+from goalgen.infer import prepare_scene
+from goalgen.infer.proposals import Proposal, proposals_of_samples, propose
 from goalgen.infer.propose_scene import as_scene
 from run_helpers import train_tiny_run
 from test_proposals import Oracle
@@ -143,3 +147,68 @@ def test_proposals_of_samples_match_a_single_draw(mixed_dir):
     again = proposals_of_samples(path, drawn.samples)
     assert [p.to_dict() for p in again] == [p.to_dict() for p in drawn]
     assert again.rejected == drawn.rejected and again.seconds["sampling"] == 0
+
+
+def _slid_to_a_wall(path):
+    """The scene's goal box slid along an axis until 5 mm short of the first wall or box it
+    meets (``touching``) and 2 cm past that (``into``), where the route stays open with the
+    box at ``touching``; judged by infer.verify (separating axes, circumscribed polygons)."""
+    from goalgen.infer import verify
+
+    arrays = read_arrays(path)
+    fixed = np.concatenate(
+        [
+            arrays["static_walls"],
+            np.delete(arrays["movable_boxes"], int(arrays["target_index"]), axis=0),
+        ]
+    )
+    x0, y0, x1, y1 = arrays["world_bounds"]
+    reach = verify.ExactReach(
+        arrays["world_bounds"],
+        fixed,
+        arrays["robot_pose"],
+        arrays["goal_pose"],
+        float(arrays["robot_radius"]),
+    )
+
+    def clear(box):
+        corners = verify.box_corners(box[None])[0]
+        inside = ((corners >= [x0, y0]) & (corners <= [x1, y1])).all()
+        return inside and not verify.boxes_overlap(box[None], fixed).any()
+
+    goal = np.asarray(arrays["target_goal_box"], dtype=np.float64)
+    for direction in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        step = np.array([*direction, 0, 0, 0], dtype=np.float64)
+        hits = [d for d in np.arange(0.0, 1.0, 0.005) if not clear(goal + d * step)]
+        if clear(goal) and hits:
+            touching, into = goal + (hits[0] - 0.005) * step, goal + (hits[0] + 0.02) * step
+            if not clear(into) and reach.opens(touching[None])[0]:
+                yield arrays, touching, into
+
+
+def test_rooms_proposals_are_judged_at_their_exact_pose(mixed_dir):
+    """In a rooms scene, a proposal 5 mm short of a wall succeeds and one 2 cm into it fails,
+    as the proposals' own checks say, where their 32 px footprints judged as masks disagree
+    (at this resolution the pixel judge credits both)."""
+    size = 32
+    for path in sorted(mixed_dir.glob("rooms_*.npz")):
+        scene, frame = prepare_scene(path, size), as_scene(path).frame
+        masks = SceneMasks.from_soft(scene.context, None, scene.geometry)
+        for arrays, touching, into in _slid_to_a_wall(path):
+            boxes = (touching, into)
+            feet = np.stack([frame.box_mask(b[0], b[1], b[2], b[3], b[4]) for b in boxes])
+            small = resize_masks(feet.astype(np.float32), size)
+            by_pixels = score_samples(small >= 0.5, masks)["success_rate"]
+            if by_pixels == 0.5:
+                continue  # the pixel judge agrees with the world's: nothing to tell apart
+            chosen = [
+                Proposal(i, b[0], b[1], b[4], f, 0.0, True, True, 1.0)
+                for i, (b, f) in enumerate(zip(boxes, feet, strict=True))
+            ]
+            result = replace(proposals_of_samples(path, small), proposals=chosen)
+            rows, _ = score_scene(scene, small >= 0.5, 0, 0, arrays, result)
+            got = rows["proposals"]
+            assert (got["validity"], got["success_at_1"], got["success_rate"]) == (0.5, 1, 0.5)
+            assert rows["model"]["success_rate"] == by_pixels  # the footprints as masks
+            return
+    pytest.fail("no rooms scene whose goal box slides up to a wall with its route open")

@@ -7,9 +7,9 @@ reference rows scored the same way, so every number has a floor and a ceiling:
 - ``proposals``: the model's own K samples turned into ranked, verified proposals
   (:func:`goalgen.infer.proposals.proposals_of_samples`: the object's footprint fitted to each
   sample, checked, ranked, near-duplicates merged; no second draw), scored as masks (their
-  footprints) by the same metrics, except that the near metrics judge each proposal at its
-  exact world pose (where a planner puts the box) rather than at a pose fitted to its
-  footprint's pixels; ``@1`` is the top-ranked proposal. Off with
+  footprints) by the same metrics, except that in scenes with world geometry validity,
+  success and the near metrics judge each proposal at its exact world pose (where a planner
+  puts the box) rather than by its footprint's pixels; ``@1`` is the top-ranked proposal. Off with
   ``proposals=False`` (``--no-proposals``). The row also holds the verification shares of
   :func:`goalgen.eval.propose.score_proposals`.
 - ``random_valid``: the selected object moved to a random collision-free pose (random
@@ -223,24 +223,41 @@ def read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def _proposal_row(
     result: Any,
     masks: SceneMasks,
-    arrays: Mapping[str, np.ndarray] | None,
+    world: Mapping[str, np.ndarray] | None,
     slack: float = near.NEAR_SLACK,
 ):
     """The proposals of one scene scored like samples (a scene without any proposal scores as
-    one empty mask: it fails every check)."""
+    one empty mask: it fails every check).
+
+    With the scene's world geometry (``world``, :func:`goalgen.eval.near.has_world_geometry`)
+    ``validity`` and ``success_*`` judge each proposal at its exact pose, where a planner puts
+    the box (:func:`goalgen.eval.near.world_valid` and :func:`goalgen.eval.near.opens_route`,
+    independent of the proposals' own checks), not its footprint's pixels: at 64 px a box
+    1 cm from a wall touches the wall's pixel. ``invalid`` keeps the pixel judge's reasons.
+    With a feasible set, the near metrics are judged at the same poses."""
     scored = score_proposals(result)
     size = masks.size
     row = scored.get("proposals") or score_samples(np.zeros((1, size, size), bool), masks)
     row = dict(row) | {k: scored[k] for k in PROPOSAL_KEYS}
-    if arrays is not None:
-        feet, poses = np.zeros((1, size, size), bool), np.full((1, 3), np.nan)
-        if result.proposals:
-            from goalgen.data.pack import resize_masks
+    if world is None:
+        return row
+    feet, poses = np.zeros((1, size, size), bool), np.full((1, 3), np.nan)
+    if result.proposals:
+        from goalgen.data.pack import resize_masks
 
-            stack = np.stack([p.footprint for p in result.proposals]).astype(np.float32)
-            feet = resize_masks(stack, size) >= THRESHOLD
-            poses = np.array([(p.x, p.y, p.theta) for p in result.proposals])
-        row |= near.score_near(arrays, feet, slack, masks=masks, poses=poses)
+        stack = np.stack([p.footprint for p in result.proposals]).astype(np.float32)
+        feet = resize_masks(stack, size) >= THRESHOLD
+        poses = np.array([(p.x, p.y, p.theta) for p in result.proposals])
+        valid = near.world_valid(world, poses)
+        success = valid & near.opens_route(world, poses)
+        row |= {
+            "validity": float(valid.mean()),
+            "success_rate": float(success.mean()),
+            "success_at_1": float(success[0]),
+            "success_at_k": float(success.any()),
+        }
+    if near.has_feasible_set(world):
+        row |= near.score_near(world, feet, slack, masks=masks, poses=poses)
     return row
 
 
@@ -279,16 +296,17 @@ def score_scene(
         local_rng = np.random.default_rng([seed, index, 1])
         sets["random_local"], _ = near.random_local(arrays, k, local_rng, size=masks.size)
     feasible = arrays if arrays is not None and near.has_feasible_set(arrays) else None
+    world = arrays if arrays is not None and near.has_world_geometry(arrays) else None
     rows = {}
     for name, samples in sets.items():
         rows[name] = score_samples(samples, masks)
         if feasible is not None:
             rows[name] |= near.score_near(feasible, samples, slack, masks=masks)
     if proposals is not None:
-        rows["proposals"] = _proposal_row(proposals, masks, feasible, slack)
+        rows["proposals"] = _proposal_row(proposals, masks, world, slack)
     if propose_baseline is not None and "random_local" in sets:
         baseline = propose_baseline(sets["random_local"].astype(np.float32))
-        rows["random_local_proposals"] = _proposal_row(baseline, masks, feasible, slack)
+        rows["random_local_proposals"] = _proposal_row(baseline, masks, world, slack)
     return rows, failed
 
 

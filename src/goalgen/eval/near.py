@@ -230,6 +230,13 @@ def has_world_boxes(scene: Scene) -> bool:
     return all(k in scene for k in ("movable_boxes", "target_index", "world_bounds"))
 
 
+def has_world_geometry(scene: Scene) -> bool:
+    """Does the scene store what the exact world checks (:func:`world_valid`,
+    :func:`opens_route`) need: the boxes, the walls, the robot, its goal and its radius?"""
+    keys = ("static_walls", "robot_pose", "goal_pose", "robot_radius")
+    return has_world_boxes(scene) and all(k in scene for k in keys)
+
+
 def scene_masks(scene: Scene, size: int) -> SceneMasks:
     """The scene's masks area-resized to ``(size, size)`` as :mod:`goalgen.eval.metrics` checks
     them (with the ground truth and the world geometry)."""
