@@ -189,7 +189,7 @@ def _slid_to_a_wall(path):
 def test_rooms_proposals_are_judged_at_their_exact_pose(mixed_dir):
     """In a rooms scene, a proposal 5 mm short of a wall succeeds and one 2 cm into it fails,
     as the proposals' own checks say, where their 32 px footprints judged as masks disagree
-    (at this resolution the pixel judge credits both)."""
+    (in these rooms the pixel judge credits the one in the wall)."""
     size = 32
     for path in sorted(mixed_dir.glob("rooms_*.npz")):
         scene, frame = prepare_scene(path, size), as_scene(path).frame

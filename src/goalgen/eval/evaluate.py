@@ -9,8 +9,8 @@ reference rows scored the same way, so every number has a floor and a ceiling:
   sample, checked, ranked, near-duplicates merged; no second draw), scored as masks (their
   footprints) by the same metrics, except that in scenes with world geometry validity,
   success and the near metrics judge each proposal at its exact world pose (where a planner
-  puts the box) rather than by its footprint's pixels; ``@1`` is the top-ranked proposal. Off with
-  ``proposals=False`` (``--no-proposals``). The row also holds the verification shares of
+  puts the box) rather than by its footprint's pixels; ``@1`` is the top-ranked proposal.
+  Off with ``proposals=False`` (``--no-proposals``). The row also holds the verification shares of
   :func:`goalgen.eval.propose.score_proposals`.
 - ``random_valid``: the selected object moved to a random collision-free pose (random
   translation and rotation of its mask, rejection-sampled with a seeded rng);
