@@ -3,7 +3,7 @@
 Samples each scene's goals twice with the same noise: once from its own context, once from the
 context of another scene of the same family (a seeded derangement), and scores both sets
 against the scene's own masks, geometry and feasible set with goalgen-eval's scorer
-(:func:`goalgen.eval.evaluate.score_scene`), raw samples and ranked, verified proposals. A
+(:func:`goalgen.eval.scoring.score_scene`), raw samples and ranked, verified proposals. A
 model that reads its input loses most of its score with a shuffled context.
 
     python jobs/ablate_context.py outputs/RUN --data data/heldout_maze --samples 32 \
@@ -27,8 +27,8 @@ import numpy as np
 
 from goalgen.data.scenes import find_scene_files
 from goalgen.eval import near
-from goalgen.eval.evaluate import read_arrays, score_scene
 from goalgen.eval.metrics import aggregate
+from goalgen.eval.scoring import read_arrays, score_scene
 from goalgen.infer import GoalPredictor, SceneInput, prepare_scene
 from goalgen.infer.proposals import proposals_of_samples
 

@@ -10,16 +10,10 @@ import pytest
 
 from goalgen.data.dataset import split_indices
 from goalgen.data.scenes import find_scene_files
-from goalgen.eval.evaluate import (
-    METHODS,
-    OPTIONAL_METHODS,
-    choose_files,
-    evaluate_run,
-    format_table,
-    main,
-    random_valid_placements,
-)
+from goalgen.eval.evaluate import choose_files, evaluate_run, main
 from goalgen.eval.metrics import invalid_reason
+from goalgen.eval.report import format_table
+from goalgen.eval.scoring import METHODS, OPTIONAL_METHODS, random_valid_placements
 from run_helpers import train_tiny_run
 from test_metrics import corridor_scene, scene_masks
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +13,13 @@ import pytest
 
 from goalgen.data.pack import resize_masks
 from goalgen.data.synthetic import generate_scene, save_npz
-from goalgen.eval.evaluate import evaluate_run, format_table, main, read_arrays, score_scene
+from goalgen.eval import near
+from goalgen.eval.evaluate import evaluate_run, main
 from goalgen.eval.metrics import SceneMasks, score_samples
+from goalgen.eval.report import format_table
+from goalgen.eval.scoring import proposal_row, read_arrays, score_scene
 from goalgen.infer import prepare_scene
-from goalgen.infer.proposals import Proposal, proposals_of_samples, propose
+from goalgen.infer.proposals import CLEARANCE, Proposal, proposals_of_samples, propose
 from goalgen.infer.propose_scene import as_scene
 from run_helpers import train_tiny_run
 from test_proposals import Oracle
@@ -212,3 +215,74 @@ def test_rooms_proposals_are_judged_at_their_exact_pose(mixed_dir):
             assert rows["model"]["success_rate"] == by_pixels  # the footprints as masks
             return
     pytest.fail("no rooms scene whose goal box slides up to a wall with its route open")
+
+
+def test_judge_clearance_is_recorded_and_never_credits_more(run_dir, mixed_dir, report):
+    """The same proposals (proposals' clearance the default) judged touching-allowed: the
+    settings say so, no success count drops, and the reference rows are shown per setting."""
+    loose = evaluate_run(
+        run_dir, mixed_dir, num_samples=3, seed=0, device="cpu", judge_clearance=0.0
+    )
+    assert report["settings"]["clearance"] == report["settings"]["judge_clearance"] == CLEARANCE
+    assert (loose["settings"]["clearance"], loose["settings"]["judge_clearance"]) == (CLEARANCE, 0)
+    keys = ("validity", "success_rate", "success_at_k", "success_near_at_k", "success_near_rate")
+    strict, lax = report["families"]["maze"]["methods"], loose["families"]["maze"]["methods"]
+    for method in ("model", "proposals", "random_local", "ground_truth"):
+        for key in keys:
+            assert strict[method][key] <= lax[method][key], (method, key)
+    table = format_table([report, loose], ["a", "b"])
+    assert "random_valid [a]" in table and "random_valid [b]" in table
+    assert "(judged at 0.0 m)" in table.splitlines()[1]
+
+
+@dataclass
+class _Proposal:
+    """What the proposals row reads of a proposal; ``segments`` set only where given."""
+
+    x: float
+    y: float
+    theta: float
+    footprint: np.ndarray
+    push_distance: float = 1.0
+    verified: bool = True
+
+
+class _Segment(dict):
+    def to_dict(self) -> dict:
+        return dict(self)
+
+
+def test_the_proposals_row_counts_verified_proposals_the_judge_passes(mixed_dir):
+    """Four proposals at stored feasible poses (clear, route open): verified without a plan
+    (passes), verified with a plan that starts elsewhere than the box (fails), verified but
+    unreachable (passes the judge, counted unreachable), unverified (counts nowhere)."""
+    path = mixed_dir / "maze_0.npz"
+    arrays, frame = read_arrays(path), as_scene(path).frame
+    w, h = arrays["movable_boxes"][int(arrays["target_index"])][2:4]
+    poses = arrays["feasible_poses"][:4]
+    assert near.world_valid(arrays, poses).all() and near.opens_route(arrays, poses).all()
+    feet = [frame.box_mask(x, y, w, h, t) for x, y, t in poses]
+    chosen = [_Proposal(*pose, foot) for pose, foot in zip(poses, feet, strict=True)]
+    x, y, t = poses[1]
+    chosen[1].segments = [
+        _Segment(
+            kind="slide",
+            box_start=[x - 1.0, y, t],
+            box_end=[x, y, t],
+            robot_start=[x - 1.5, y],
+            robot_end=[x - 0.5, y],
+        )
+    ]
+    chosen[2].push_distance = float("inf")
+    chosen[3].push_distance, chosen[3].verified = float("inf"), False
+    size = 32
+    small = resize_masks(np.stack(feet).astype(np.float32), size)
+    result = replace(proposals_of_samples(path, small), proposals=chosen)
+    scene = prepare_scene(path, size)
+    masks = SceneMasks.from_soft(scene.context, scene.truth, scene.geometry)
+    row = proposal_row(result, masks, arrays)
+    assert row["proposals_judged_share"] == pytest.approx(2 / 3)
+    assert row["proposals_unreachable_verified"] == 1
+    none_verified = replace(result, proposals=[chosen[3]])
+    assert np.isnan(proposal_row(none_verified, masks, arrays)["proposals_judged_share"])
+    assert "proposals_judged_share" not in proposal_row(result, masks, None)

@@ -17,8 +17,8 @@ from goalgen.eval.metrics import (
     map_interior,
     opens_path,
     score_samples,
-    task_metrics,
 )
+from goalgen.eval.validation import task_metrics
 
 S = 32
 GEOMETRY = {"world_bounds": (0.0, 0.0, 3.2, 3.2), "robot_radius": 0.15}  # 0.1 m/px -> 1.5 px

@@ -250,3 +250,58 @@ def test_families_modes_and_half_widths(scenes):
         assert near.modes_covered(scene, poses) == scene["num_modes"]
         far = near.score_near(scene, np.repeat(scene["target_object"][None] > 0, 2, 0))
         assert far["within_half_width_at_k"] == 0 and far["modes_covered"] == 0
+
+
+# ----------------------------------------------------------------------------- clearance
+RADIUS = 0.2
+
+
+def world_scene(walls, boxes, robot, goal=(0.5, 3.5), target_index=0, size=400) -> dict:
+    """A hand-built scene in a 4 m world (1 cm pixels at ``size`` 400): walls and movable boxes
+    ``(cx, cy, w, h, yaw)``, the robot (radius ``RADIUS``) and its goal ``(x, y)``."""
+    return {
+        "movable_boxes": np.array(boxes, dtype=np.float64).reshape(-1, 5),
+        "target_index": np.array(target_index),
+        "static_walls": np.array(walls, dtype=np.float64).reshape(-1, 5),
+        "world_bounds": np.array([0.0, 0.0, 4.0, 4.0]),
+        "robot_pose": np.array([*robot, 0.0]),
+        "goal_pose": np.array([*goal, 0.0]),
+        "robot_radius": np.array(RADIUS),
+        "target_object": np.zeros((size, size), np.uint8),
+    }
+
+
+def wall(x0: float, y0: float, x1: float, y1: float) -> list[float]:
+    """An axis-aligned wall from its corners, as ``(cx, cy, w, h, yaw)``."""
+    return [(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0, 0.0]
+
+
+def test_clearance_narrows_the_robots_route():
+    """A wall across the world at y in [1.8, 2.2] with a gap x in [1.79, 2.21]: 0.42 m, the
+    robot's 0.4 m and 1 cm to spare on either side. The box, far away, blocks nothing."""
+    gap = (1.79, 2.21)
+    scene = world_scene(
+        [wall(0.0, 1.8, gap[0], 2.2), wall(gap[1], 1.8, 4.0, 2.2)],
+        [[3.5, 0.5, 0.3, 0.3, 0.0]],
+        robot=(2.0, 0.5),
+        goal=(2.0, 3.5),
+    )
+    aside = np.array([[3.5, 0.6, 0.0]])
+    assert near.opens_route(scene, aside)[0]
+    assert near.opens_route(scene, aside, clearance=0.009)[0]
+    assert not near.opens_route(scene, aside, clearance=0.011)[0]
+    assert not near.opens_route(scene, aside, clearance=0.025)[0]
+    assert not near.opens_route(scene, np.array([[2.0, 2.0, 0.0]]))[0]  # the box in the gap
+
+
+def test_clearance_keeps_the_placed_box_from_walls():
+    """A wall whose face is x = 2.0; the 0.4 m box's right side at x = 1.98: 2 cm from it."""
+    scene = world_scene([wall(2.0, 0.0, 2.1, 4.0)], [[1.0, 1.0, 0.4, 0.4, 0.0]], robot=(0.5, 3.0))
+    pose = np.array([[1.78, 1.0, 0.0]])
+    assert near.world_valid(scene, pose)[0]
+    assert near.world_valid(scene, pose, clearance=0.01)[0]
+    assert not near.world_valid(scene, pose, clearance=0.025)[0]
+    touching = np.array([[1.8, 1.0, 0.0]])
+    assert not near.world_valid(scene, touching)[0]
+    turned = np.array([[1.78, 1.0, np.pi / 2]])  # a square box: the same footprint
+    assert near.world_valid(scene, turned, clearance=0.01)[0]

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from goalgen import checkpoint as ckpt
 from goalgen.data.dataset import build_datasets
-from goalgen.eval.metrics import task_metrics
+from goalgen.eval.validation import task_metrics
 from goalgen.model.build import build_model
 from goalgen.model.generative import GenerativeModel
 from goalgen.train import step as step_module

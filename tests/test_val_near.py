@@ -13,7 +13,7 @@ from goalgen.data.pack import resize_masks
 from goalgen.data.scenes import SCENE_KEYS
 from goalgen.data.synthetic import generate_scene, save_npz
 from goalgen.eval import near
-from goalgen.eval.metrics import NEAR_VAL_KEYS, task_metrics
+from goalgen.eval.validation import NEAR_VAL_KEYS, task_metrics
 from run_helpers import scalars, train_tiny_run
 
 SIZE = 32

@@ -21,6 +21,13 @@ distance to each, and a push field: the push distance to any pose the box can sl
   feasible one, ``|dxy| + r * |dyaw|`` (``r``: half the box's diagonal, so a yaw step costs
   the arc its corner travels, as in the push search).
 - ``random_local``: a baseline of K random collision-free poses within the push search radius.
+- ``push_plan_valid`` / ``push_plan_reasons``: an independent judge of a proposal's push plan
+  (slides and turns of the box, the robot pushing from behind): it chains, the box's sweep
+  is clear, the robot can reach each pushing spot and pushes rather than pulls.
+
+The exact world checks take a ``clearance`` in metres (default 0: touching suffices): the
+robot keeps it from walls and boxes (:func:`opens_route`, :func:`push_plan_valid`) and the
+placed box from walls and other boxes (:func:`world_valid`).
 
 Inputs: ``scene`` is a file's arrays, as ``dict(np.load(path))`` (masks uint8 0/255 at the
 file's size ``F``, in the convention its ``image_convention`` names: 1 for the planner's,
@@ -31,19 +38,32 @@ convention, e.g. a model's at its ``image_size``. Outputs are per-scene numbers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import shapely
 
 from goalgen.data import geometry as geo
 from goalgen.data.frames import Frame, frame_of
+from goalgen.data.pack import resize_masks
+from goalgen.data.scenes import SCENE_KEYS
 from goalgen.eval.metrics import THRESHOLD, SceneMasks, invalid_reason
 
 NEAR_SLACK = 0.05  # share of the world width a push may exceed the nearest feasible one's
 YAW_TOLERANCE = np.deg2rad(7.5)  # half a yaw step of the pose search
 _ANGLES = np.deg2rad(np.arange(0.0, 90.0, 0.5))  # rectangle fits repeat every quarter turn
 RANDOM_TRIES = 200
+_EPS = 1e-9  # metres: rounding slack of distance comparisons
+SEGMENT_KINDS = ("slide", "turn")
+SEGMENT_KEYS = ("kind", "box_start", "box_end", "robot_start", "robot_end")
+PLAN_POSITION_PIXELS = 0.75  # push plans chain within this share of the file's pixel...
+PLAN_MIN_POSITION = 0.01  # ... or these metres, whichever is larger
+PLAN_YAW_TOLERANCE = np.deg2rad(3.0)
+PLAN_TURN_STEP = np.deg2rad(1.0)  # yaw step of a turn's swept area
+PLAN_CONTACT_SLACK = 0.002  # m the robot may stand inside its free space's border (contact)
+PLAN_PUSH_REACH = 0.005  # m beyond robot_radius + clearance the robot may push from
 FEASIBLE_KEYS = ("feasible_poses", "feasible_push", "push_field", "push_field_step")
 
 Scene = Mapping[str, np.ndarray]
@@ -240,32 +260,25 @@ def has_world_geometry(scene: Scene) -> bool:
 def scene_masks(scene: Scene, size: int) -> SceneMasks:
     """The scene's masks area-resized to ``(size, size)`` as :mod:`goalgen.eval.metrics` checks
     them (with the ground truth and the world geometry)."""
-    from goalgen.data.pack import resize_masks
-    from goalgen.data.scenes import SCENE_KEYS
-
     masks = np.stack([np.asarray(scene[k], dtype=np.float32) / 255.0 for k in SCENE_KEYS])
     masks = resize_masks(np.ascontiguousarray(masks), size)
     geometry = {"world_bounds": scene["world_bounds"], "robot_radius": scene["robot_radius"]}
     return SceneMasks.from_soft(masks[:5], masks[5], geometry)
 
 
-def opens_route(scene: Scene, poses: np.ndarray) -> np.ndarray:
+def opens_route(scene: Scene, poses: np.ndarray, clearance: float = 0.0) -> np.ndarray:
     """``(K,)`` bool: with the selected box moved to each pose ``(K, 3)``, does the robot, of
-    its true ``robot_radius``, reach its goal? NaN poses: False.
+    its true ``robot_radius`` plus ``clearance`` metres, reach its goal? NaN poses: False.
 
     Judged exactly on the world geometry with shapely, independently of the proposals' grid
     check (:class:`goalgen.infer.verify.ReachGrid`): the robot's free space is the world square
-    less every wall (``static_walls``) and other box grown by the robot's radius (the
-    Minkowski sum with its disk, arcs as 64-gons: within 0.2 mm of the circle); the route is
-    open when the robot's centre and its goal lie in one piece of it once the moved box, grown
-    alike, is taken away too. (Drawn at the file's resolution instead, a 5 cm pixel in an
-    11 m maze, gaps up to a pixel narrower than the robot pass.)"""
-    import shapely
-
-    radius = float(scene["robot_radius"])
-    fixed = shapely.union_all([_box_polygon(b).buffer(radius, 16) for b in _fixed_boxes(scene)])
-    x0, y0, x1, y1 = (float(v) for v in np.asarray(scene["world_bounds"]))
-    free = shapely.box(x0, y0, x1, y1).difference(fixed)
+    less every wall (``static_walls``) and other box grown by the robot's radius plus
+    ``clearance`` (the Minkowski sum with its disk, arcs as 64-gons: within 0.2 mm of the
+    circle); the route is open when the robot's centre and its goal lie in one piece of it
+    once the moved box, grown alike, is taken away too. (Drawn at the file's resolution
+    instead, a 5 cm pixel in an 11 m maze, gaps up to a pixel narrower than the robot pass.)"""
+    grow = float(scene["robot_radius"]) + clearance
+    free = _world(scene).difference(_grown(_fixed_boxes(scene), grow))
     start, goal = (
         shapely.Point(*np.asarray(scene[k], float)[:2]) for k in ("robot_pose", "goal_pose")
     )
@@ -274,28 +287,27 @@ def opens_route(scene: Scene, poses: np.ndarray) -> np.ndarray:
     for i, (x, y, yaw) in enumerate(np.asarray(poses, dtype=np.float64).reshape(-1, 3)):
         if not np.isfinite([x, y, yaw]).all():
             continue
-        space = free.difference(_box_polygon(np.array([x, y, w, h, yaw])).buffer(radius, 16))
-        out[i] = any(
-            p.intersects(start) and p.intersects(goal) for p in getattr(space, "geoms", [space])
-        )
+        space = free.difference(_box_polygon(np.array([x, y, w, h, yaw])).buffer(grow, 16))
+        out[i] = any(p.intersects(start) and p.intersects(goal) for p in _pieces(space))
     return out
 
 
-def world_valid(scene: Scene, poses: np.ndarray) -> np.ndarray:
+def world_valid(scene: Scene, poses: np.ndarray, clearance: float = 0.0) -> np.ndarray:
     """``(K,)`` bool: does the selected box at each pose ``(K, 3)`` lie inside the world square
-    and overlap no wall and no other box? Exact polygons (shapely; touching counts as
-    overlap), independently of the proposals' separating-axis test. NaN poses: False. The
-    route check (:func:`opens_route`) covers the robot and its goal."""
-    import shapely
-
+    and overlap no wall and no other box, and with ``clearance`` > 0 keep at least that many
+    metres from each (shapely distance)? Exact polygons (shapely; touching counts as overlap),
+    independently of the proposals' separating-axis test. NaN poses: False. The route check
+    (:func:`opens_route`) covers the robot and its goal."""
     fixed = shapely.union_all([_box_polygon(b) for b in _fixed_boxes(scene)])
-    world = shapely.box(*(float(v) for v in np.asarray(scene["world_bounds"])))
+    world = _world(scene)
     w, h = _box(scene)[2:4]
     out = np.zeros(len(poses), dtype=bool)
     for i, (x, y, yaw) in enumerate(np.asarray(poses, dtype=np.float64).reshape(-1, 3)):
         if np.isfinite([x, y, yaw]).all():
             placed = _box_polygon(np.array([x, y, w, h, yaw]))
             out[i] = world.contains(placed) and not placed.intersects(fixed)
+            if out[i] and clearance > 0 and not fixed.is_empty:
+                out[i] = placed.distance(fixed) >= clearance - _EPS
     return out
 
 
@@ -309,11 +321,250 @@ def _fixed_boxes(scene: Scene) -> np.ndarray:
     return np.concatenate([walls, others])
 
 
-def _box_polygon(box: np.ndarray):
+def _box_polygon(box: np.ndarray) -> shapely.Polygon:
     """The rotated box ``(cx, cy, w, h, yaw)`` as a shapely polygon."""
-    import shapely
-
     return shapely.Polygon(geo.box_corners(*(float(v) for v in box)))
+
+
+def _grown(boxes: np.ndarray, grow: float) -> shapely.Geometry:
+    """The union of boxes ``(B, 5)`` each grown by ``grow`` metres (arcs as 64-gons)."""
+    return shapely.union_all([_box_polygon(b).buffer(grow, 16) for b in boxes])
+
+
+def _world(scene: Scene) -> shapely.Polygon:
+    """The world square ``world_bounds`` as a polygon."""
+    return shapely.box(*(float(v) for v in np.asarray(scene["world_bounds"]).reshape(-1)))
+
+
+def _pieces(geometry: shapely.Geometry) -> list[shapely.Geometry]:
+    """The parts of a (multi-)polygon."""
+    return list(getattr(geometry, "geoms", [geometry]))
+
+
+# ----------------------------------------------------------------------------- push plans
+@dataclass(frozen=True)
+class _Segment:
+    """One parsed push-plan segment (see :func:`push_plan_reasons`)."""
+
+    kind: str
+    box_start: np.ndarray  # (3,) x, y, yaw
+    box_end: np.ndarray  # (3,)
+    robot_start: np.ndarray  # (2,) x, y
+    robot_end: np.ndarray  # (2,)
+
+
+@dataclass(frozen=True)
+class _PlanWorld:
+    """What judging one scene's push plans needs, built once per scene."""
+
+    box: np.ndarray  # (5,) the selected box where it stands
+    radius: float  # robot_radius
+    clearance: float
+    world: shapely.Polygon
+    fixed: shapely.Geometry  # walls and other boxes
+    free: shapely.Geometry  # world less ``fixed`` grown by radius + clearance
+    robot: np.ndarray  # (2,) robot_pose's position
+    position_tolerance: float
+    period: float  # the box's symmetry: pi/2 for a square, else pi
+
+    def polygon(self, pose: np.ndarray) -> shapely.Polygon:
+        """The selected box at ``pose`` ``(x, y, yaw)``."""
+        return _box_polygon(np.array([pose[0], pose[1], *self.box[2:4], pose[2]]))
+
+    def same_pose(self, a: np.ndarray, b: np.ndarray) -> bool:
+        """Are poses ``(3,)`` ``a`` and ``b`` equal within the plan tolerances?"""
+        close = np.hypot(*(a[:2] - b[:2])) <= self.position_tolerance
+        return bool(close and _yaw_gap(a[2], b[2], self.period) <= PLAN_YAW_TOLERANCE + _EPS)
+
+
+def _plan_world(scene: Scene, clearance: float) -> _PlanWorld:
+    box = _box(scene)
+    radius = float(scene["robot_radius"])
+    fixed_boxes = _fixed_boxes(scene)
+    world = _world(scene)
+    pixel = _pixel(scene, None) if "target_object" in scene else 0.0
+    return _PlanWorld(
+        box=box,
+        radius=radius,
+        clearance=float(clearance),
+        world=world,
+        fixed=shapely.union_all([_box_polygon(b) for b in fixed_boxes]),
+        free=world.difference(_grown(fixed_boxes, radius + clearance)),
+        robot=np.asarray(scene["robot_pose"], dtype=np.float64)[:2],
+        position_tolerance=max(PLAN_POSITION_PIXELS * pixel, PLAN_MIN_POSITION),
+        period=np.pi / 2 if abs(box[2] - box[3]) <= _EPS else np.pi,
+    )
+
+
+def _parse_segment(segment: Mapping[str, Any]) -> _Segment:
+    """A segment dict as :class:`_Segment`; ValueError when malformed."""
+    if not isinstance(segment, Mapping):
+        raise ValueError(f"not a mapping: {type(segment).__name__}")
+    missing = [k for k in SEGMENT_KEYS if k not in segment]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    if segment["kind"] not in SEGMENT_KINDS:
+        raise ValueError(f"kind {segment['kind']!r} is neither slide nor turn")
+    parts = {}
+    for key, n in (("box_start", 3), ("box_end", 3), ("robot_start", 2), ("robot_end", 2)):
+        value = np.asarray(segment[key], dtype=np.float64).reshape(-1)
+        if value.shape != (n,) or not np.isfinite(value).all():
+            raise ValueError(f"{key} is not {n} finite numbers")
+        parts[key] = value
+    return _Segment(kind=str(segment["kind"]), **parts)
+
+
+def _swept_box(pw: _PlanWorld, seg: _Segment) -> shapely.Geometry:
+    """The area the box covers during the segment: the convex hull of its start and end for
+    a slide; for a turn, the union of the box at its start's centre at yaws every
+    ``PLAN_TURN_STEP`` from box_start's yaw to box_end's (unwrapped: the sign and size of
+    ``end - start`` is the turn)."""
+    if seg.kind == "slide":
+        return shapely.union(pw.polygon(seg.box_start), pw.polygon(seg.box_end)).convex_hull
+    turn = seg.box_end[2] - seg.box_start[2]
+    yaws = seg.box_start[2] + np.linspace(0.0, turn, int(np.ceil(abs(turn) / PLAN_TURN_STEP)) + 1)
+    x, y = seg.box_start[:2]
+    return shapely.union_all([pw.polygon(np.array([x, y, yaw])) for yaw in yaws])
+
+
+def _reachable(pw: _PlanWorld, box_pose: np.ndarray, before: np.ndarray, at: np.ndarray) -> bool:
+    """Can the robot go from ``before`` ``(2,)`` to ``at`` ``(2,)`` with the selected box at
+    ``box_pose``? One free piece must lie within ``PLAN_CONTACT_SLACK`` of ``at`` (the robot
+    stands in contact, a hair inside the grown box) and of ``before``, plus as deep as
+    ``before`` lies inside the box grown by the robot's radius (after a turn the robot stands
+    where it pushed from while the box turned into that spot)."""
+    box = pw.polygon(box_pose)
+    space = pw.free.difference(box.buffer(pw.radius, 16))
+    start, end = shapely.Point(*before), shapely.Point(*at)
+    slack = PLAN_CONTACT_SLACK + max(0.0, pw.radius - box.distance(start))
+    return any(
+        piece.distance(start) <= slack and piece.distance(end) <= PLAN_CONTACT_SLACK
+        for piece in _pieces(space)
+        if not piece.is_empty
+    )
+
+
+def _segment_reason(pw: _PlanWorld, seg: _Segment, robot_before: np.ndarray) -> str | None:
+    """Why one chained segment is no valid push (checks b to d of :func:`push_plan_reasons`),
+    or None."""
+    tol = pw.position_tolerance
+    if seg.kind == "slide":
+        if _yaw_gap(seg.box_start[2], seg.box_end[2], pw.period) > PLAN_YAW_TOLERANCE + _EPS:
+            return "a slide turns the box"
+        shift = seg.box_end[:2] - seg.box_start[:2]
+        if np.hypot(*(seg.robot_end - seg.robot_start - shift)) > tol:
+            return "robot_end is not robot_start plus the box's displacement"
+    else:
+        if np.hypot(*(seg.box_end[:2] - seg.box_start[:2])) > tol:
+            return "a turn moves the box's centre"
+        if np.hypot(*(seg.robot_end - seg.robot_start)) > tol:
+            return "the robot moves during a turn"
+    swept = _swept_box(pw, seg)
+    if not pw.world.contains(swept):
+        return "the box leaves the world"
+    if swept.intersects(pw.fixed):
+        return "the box's sweep hits a wall or another box"
+    if not _reachable(pw, seg.box_start, robot_before, seg.robot_start):
+        return "the robot cannot reach robot_start"
+    box = pw.polygon(seg.box_start)
+    robot = shapely.Point(*seg.robot_start)
+    if box.distance(robot) > pw.radius + pw.clearance + PLAN_PUSH_REACH:
+        return "robot_start is not at the box"
+    if seg.kind == "turn":
+        return "robot_start is inside the box" if box.contains(robot) else None
+    shift = seg.box_end[:2] - seg.box_start[:2]
+    length = float(np.hypot(*shift))
+    if length > _EPS:
+        far = box.distance(robot) + float(np.hypot(*pw.box[2:4])) + 1.0
+        ray = shapely.LineString([seg.robot_start, seg.robot_start + shift / length * far])
+        if not ray.intersects(box):
+            return "the robot pulls: robot_start is not behind the box"
+    path = shapely.LineString([seg.robot_start, seg.robot_end]) if length > _EPS else robot
+    if path.buffer(pw.radius, 16).intersects(pw.fixed):
+        return "the robot's path hits a wall or another box"
+    return None
+
+
+def _plan_reason(pw: _PlanWorld, pose: np.ndarray, plan: Sequence[Mapping[str, Any]]) -> str | None:
+    current = pw.box[[0, 1, 4]]
+    if not np.isfinite(pose).all():
+        return "pose not finite"
+    if len(plan) == 0:
+        return None if pw.same_pose(current, pose) else "empty plan for a pose that moves the box"
+    box_at, robot_at = current, pw.robot
+    for i, raw in enumerate(plan):
+        try:
+            seg = _parse_segment(raw)
+        except (TypeError, ValueError) as error:
+            return f"segment {i}: malformed ({error})"
+        if not pw.same_pose(seg.box_start, box_at):
+            where = "the box's current pose" if i == 0 else f"segment {i - 1}'s box_end"
+            return f"segment {i} ({seg.kind}): box_start is not {where}"
+        reason = _segment_reason(pw, seg, robot_at)
+        if reason is not None:
+            return f"segment {i} ({seg.kind}): {reason}"
+        box_at, robot_at = seg.box_end, seg.robot_end
+    if not pw.same_pose(box_at, pose):
+        return "the last segment does not end at the pose"
+    return None
+
+
+def push_plan_reasons(
+    scene: Scene,
+    poses: np.ndarray,
+    plans: Sequence[Sequence[Mapping[str, Any]]],
+    clearance: float = 0.0,
+) -> list[str | None]:
+    """Why each push plan fails to bring the selected box to its pose, or None where it does.
+
+    Judged on the world geometry with shapely, independently of the planner that made the
+    plans (:mod:`goalgen.infer`). ``poses`` ``(K, 3)`` ``(x, y, yaw)``; ``plans``: K plans,
+    each a list of segment dicts ``{"kind": "slide" | "turn", "box_start": [x, y, yaw],
+    "box_end": [x, y, yaw], "robot_start": [x, y], "robot_end": [x, y]}`` (metres, radians;
+    yaws unwrapped: a turn sweeps from box_start's yaw to box_end's). A slide translates the
+    box at constant yaw while the robot (a disk of ``robot_radius``) pushes from robot_start
+    and ends at robot_start plus the box's displacement; a turn turns it in place about its
+    centre, the robot pushing from robot_start and staying there. An empty plan leaves the
+    box in place: valid only for its current pose. A plan is valid when
+
+    a. it chains: segment 0 starts at the box's current pose, each segment where the last
+       ended, and the last ends at the pose (positions within ``PLAN_POSITION_PIXELS`` of the
+       file's pixel or ``PLAN_MIN_POSITION`` metres, whichever is larger; yaws within
+       ``PLAN_YAW_TOLERANCE`` modulo the box's symmetry, a quarter turn for a square, else
+       a half turn);
+    b. the box's sweep (a slide: the convex hull of its start and end; a turn: its union at
+       yaws every ``PLAN_TURN_STEP``) stays inside the world square and touches no wall and
+       no other box;
+    c. the robot can get from where it stood (``robot_pose`` for segment 0, the previous
+       robot_end after) to robot_start: one piece of the world less the walls and other boxes
+       grown by ``robot_radius + clearance`` and less the box at box_start grown by
+       ``robot_radius`` holds both, each within ``PLAN_CONTACT_SLACK`` (it stands in contact;
+       where it stood may also lie as deep inside the grown box as it overlaps the box: after
+       a turn it stands where it pushed from while the box turned into that spot);
+    d. it pushes: robot_start is within ``robot_radius + clearance + PLAN_PUSH_REACH`` of the
+       box at box_start; for a slide the ray from robot_start along the box's motion hits the
+       box (the robot is behind it) and the robot's sweep (robot_start to robot_end grown by
+       ``robot_radius``) touches no wall or other box; for a turn robot_start is outside the
+       box.
+
+    Returns K reasons, e.g. ``"segment 1 (slide): the robot pulls: ..."``.
+    """
+    poses = np.asarray(poses, dtype=np.float64).reshape(-1, 3)
+    if len(plans) != len(poses):
+        raise ValueError(f"{len(plans)} plans for {len(poses)} poses")
+    pw = _plan_world(scene, clearance)
+    return [_plan_reason(pw, pose, plan) for pose, plan in zip(poses, plans, strict=True)]
+
+
+def push_plan_valid(
+    scene: Scene,
+    poses: np.ndarray,
+    plans: Sequence[Sequence[Mapping[str, Any]]],
+    clearance: float = 0.0,
+) -> np.ndarray:
+    """``(K,)`` bool: does each plan push the selected box to its pose ``(K, 3)``
+    (:func:`push_plan_reasons` finds nothing)?"""
+    return np.array([r is None for r in push_plan_reasons(scene, poses, plans, clearance)], bool)
 
 
 def _poses_and_size(
@@ -335,6 +586,7 @@ def success_near(
     slack: float = NEAR_SLACK,
     masks: SceneMasks | None = None,
     poses: np.ndarray | None = None,
+    clearance: float = 0.0,
 ) -> np.ndarray:
     """``(K,)`` bool: is each sample ``(K, S, S)`` valid at its resolution
     (:func:`goalgen.eval.metrics.invalid_reason`), does its pose open the route
@@ -344,7 +596,10 @@ def success_near(
     would put the box, not where a pose fitted to their ``S``-px footprint lands): valid
     when the box there is clear of the world's walls and boxes (:func:`world_valid`; its
     ``S``-px footprint may gain a pixel of area or touch a wall's pixel 1 cm away), with the
-    push read within half a pixel of the file rather than of the samples."""
+    push read within half a pixel of the file rather than of the samples. ``clearance``:
+    metres the robot keeps from walls and boxes on its route (:func:`opens_route`) and, with
+    ``poses``, the placed box from walls and other boxes (:func:`world_valid`); 0 (default):
+    touching suffices."""
     _require(scene)
     samples = np.asarray(samples) != 0
     size = samples.shape[-1]
@@ -353,12 +608,12 @@ def success_near(
     poses, tolerance_size = _poses_and_size(scene, samples, poses)
     near = push_distance(scene, poses, tolerance_size) <= limit + 1e-9
     if exact:
-        valid = world_valid(scene, poses)
+        valid = world_valid(scene, poses, clearance)
     else:
         masks = masks or scene_masks(scene, size)
         valid = np.array([invalid_reason(s, masks) is None for s in samples], dtype=bool)
     out = valid & near
-    out[out] = opens_route(scene, poses[out])
+    out[out] = opens_route(scene, poses[out], clearance)
     return out
 
 
@@ -368,6 +623,7 @@ def score_near(
     slack: float = NEAR_SLACK,
     masks: SceneMasks | None = None,
     poses: np.ndarray | None = None,
+    clearance: float = 0.0,
 ) -> dict[str, float]:
     """Per-scene near metrics of samples ``(K, S, S)``: ``success_near_at_1``,
     ``success_near_at_k``, ``success_near_rate`` (share of samples), ``in_feasible_at_k``,
@@ -379,10 +635,10 @@ def score_near(
     (:func:`modes_covered`) and ``modes_covered_share`` (of the scene's modes),
     ``nearest_push_m`` (the ground truth's push) and ``feasible_poses`` / ``modes`` (the
     scene's counts). ``masks``: the scene at ``S`` (:func:`scene_masks`); ``poses``: exact
-    world poses of the samples (:func:`success_near`)."""
+    world poses of the samples and ``clearance`` the judge's (:func:`success_near`)."""
     _require(scene)
     samples = np.asarray(samples) != 0
-    near = success_near(scene, samples, slack, masks, poses)
+    near = success_near(scene, samples, slack, masks, poses, clearance)
     poses, size = _poses_and_size(scene, samples, poses)
     inside = in_feasible(scene, poses, size)
     best = feasible_distance(scene, poses, size).min()
@@ -436,8 +692,6 @@ def random_local(
         out.append(mask)
     masks = np.array(out)
     if size is not None and size != masks.shape[-1]:
-        from goalgen.data.pack import resize_masks
-
         masks = resize_masks(masks.astype(np.float32), size) >= THRESHOLD
     return masks, failed
 

@@ -46,11 +46,22 @@ import torch
 
 from goalgen.data.pack import resize_masks
 from goalgen.infer.fit import cell_centres, fit_boxes, wrap
-from goalgen.infer.propose_scene import Checker, ProposalScene, as_scene
+from goalgen.infer.propose_scene import (
+    CLEARANCE,
+    MAX_PUSH,
+    ROOM_LEVELS,
+    Checker,
+    ProposalScene,
+    as_scene,
+)
+from goalgen.infer.push_plan import PushSegment
 
 MIN_FIT_IOU = 0.3
 MERGE_ANGLE = 30.0  # degrees
-CLEARANCE = 0.01  # m kept from walls, boxes and the robot (world geometry)
+# Ranking among verified proposals: push distance plus ROOM_WEIGHT times the room missing to
+# clearance + max(ROOM_LEVELS): a pose that leaves the robot 5 cm less room must save 10 cm of
+# push to rank first.
+ROOM_WEIGHT = 2.0
 # Model cells a fit that collides or blocks the route may move: on 50 dev mazes (seed 9103,
 # flow euler 8, K = 32) proposals success_near@K 0.96 / 0.98 / 1.00 for 1 / 2 / 3 cells at
 # 0.35 / 0.79 / 1.43 s per scene; 2 is the cheapest within 2 points of the best.
@@ -79,9 +90,18 @@ class Proposal:
     merged: list[int] = field(default_factory=list)  # near-duplicate samples merged into it
     blobs: int = 1
     snapped: float = 0.0  # world units moved from the fit to the nearest collision-free pose
+    pushable: bool | None = None  # None: not checked (checks are lazy past the top ones)
+    segments: list[PushSegment] = field(default_factory=list)  # the push plan, when pushable
+    room: float = float("nan")  # world units to spare (Checker.room), when verified
 
     @property
     def verified(self) -> bool:
+        """Collision-free with the clearance, route open with it, and pushable."""
+        return not self.reasons and self.pushable is True
+
+    @property
+    def passes_placement(self) -> bool:
+        """Every check but pushability passes (fit, collisions, route, finite push)."""
         return not self.reasons
 
     @property
@@ -94,7 +114,16 @@ class Proposal:
 
     @property
     def reason(self) -> str | None:
+        if not self.reasons and self.pushable is None:
+            return "push not checked"
         return "; ".join(self.reasons) or None
+
+    def rank_cost(self, clearance: float) -> float:
+        """Push distance plus ``ROOM_WEIGHT`` times the room missing to ``clearance +
+        max(ROOM_LEVELS)`` (the ranking's key among verified proposals)."""
+        want = clearance + max(ROOM_LEVELS)
+        room = self.room if np.isfinite(self.room) else want
+        return self.push_distance + ROOM_WEIGHT * max(0.0, want - room)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +137,9 @@ class Proposal:
             "collision_free": self.collision_free,
             "opens_path": self.opens_path,
             "reachable": self.reachable,
+            "pushable": self.pushable,
+            "clearance": round(self.room, 6) if np.isfinite(self.room) else None,
+            "push_segments": [s.to_dict() for s in self.segments],
             "fit_iou": round(self.fit_iou, 4),
             "reason": self.reason,
             "merged": list(self.merged),
@@ -225,6 +257,14 @@ def covered_core(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return core
 
 
+def _usable(checker: Checker, boxes: np.ndarray) -> np.ndarray:
+    """``(K,)`` bool: boxes ``(K, 5)`` with a finite push that collide with nothing (the cheap
+    checks first)."""
+    out = np.isfinite(checker.push_distance(boxes))
+    out[out] = checker.collision_free(boxes[out])
+    return out
+
+
 def snap_free(
     checker: Checker,
     boxes: np.ndarray,
@@ -232,15 +272,15 @@ def snap_free(
     route_offsets: np.ndarray | None = None,
     batch: int = 32,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each box ``(K, 5)`` moved to the nearest collision-free pose that opens the route ->
-    ``(boxes (K, 5), moved (K,))``, ``moved`` the world distance of the chosen offset; boxes
-    with no collision-free offset stay as they are (``moved`` NaN).
+    """Each box ``(K, 5)`` moved to the nearest collision-free pose with a push that opens the
+    route -> ``(boxes (K, 5), moved (K,))``, ``moved`` the world distance of the chosen
+    offset; boxes with no such offset stay as they are (``moved`` NaN).
 
     In order: the first offset of ``offsets`` ``(L, 3)`` (nearest first) that makes the box
-    collision-free (:meth:`Checker.collision_free`), if it also opens the route (or no route
-    exists); else the first of ``route_offsets`` ``(R, 3)`` (a coarser lattice, nearest
-    first) that does both (on the coarse route grid, ``batch`` trials at a time); else that
-    first collision-free one. Every route offset's box covers :func:`covered_core`, so where
+    collision-free (:meth:`Checker.collision_free`) with a finite push
+    (:meth:`Checker.push_distance`), if it also opens the route (or no route exists); else the
+    first of ``route_offsets`` ``(R, 3)`` (a coarser lattice, nearest first) that does all
+    three (on the coarse route grid, ``batch`` trials at a time); else that first one. Every route offset's box covers :func:`covered_core`, so where
     that core already blocks the route (on the same grid) none opens it: no search."""
     boxes = np.array(boxes, dtype=np.float64).reshape(-1, 5)
     moved = np.full(len(boxes), np.nan)
@@ -252,11 +292,11 @@ def snap_free(
         searchable[solid] = checker.opens(core[solid], exact=False)
     for i in range(len(boxes)):
         trial = _moved(boxes[i : i + 1], offsets)[0]
-        free = np.flatnonzero(checker.collision_free(trial))
+        free = np.flatnonzero(_usable(checker, trial))
         chosen = offsets[free[0]] if len(free) else None
         if searchable[i] and not (len(free) and checker.opens(trial[free[:1]], exact=False)[0]):
             trial = _moved(boxes[i : i + 1], route_offsets)[0]
-            free = np.flatnonzero(checker.collision_free(trial))
+            free = np.flatnonzero(_usable(checker, trial))
             for start in range(0, len(free), batch):
                 part = free[start : start + batch]
                 opening = checker.opens(trial[part], exact=False)
@@ -316,6 +356,8 @@ def evaluate_samples(
                 "robot cannot reach its goal"
                 + ("" if checker.route_exists else " even without the object")
             )
+        if not np.isfinite(push[j]):
+            reasons.append("no push within the search radius")
         out.append(
             Proposal(
                 index=first_index + int(i),
@@ -335,28 +377,84 @@ def evaluate_samples(
     return out, rejected
 
 
+def check_push(checker: Checker, p: Proposal) -> None:
+    """Plan the push of a proposal that passes every other check (in place): its segments,
+    ``pushable``, why not, and its room (:meth:`Checker.room`)."""
+    box = np.array([p.x, p.y, *checker.scene.target[2:4], p.theta])
+    p.segments, failure = checker.plan(box)
+    p.pushable = failure is None
+    if failure is not None:
+        p.reasons.append(failure)
+    else:
+        p.room = float(checker.room(box[None])[0])
+
+
 def rank(
     candidates: Sequence[Proposal],
     merge_distance: float,
     merge_angle: float = MERGE_ANGLE,
     period: float = np.pi,
+    checker: Checker | None = None,
+    top: int | None = None,
 ) -> list[Proposal]:
-    """Candidates ranked (verified, push distance, fit IoU, index) with near-duplicates merged
-    into the better one (see the module docstring). Returns copies; inputs are untouched."""
-    order = sorted(candidates, key=lambda p: (not p.verified, p.push_distance, -p.fit_iou, p.index))
+    """Candidates ranked with near-duplicates merged into the better one (see the module
+    docstring). Returns copies; the candidates keep their push checks (done once each).
+
+    Candidates that pass every other check get their push planned (:func:`check_push`, with
+    ``checker``) in order of push distance; with ``top`` (the planner's call), lazily: a
+    near-duplicate of a verified one joins it unplanned, and planning stops once ``top``
+    verified ones are kept and no candidate left could rank above them (a rank cost is at
+    least the push distance).
+    Verified first, by :meth:`Proposal.rank_cost` (push distance, room missing), then the
+    rest by push distance, fit IoU, index."""
+    clearance = checker.clearance if checker is not None else 0.0
+    order = sorted(
+        candidates, key=lambda p: (not p.passes_placement, p.push_distance, -p.fit_iou, p.index)
+    )
     kept: list[Proposal] = []
     limit = np.radians(merge_angle)
-    for p in order:
+
+    def twin(p: Proposal, verdict: bool) -> Proposal | None:
         for q in kept:
             close = np.hypot(p.x - q.x, p.y - q.y) < merge_distance
-            if close and q.verified == p.verified and abs(wrap(p.theta - q.theta, period)) < limit:
-                q.merged.append(p.index)
-                break
+            if close and q.verified == verdict and abs(wrap(p.theta - q.theta, period)) < limit:
+                return q
+        return None
+
+    for p in order:
+        if p.passes_placement and p.pushable is None and checker is not None:
+            if top is not None:
+                q = twin(p, True)
+                if q is not None:
+                    q.merged.append(p.index)
+                    continue
+                costs = sorted(q.rank_cost(clearance) for q in kept if q.verified)
+                if len(costs) >= top and p.push_distance >= costs[top - 1]:
+                    continue
+            check_push(checker, p)
+        q = twin(p, p.verified)
+        if q is not None:
+            q.merged.append(p.index)
         else:
             kept.append(
-                Proposal(**{**p.__dict__, "merged": list(p.merged), "reasons": list(p.reasons)})
+                Proposal(
+                    **{
+                        **p.__dict__,
+                        "merged": list(p.merged),
+                        "reasons": list(p.reasons),
+                        "segments": list(p.segments),
+                    }
+                )
             )
-    return kept
+    return sorted(
+        kept,
+        key=lambda p: (
+            not p.verified,
+            p.rank_cost(clearance) if p.verified else p.push_distance,
+            -p.fit_iou,
+            p.index,
+        ),
+    )
 
 
 # ----------------------------------------------------------------------------- the entry
@@ -379,6 +477,7 @@ def propose(
     min_fit_iou: float = MIN_FIT_IOU,
     clearance: float = CLEARANCE,
     snap: float = SNAP,
+    max_push: float = MAX_PUSH,
 ) -> ProposalSet:
     """Ranked, verified goal proposals for one scene (see the module docstring).
 
@@ -404,7 +503,7 @@ def propose(
     )
     budget = max_samples if max_samples is not None else (4 * num_samples if top else num_samples)
     budget = max(budget, num_samples)
-    checker = Checker(prepared, clearance)
+    checker = Checker(prepared, clearance, max_push=max_push)
     size = int(predictor.image_size)
     context = resize_masks(np.ascontiguousarray(prepared.masks, dtype=np.float32), size)
     model_input = torch.from_numpy(context)[None] * 2 - 1
@@ -430,7 +529,7 @@ def propose(
         rejected.update(empty)
         draws.append(probs)
         drawn += k
-        ranked = rank(candidates, merge, merge_angle, prepared.period)
+        ranked = rank(candidates, merge, merge_angle, prepared.period, checker, top)
         seconds["sampling"] += t1 - t0
         seconds["post"] += time.perf_counter() - t1
         if top is None or sum(p.verified for p in ranked) >= top or drawn >= budget:
@@ -464,6 +563,7 @@ def proposals_of_samples(
     min_fit_iou: float = MIN_FIT_IOU,
     clearance: float = CLEARANCE,
     snap: float = SNAP,
+    max_push: float = MAX_PUSH,
 ) -> ProposalSet:
     """The ranked proposals of samples already drawn: ``probs`` ``(K, S, S)`` in [0, 1] at the
     model's resolution ``S`` for ``scene`` (any input :func:`as_scene` takes), fitted, checked
@@ -471,14 +571,18 @@ def proposals_of_samples(
     ``post``; no sampling). ``goalgen-eval`` scores the proposals of its raw samples so."""
     start = time.perf_counter()
     prepared = as_scene(scene, geometry=geometry)
-    checker = Checker(prepared, clearance)
+    checker = Checker(prepared, clearance, max_push=max_push)
     probs = np.asarray(probs, dtype=np.float32)
     size = probs.shape[-1]
     context = resize_masks(np.ascontiguousarray(prepared.masks, dtype=np.float32), size)
     t1 = time.perf_counter()
     candidates, rejected = evaluate_samples(prepared, checker, probs, 0, min_fit_iou, snap)
     ranked = rank(
-        candidates, _merge_distance(prepared, merge_distance), merge_angle, prepared.period
+        candidates,
+        _merge_distance(prepared, merge_distance),
+        merge_angle,
+        prepared.period,
+        checker,
     )
     seconds = {"setup": t1 - start, "sampling": 0.0, "post": time.perf_counter() - t1}
     return ProposalSet(

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from goalgen.data import geometry as geo
 from goalgen.data.planner_scene import (
@@ -37,8 +38,16 @@ from goalgen.data.scenes import load_scene_file
 from goalgen.infer import verify
 from goalgen.infer.fit import period_of
 from goalgen.infer.poses import PIXEL_EXTENT, min_area_rect
+from goalgen.infer.push_plan import CONTACT_GAP, TURN_LEVER, PushPlanner, PushSegment
 
 THRESHOLD = 0.5
+# Metres the robot keeps from walls and boxes on its route and the placed box keeps from walls,
+# boxes and the robot: half of namo_cpp's 5 cm reachability cell, so that a route we call open
+# stays open on a planner's grid (a gap a robot passes with 2.5 cm to spare each side has a free
+# 5 cm cell along it however the grid falls).
+CLEARANCE = 0.025
+MAX_PUSH = 2.0  # m: the push search radius (maze files search feasible goals within 1.5 m)
+ROOM_LEVELS = (0.025, 0.05)  # m of room beyond the clearance the route is checked for (ranking)
 
 
 @dataclass
@@ -200,14 +209,27 @@ def _nearby(obstacles: np.ndarray, boxes: np.ndarray, margin: float) -> np.ndarr
 class Checker:
     """The checks of one scene (see :mod:`goalgen.infer.verify`), set up once.
 
-    ``clearance``: world units a placed box must keep from walls, boxes and the robot
-    (world geometry only). ``cell``: route-grid cell (default ``min(pixel, radius / 3)``).
+    ``clearance``: world units the robot keeps from walls and boxes on its route (its route
+    grid and polygons are those of the robot grown by it; it may start and end closer) and a
+    placed box keeps from walls, boxes and the robot. ``cell``: route-grid cell (default
+    ``min(pixel, radius / 3)``). ``max_push``: the push search radius (world units).
     """
 
-    def __init__(self, scene: ProposalScene, clearance: float = 0.01, cell: float | None = None):
+    def __init__(
+        self,
+        scene: ProposalScene,
+        clearance: float = CLEARANCE,
+        cell: float | None = None,
+        max_push: float = MAX_PUSH,
+    ):
+        if not np.isfinite(clearance) or clearance < 0:
+            raise ValueError(f"clearance must be a distance >= 0 in metres, got {clearance}")
         self.scene, self.clearance = scene, float(clearance)
         self._exact: verify.ExactReach | None = None
+        self._planner: PushPlanner | None = None
+        self._rooms: dict[float, verify.ReachGrid] = {}
         frame, world, box = scene.frame, scene.world, scene.target
+        limit = float(max_push) if scene.units == "m" else np.inf
         if world is not None:
             self.obstacles = np.concatenate([world.static, world.others]).reshape(-1, 5)
             self.cell = cell or min(frame.metres_per_pixel, world.robot_radius / 3)
@@ -217,15 +239,25 @@ class Checker:
                 self.obstacles,
                 world.robot_xy,
                 world.goal_xy,
-                world.robot_radius,
+                world.robot_radius + self.clearance,
+                end_radius=world.robot_radius,
+                headroom=max(ROOM_LEVELS),
             )
             grid = self.reach
+
+            # the push field covers the cells the box can reach within the search radius
+            reach = int(np.ceil((limit + np.hypot(box[2], box[3])) / grid.cell)) + 2
+            centre = np.floor((box[[1, 0]] - (grid.y0, grid.x0)) / grid.cell).astype(int)
+            lo = np.clip(centre - reach, 0, grid.shape)
+            hi = np.clip(centre + reach + 1, 0, grid.shape)
+            window = (slice(lo[0], hi[0]), slice(lo[1], hi[1]))
+            self._push_origin = lo
 
             def to_cell(xy):
                 return np.stack(
                     [
-                        (xy[..., 1] - grid.y0) / grid.cell - 0.5,
-                        (xy[..., 0] - grid.x0) / grid.cell - 0.5,
+                        (xy[..., 1] - grid.y0) / grid.cell - 0.5 - lo[0],
+                        (xy[..., 0] - grid.x0) / grid.cell - 0.5 - lo[1],
                     ],
                     -1,
                 )
@@ -233,7 +265,7 @@ class Checker:
             # a cell is an obstacle's when its centre lies within half a cell of one (its
             # inscribed disk touches it): between the mask pixels' centre-inside rule of the
             # ground truth's search and the whole cell touching (too tight for maze corridors)
-            occupied = grid.clear < grid.cell / 2
+            occupied = grid.clear[window] < grid.cell / 2
             self.push = verify.PushField(
                 occupied,
                 to_cell,
@@ -241,6 +273,10 @@ class Checker:
                 grid.cell,
                 box,
                 scene.period,
+                limit=limit,
+                contact=world.robot_radius + CONTACT_GAP,
+                lever=TURN_LEVER,
+                **{k: v[window] for k, v in self._pushers().items()},
             )
         else:
             masks = scene.masks >= THRESHOLD
@@ -251,7 +287,7 @@ class Checker:
                 self.static | self.others,
                 masks[0],
                 masks[1],
-                scene.robot_radius / frame.metres_per_pixel,
+                (scene.robot_radius + self.clearance) / frame.metres_per_pixel,
             )
             sign = 1.0 if frame.shift_to_world(1, 0)[1] > 0 else -1.0
             mpp = frame.metres_per_pixel
@@ -270,7 +306,34 @@ class Checker:
                 mpp,
                 box,
                 scene.period,
+                limit=limit,
             )
+
+    def _pushers(self) -> dict[str, np.ndarray]:
+        """Route-grid cells ``(H, W)`` bool where the robot's centre may stand to push (at
+        least its radius plus the clearance from walls and other boxes), for
+        :class:`goalgen.infer.verify.PushField`: ``pusher``, on its own side of the selected
+        box (cells it reaches from its start, coming as close to the box as it likes) or where
+        the box stands (it follows the box into them); ``pusher_after``, once the box has left
+        the cells it covered (``vacated``), every cell it reaches with the box taken away.
+        Pulling is thus never counted: the far side of a box that closes a passage is out of
+        reach until the box has been pushed out of it."""
+        grid = self.reach
+        xy = grid.centres(*np.indices(grid.shape))
+        inside = verify.point_box_distance(xy, self.scene.target[None])[..., 0] <= 0
+        room = grid.clear >= grid.radius
+        ends = grid.start[:, 0].astype(int), grid.start[:, 1].astype(int)
+
+        def reached(cells: np.ndarray) -> np.ndarray:
+            labels, _ = ndimage.label(cells)
+            mine = labels[ends]
+            return np.isin(labels, mine[mine > 0])
+
+        return {
+            "pusher": room & (reached(room & ~inside) | inside),
+            "pusher_after": reached(room),
+            "vacated": inside,
+        }
 
     @property
     def route_exists(self) -> bool:
@@ -363,7 +426,8 @@ class Checker:
                 self.obstacles,
                 world.robot_xy,
                 world.goal_xy,
-                world.robot_radius,
+                world.robot_radius + self.clearance,
+                end_slack=self.clearance,
             )
         return self._exact
 
@@ -371,3 +435,57 @@ class Checker:
         """``(K,)`` push distances (world units; inf where the box cannot be pushed) to boxes
         ``(K, 5)``."""
         return self.push.distance(np.asarray(boxes)[:, [0, 1, 4]])
+
+    def plan(self, box: np.ndarray) -> tuple[list[PushSegment], str | None]:
+        """How the robot pushes the selected box to ``box`` ``(5,)``, and why it cannot
+        (:class:`goalgen.infer.push_plan.PushPlanner`; None: it can). Without world geometry
+        only the push distance is known: a finite one counts, with no segments."""
+        pose = np.asarray(box, dtype=np.float64)[[0, 1, 4]]
+        if self.scene.world is None:
+            finite = np.isfinite(self.push.distance(pose[None])[0])
+            return [], None if finite else "no push within the search radius"
+        if self._planner is None:
+            grid, world = self.reach, self.scene.world
+
+            lo = self._push_origin
+
+            def to_world(rc: np.ndarray) -> np.ndarray:
+                return grid.centres(rc[..., 0] + lo[0], rc[..., 1] + lo[1])
+
+            self._planner = PushPlanner(
+                self.push,
+                grid,
+                self.obstacles,
+                self.scene.target,
+                world.robot_xy,
+                world.robot_radius,
+                self.clearance,
+                to_world,
+                self.scene.period,
+            )
+        return self._planner.check(pose)
+
+    def room(self, boxes: np.ndarray) -> np.ndarray:
+        """``(K,)`` world units to spare for boxes ``(K, 5)`` that verify: the least of the
+        box's exact distance to walls, other boxes and the robot's disk, and the room the
+        robot's route keeps (the clearance, or the largest of ``clearance + ROOM_LEVELS`` the
+        route grid still finds open). NaN without world geometry."""
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 5)
+        if self.scene.world is None or not len(boxes):
+            return np.full(len(boxes), np.nan)
+        world = self.scene.world
+        near = _nearby(self.obstacles, boxes, max(ROOM_LEVELS) + self.clearance)
+        gap = np.full(len(boxes), max(ROOM_LEVELS) + self.clearance)
+        if len(near):
+            corners = verify.box_corners(boxes)  # (K, 4, 2)
+            one = verify.point_box_distance(corners, near).min((1, 2))
+            other = verify.box_corners(near)  # (B, 4, 2)
+            two = np.array([verify.point_box_distance(other, b[None]).min() for b in boxes])
+            gap = np.minimum(gap, np.minimum(one, two))
+        robot = verify.point_box_distance(world.robot_xy, boxes) - world.robot_radius
+        route = np.full(len(boxes), self.clearance)
+        for extra in ROOM_LEVELS:
+            if extra not in self._rooms:
+                self._rooms[extra] = self.reach.grown(extra)
+            route[self._rooms[extra].opens(boxes)] = self.clearance + extra
+        return np.minimum(np.minimum(gap, robot), route)

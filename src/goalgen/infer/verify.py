@@ -41,7 +41,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import shapely
-from scipy import fft, ndimage
+from scipy import fft, ndimage, sparse
+from scipy.sparse import csgraph
 
 from goalgen.data import geometry as geo
 from goalgen.data.synthetic.feasible import TURN_SAMPLES, push_distances
@@ -110,6 +111,103 @@ def point_box_distance(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.hypot(np.maximum(u, 0), np.maximum(v, 0))
 
 
+def contact_distance(box: np.ndarray, direction: np.ndarray, gap: float) -> float:
+    """How far behind the centre of ``box`` ``(5,)``, against unit ``direction`` ``(2,)``, a
+    point lies at distance ``gap`` from the box: where a disk of radius ``gap`` touches the
+    box to push it along ``direction`` through its centre. In the box's frame the point is
+    ``-s (a, b)`` with ``a, b >= 0`` (the direction's components, by symmetry), at distance
+    ``hypot(max(s a - hw, 0), max(s b - hh, 0))``, which grows with ``s``: the least root."""
+    c, s = np.cos(box[4]), np.sin(box[4])
+    a = abs(direction[0] * c + direction[1] * s)
+    b = abs(direction[1] * c - direction[0] * s)
+    hw, hh = box[2] / 2, box[3] / 2
+    best = np.inf
+    for along, across, half, other in ((a, b, hw, hh), (b, a, hh, hw)):
+        if along > 1e-12:  # one face: the other coordinate stays inside the box
+            t = (half + gap) / along
+            if t * across <= other + 1e-12:
+                best = min(best, t)
+    if best < np.inf:
+        return float(best)
+    # past a corner: (s a - hw)^2 + (s b - hh)^2 = gap^2, a^2 + b^2 = 1
+    p = a * hw + b * hh
+    return float(p + np.sqrt(max(p * p - hw * hw - hh * hh + gap * gap, 0.0)))
+
+
+def turn_spots(
+    box: np.ndarray, sign: float, gap: float, lever: float
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Where a disk of radius ``gap`` touching ``box`` ``(5,)`` pushes it to turn it
+    counter-clockwise (``sign`` > 0) or clockwise: ``(centre (2,), push direction (2,))``
+    pairs, near each end of each side (``lever`` of the half side from its middle) whose
+    push has a torque of that sign."""
+    c, s = np.cos(box[4]), np.sin(box[4])
+    u, v = np.array([c, s]), np.array([-s, c])
+    hw, hh = box[2] / 2, box[3] / 2
+    spots = []
+    for n, depth, along, half in ((u, hw, v, hh), (-u, hw, v, hh), (v, hh, u, hw), (-v, hh, u, hw)):
+        for arm in (lever * half, -lever * half):
+            offset = (depth + gap) * n + arm * along
+            torque = offset[0] * -n[1] - offset[1] * -n[0]  # offset x push (the push is -n)
+            if torque * sign > 0:
+                spots.append((box[:2] + offset, -n))
+    return spots
+
+
+_MOVES = ((0, 1), (1, 0), (0, -1), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1))
+
+
+def _shifted(mask: np.ndarray, dr: int, dc: int) -> np.ndarray:
+    """``out[r, c] = mask[r + dr, c + dc]`` (False beyond the edge)."""
+    h, w = mask.shape
+    out = np.zeros_like(mask)
+    out[max(0, -dr) : h - max(0, dr), max(0, -dc) : w - max(0, dc)] = mask[
+        max(0, dr) : h - max(0, -dr), max(0, dc) : w - max(0, -dc)
+    ]
+    return out
+
+
+def pushing_distances(
+    fits: np.ndarray,
+    turns: np.ndarray,
+    slide_ok: np.ndarray,
+    turn_ok: np.ndarray,
+    step: float,
+    turn_cost: float,
+    limit: float,
+    source: tuple[int, int, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Dijkstra over the pose lattice as :func:`goalgen.data.synthetic.feasible.push_distances`,
+    with each move allowed only in the direction the robot can push it: a slide ``_MOVES[m]``
+    from a pose where ``slide_ok[k, m]`` ``(R, 8, H, W)``; a turn ``k -> k + 1`` where
+    ``turn_ok[k, 0]``, ``k + 1 -> k`` where ``turn_ok[k + 1, 1]`` ``(R, 2, H, W)``. Returns
+    distances and predecessors ``(R, H, W)``."""
+    _, h, w = fits.shape
+    index = np.arange(fits.size).reshape(fits.shape)
+    heads, tails, costs = [], [], []
+    for m, (dr, dc) in enumerate(_MOVES):
+        a = (slice(None), slice(max(0, -dr), h - max(0, dr)), slice(max(0, -dc), w - max(0, dc)))
+        b = (slice(None), slice(max(0, dr), h - max(0, -dr)), slice(max(0, dc), w - max(0, -dc)))
+        ok = fits[a] & fits[b] & slide_ok[:, m][a]
+        heads.append(index[a][ok])
+        tails.append(index[b][ok])
+        costs.append(np.full(ok.sum(), np.hypot(dr, dc) * step))
+    turnable = fits & np.roll(fits, -1, axis=0) & turns  # k <-> k + 1 (cyclic)
+    up, down = turnable & turn_ok[:, 0], turnable & np.roll(turn_ok[:, 1], -1, axis=0)
+    after = np.roll(index, -1, axis=0)
+    heads += [index[up], after[down]]
+    tails += [after[up], index[down]]
+    costs += [np.full(up.sum(), turn_cost), np.full(down.sum(), turn_cost)]
+    graph = sparse.csr_matrix(
+        (np.concatenate(costs), (np.concatenate(heads), np.concatenate(tails))),
+        shape=(fits.size, fits.size),
+    )
+    dist, pred = csgraph.dijkstra(
+        graph, directed=True, indices=int(index[source]), limit=limit, return_predecessors=True
+    )
+    return dist.reshape(fits.shape), pred.reshape(fits.shape)
+
+
 # ----------------------------------------------------------------------------- route, exact
 class ReachGrid:
     """Sound route check for a disk robot among exact boxes (see the module docstring)."""
@@ -122,22 +220,39 @@ class ReachGrid:
         start: Sequence[float],
         goal: Sequence[float],
         radius: float,
+        end_radius: float | None = None,
+        headroom: float = 0.0,
     ) -> None:
         self.x0, self.y0 = float(bounds[0]), float(bounds[1])
         self.cell, self.radius = float(cell), float(radius)
+        self.end_radius = self.radius if end_radius is None else float(end_radius)
         self.shape = (
             int(np.ceil((bounds[3] - bounds[1]) / cell)),
             int(np.ceil((bounds[2] - bounds[0]) / cell)),
         )
-        self.cap = radius + 2 * cell  # clearances are exact up to here
+        self.cap = radius + headroom + 2 * cell  # clearances are exact up to here
         self.clear = np.full(self.shape, self.cap)
         for box in np.asarray(obstacles, float).reshape(-1, 5):
             rows, cols, xy = self._window(box)
             if xy.size:
                 d = point_box_distance(xy, box[None])[..., 0]
                 self.clear[rows, cols] = np.minimum(self.clear[rows, cols], d)
-        self.free = self.clear >= radius + cell / 2
-        self.start, self.goal = self._ends(start), self._ends(goal)
+        self._points = (np.asarray(start, float)[:2], np.asarray(goal, float)[:2])
+        self._connect()
+
+    def grown(self, extra: float) -> ReachGrid:
+        """The same grid for a robot ``extra`` wider (``extra`` within the ``headroom`` it was
+        built with), sharing the clearances."""
+        if self.radius + extra + 2 * self.cell > self.cap + 1e-12:
+            raise ValueError(f"extra {extra} m exceeds the grid's headroom")
+        out = object.__new__(ReachGrid)
+        out.__dict__ = dict(self.__dict__, radius=self.radius + extra)
+        out._connect()
+        return out
+
+    def _connect(self) -> None:
+        self.free = self.clear >= self.radius + self.cell / 2
+        self.start, self.goal = self._ends(self._points[0]), self._ends(self._points[1])
         labels, _ = ndimage.label(self.free, structure=_PLANE4[1])
         self.base_connected = bool(
             len(np.intersect1d(self._labels(labels, self.start), self._labels(labels, self.goal)))
@@ -175,9 +290,12 @@ class ReachGrid:
             self.centres(rows[:, None], cols[None, :]),
         )
 
-    def _ends(self, point: Sequence[float]) -> np.ndarray:
-        """``(n, 3)`` cells ``(row, col, distance)`` a start/goal point joins."""
+    def _ends(self, point: Sequence[float], radius: float | None = None) -> np.ndarray:
+        """``(n, 3)`` cells ``(row, col, distance)`` a point joins: free cells of its 3 x 3
+        neighbourhood whose centre is at least ``radius`` (default ``end_radius``, the robot's
+        own: it may stand closer than the clearance) + the distance from every obstacle."""
         p = np.asarray(point, dtype=np.float64)
+        radius = self.end_radius if radius is None else radius
         r = int(np.floor((p[1] - self.y0) / self.cell))
         c = int(np.floor((p[0] - self.x0) / self.cell))
         out = []
@@ -186,13 +304,59 @@ class ReachGrid:
                 i, j = r + dr, c + dc
                 if 0 <= i < self.shape[0] and 0 <= j < self.shape[1] and self.free[i, j]:
                     d = float(np.hypot(*(self.centres(np.array(i), np.array(j)) - p)))
-                    if self.clear[i, j] >= self.radius + d:
+                    if self.clear[i, j] >= radius + d:
                         out.append((i, j, d))
         return np.array(out, dtype=np.float64).reshape(-1, 3)
 
     @staticmethod
     def _labels(labels: np.ndarray, ends: np.ndarray) -> np.ndarray:
         return labels[ends[:, 0].astype(int), ends[:, 1].astype(int)]
+
+    def _labels_with(self, box: np.ndarray, box_radius: float) -> np.ndarray:
+        """Labels of the start's region (cropped) with ``box`` placed too, kept
+        ``box_radius`` + half a cell from."""
+        (rs, cs), (h, w) = self.crop, self.region.shape
+        free = self.region.copy()
+        rows, cols, xy = self._window(box, box_radius + self.cell)
+        r0, r1 = max(rows.start - rs.start, 0), min(rows.stop - rs.start, h)
+        c0, c1 = max(cols.start - cs.start, 0), min(cols.stop - cs.start, w)
+        if r1 > r0 and c1 > c0:
+            sub = xy[
+                r0 + rs.start - rows.start : r1 + rs.start - rows.start,
+                c0 + cs.start - cols.start : c1 + cs.start - cols.start,
+            ]
+            free[r0:r1, c0:c1] &= (
+                point_box_distance(sub, box[None])[..., 0] >= box_radius + self.cell / 2
+            )
+        return ndimage.label(free, structure=_PLANE4[1])[0]
+
+    def _joined(
+        self, labels: np.ndarray, point: np.ndarray, box: np.ndarray, box_radius: float
+    ) -> set[int]:
+        """Labels a point joins (its neighbourhood's cells, clear of ``box`` too)."""
+        (rs, cs), (h, w) = self.crop, self.region.shape
+        cells = self._ends(point)
+        if not len(cells):
+            return set()
+        centres = self.centres(cells[:, 0], cells[:, 1])
+        clear = point_box_distance(centres, box[None])[:, 0] >= box_radius + cells[:, 2]
+        rr, cc = cells[:, 0].astype(int) - rs.start, cells[:, 1].astype(int) - cs.start
+        inside = clear & (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
+        found = labels[rr[inside], cc[inside]]
+        return set(found[found > 0].tolist())
+
+    def reachable(
+        self, box: np.ndarray, box_radius: float, start: np.ndarray, goals: np.ndarray
+    ) -> np.ndarray:
+        """``(G,)`` bool: can the robot, standing at ``start`` ``(2,)``, get to each of
+        ``goals`` ``(G, 2)`` with ``box`` ``(5,)`` placed as well, coming no closer than
+        ``box_radius`` to it (it may touch the box it is about to push)? Same cells as
+        :meth:`opens`; points join their neighbourhood with the robot's own radius, and must
+        lie ``box_radius`` + the distance from the box too."""
+        goals = np.asarray(goals, dtype=np.float64).reshape(-1, 2)
+        labels = self._labels_with(box, box_radius)
+        here = self._joined(labels, np.asarray(start, dtype=np.float64), box, box_radius)
+        return np.array([bool(here & self._joined(labels, g, box, box_radius)) for g in goals])
 
     def opens(self, boxes: np.ndarray) -> np.ndarray:
         """``(K,)`` bool: is there a route with the selected box placed at each of ``boxes``?"""
@@ -223,7 +387,7 @@ class ReachGrid:
             lab[:, inside] = labels[:, rr[inside], cc[inside]]
             centres = self.centres(cells[:, 0], cells[:, 1])
             clear = point_box_distance(centres, boxes)  # (n, K)
-            blocked = clear.T - cells[:, 2][None, :] < self.radius
+            blocked = clear.T - cells[:, 2][None, :] < self.end_radius
             lab[blocked] = 0
             ends.append(lab)
         s, g = ends
@@ -235,7 +399,9 @@ class ExactReach:
     """Route check for a disk robot among exact boxes on polygons (see the module docstring).
 
     ``bounds`` ``(x0, y0, x1, y1)``; ``obstacles`` ``(B, 5)`` fixed boxes; ``start``/``goal``
-    ``(2,)`` the robot's centre and its goal; ``radius`` the robot's."""
+    ``(2,)`` the robot's centre and its goal; ``radius`` the robot's, grown by the clearance;
+    ``end_slack``: the start and goal join the free space anywhere within this distance (the
+    robot may stand closer than the clearance where it starts and ends)."""
 
     def __init__(
         self,
@@ -244,10 +410,14 @@ class ExactReach:
         start: Sequence[float],
         goal: Sequence[float],
         radius: float,
+        end_slack: float = 0.0,
     ) -> None:
         # vertices at grow from the centre put every chord at >= radius: outside the circle
         self.grow = float(radius) / np.cos(np.pi / 4 / ARC_SEGMENTS)
-        self.start, self.goal = shapely.Point(*start[:2]), shapely.Point(*goal[:2])
+        self.start, self.goal = (
+            shapely.Point(*p[:2]).buffer(end_slack, 8) if end_slack > 0 else shapely.Point(*p[:2])
+            for p in (start, goal)
+        )
         grown = [self._grown(box) for box in np.asarray(obstacles, float).reshape(-1, 5)]
         free = shapely.box(*(float(v) for v in bounds)).difference(shapely.union_all(grown))
         self.region = next((p for p in _pieces(free) if p.intersects(self.start)), None)
@@ -312,6 +482,13 @@ class MaskReach:
 class PushField:
     """Push distances of the selected box over (yaw, position) (see the module docstring).
 
+    With ``pusher`` ``(H, W)`` (cells where the robot's centre can stand to push), a move
+    counts only where the robot can push it: a slide from the cell behind the box on the line
+    through its centre (``contact``: the robot's radius, plus a gap), a turn from a spot near
+    an end of a side (``lever``) whose torque turns it that way (:func:`turn_spots`). Where
+    the box no longer covers any of the cells ``vacated`` ``(H, W)`` (those it covered where
+    it stood), the robot may stand in ``pusher_after`` ``(H, W)`` too (the way it opened).
+
     ``occupied`` ``(H, W)``: cells taken by obstacles (walls, other boxes);
     ``to_cell(xy)`` maps world points ``(..., 2)`` to continuous ``(row, col)``;
     ``offset(rows, cols)`` gives the world displacement of a cell offset; ``cell`` in m;
@@ -327,8 +504,14 @@ class PushField:
         box: np.ndarray,
         period: float,
         yaw_steps: int = YAW_STEPS,
+        limit: float = np.inf,
+        pusher: np.ndarray | None = None,
+        contact: float = 0.0,
+        lever: float = 0.75,
+        pusher_after: np.ndarray | None = None,
+        vacated: np.ndarray | None = None,
     ) -> None:
-        self.to_cell, self.shape = to_cell, occupied.shape
+        self.to_cell, self.shape, self.cell = to_cell, occupied.shape, float(cell)
         self.yaw0, self.yaw_step, self.yaw_steps = float(box[4]), period / yaw_steps, yaw_steps
         w, h = float(box[2]), float(box[3])
         reach = int(np.ceil(np.hypot(w, h) / 2 / cell)) + 1
@@ -336,7 +519,7 @@ class PushField:
         padded = np.pad(occupied.astype(np.float32), reach, constant_values=1.0)
         spectrum = fft.rfft2(padded)
 
-        def clear(kernel: np.ndarray) -> np.ndarray:
+        def clear(kernel: np.ndarray, spectrum: np.ndarray = spectrum) -> np.ndarray:
             """``(H, W)`` bool: ``kernel`` centred on each cell touches no occupied cell."""
             spec = fft.rfft2(kernel[::-1, ::-1].astype(np.float32), padded.shape)
             hits = fft.irfft2(spectrum * spec, padded.shape)
@@ -360,20 +543,86 @@ class PushField:
         )
         fits[(0, *start)] = True
         turn_cost = np.hypot(w, h) / 2 * self.yaw_step  # the arc a corner travels
-        self.dist = push_distances(fits, turns, cell, turn_cost, source=(0, *start))
+        self.start, self.fits = tuple(int(v) for v in start), fits
+        if pusher is None:
+            self.dist, self.pred = push_distances(
+                fits, turns, cell, turn_cost, limit, (0, *start), predecessors=True
+            )
+            return
+        # the world displacement of a lattice step is linear: invert it for the robot's spots
+        basis = np.array(
+            [offset(np.array(1.0), np.array(0.0)), offset(np.array(0.0), np.array(1.0))]
+        )
+        inverse = np.linalg.inv(basis.T.astype(np.float64))
+
+        def lattice(v: np.ndarray) -> tuple[int, int]:
+            a, b = np.rint(inverse @ v).astype(int)
+            return int(a), int(b)
+
+        if pusher_after is not None:  # poses where the box has left the cells it covered
+            away = fft.rfft2(np.pad(vacated.astype(np.float32), reach))
+            left = np.array([clear(kernel(yaw), away) for yaw in yaws])
+        slide_ok = np.zeros((yaw_steps, len(_MOVES), *self.shape), dtype=bool)
+        turn_ok = np.zeros((yaw_steps, 2, *self.shape), dtype=bool)
+        for k, yaw in enumerate(yaws):
+            shape = np.array([0.0, 0.0, w, h, yaw])
+
+            def stands(spot: np.ndarray, k: int = k) -> np.ndarray:
+                ok = _shifted(pusher, *lattice(spot))
+                if pusher_after is not None:
+                    ok |= left[k] & _shifted(pusher_after, *lattice(spot))
+                return ok
+
+            for m, move in enumerate(_MOVES):
+                d = basis.T @ np.array(move, dtype=np.float64)
+                d /= np.hypot(*d)
+                slide_ok[k, m] = stands(-contact_distance(shape, d, contact) * d)
+            for j, sign in enumerate((1.0, -1.0)):
+                for spot, _ in turn_spots(shape, sign, contact, lever):
+                    turn_ok[k, j] |= stands(spot)
+        self.dist, self.pred = pushing_distances(
+            fits, turns, slide_ok, turn_ok, cell, turn_cost, limit, (0, *start)
+        )
 
     def distance(self, poses: np.ndarray) -> np.ndarray:
         """``(K,)`` push distance (m; inf: not reachable) to poses ``(K, 3)`` ``(x, y, yaw)``:
         the least over the cells next to the centre's and the two yaw steps around its yaw."""
+        return self._nearest(poses)[0]
+
+    def _nearest(self, poses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(K,)`` least distances of :meth:`distance` and ``(K, 3)`` their lattice poses
+        ``(k, row, col)``."""
         poses = np.asarray(poses, dtype=np.float64).reshape(-1, 3)
         rc = np.rint(self.to_cell(poses[:, :2])).astype(int)
         turns = np.mod((poses[:, 2] - self.yaw0) / self.yaw_step, self.yaw_steps)
         yaws = (np.floor(turns).astype(int), np.ceil(turns).astype(int) % self.yaw_steps)
         out = np.full(len(poses), np.inf)
+        best = np.zeros((len(poses), 3), dtype=int)
         for k, dr, dc in itertools.product(yaws, (-1, 0, 1), (-1, 0, 1)):
             r, c = rc[:, 0] + dr, rc[:, 1] + dc
             ok = (r >= 0) & (r < self.shape[0]) & (c >= 0) & (c < self.shape[1])
             vals = np.full(len(poses), np.inf)
             vals[ok] = self.dist[k[ok], r[ok], c[ok]]
-            out = np.minimum(out, vals)
-        return out
+            better = vals < out
+            out[better] = vals[better]
+            best[better] = np.stack([k, r, c], 1)[better]
+        return out, best
+
+    def path(self, pose: np.ndarray) -> np.ndarray | None:
+        """The shortest lattice path to ``pose`` ``(x, y, yaw)``: ``(n, 3)`` int ``(turns,
+        row, col)`` from where the box stands, ``turns`` counted in yaw steps from its yaw
+        (unwrapped: a path may turn past the symmetry period); None if unreachable."""
+        dist, best = self._nearest(np.asarray(pose, dtype=np.float64)[None])
+        if not np.isfinite(dist[0]):
+            return None
+        flat = int(np.ravel_multi_index(tuple(best[0]), self.dist.shape))
+        nodes = []
+        while flat >= 0:
+            nodes.append(np.unravel_index(flat, self.dist.shape))
+            flat = int(self.pred.flat[flat])
+        nodes = np.array(nodes[::-1], dtype=int).reshape(-1, 3)
+        steps = np.diff(nodes[:, 0])
+        steps = np.where(steps > 1, steps - self.yaw_steps, steps)
+        steps = np.where(steps < -1, steps + self.yaw_steps, steps)
+        nodes[:, 0] = np.concatenate([[0], np.cumsum(steps)])
+        return nodes

@@ -24,8 +24,9 @@ from torch.utils.data import DataLoader
 from goalgen import __version__
 from goalgen import checkpoint as ckpt
 from goalgen.data.dataset import ResumableDistributedSampler, build_datasets, collate_batch
-from goalgen.eval.metrics import task_metrics
+from goalgen.eval.validation import task_metrics
 from goalgen.eval.visualize import sample_grid, save_png
+from goalgen.infer.proposals import CLEARANCE
 from goalgen.model.generative import GenerativeModel
 from goalgen.train.distributed import DistContext
 from goalgen.train.logger import Progress, RunLogger
@@ -454,7 +455,14 @@ class Trainer:
         if cfg.val.metric_scenes == 0:
             return {}
         files = [self.val_set.packed.files[int(j)] for j in batch["index"]]  # geometry, near
-        metrics = task_metrics(batch["context"], batch["target"], samples, scenes=files)
+        clearance = cfg.val.get("clearance")
+        metrics = task_metrics(
+            batch["context"],
+            batch["target"],
+            samples,
+            scenes=files,
+            clearance=CLEARANCE if clearance is None else float(clearance),
+        )
         return {f"val_{name}": value for name, value in metrics.items()}
 
 

@@ -141,12 +141,14 @@ def push_distances(
     turn_cost: float,
     limit: float = np.inf,
     source: tuple[int, int, int] | None = None,
-) -> np.ndarray:
+    predecessors: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Dijkstra over the pose lattice ``free`` ``(R, H, W)`` (yaw steps, rows, cols) from
     ``source`` (default the unshifted pose: yaw 0 at the centre) -> distances ``(R, H, W)``
     in metres (inf beyond ``limit`` or unreachable). Moves: 8 neighbours within a yaw
     (``step`` m per row/col), or yaw ``k -> k + 1`` (cyclic) at ``turn_cost`` where both
-    poses and ``turn_free[k]`` (the turn's swept area) are free."""
+    poses and ``turn_free[k]`` (the turn's swept area) are free. ``predecessors``: also
+    return each pose's previous flat index on a shortest path ``(R, H, W)`` (-9999: none)."""
     shape = free.shape
     _, h, w = shape
     index = np.arange(free.size).reshape(shape)
@@ -167,8 +169,16 @@ def push_distances(
         shape=(free.size, free.size),
     )
     source = (0, h // 2, w // 2) if source is None else source
-    dist = csgraph.dijkstra(graph, directed=False, indices=int(index[source]), limit=limit)
-    return dist.reshape(shape)
+    out = csgraph.dijkstra(
+        graph,
+        directed=False,
+        indices=int(index[source]),
+        limit=limit,
+        return_predecessors=predecessors,
+    )
+    if predecessors:
+        return out[0].reshape(shape), out[1].reshape(shape)
+    return out.reshape(shape)
 
 
 def _border_offsets(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,0 +1,278 @@
+"""Push plans: how the robot pushes the selected box to a goal pose, each step checked.
+
+A plan starts from the push field's shortest lattice path to the goal pose
+(:meth:`goalgen.infer.verify.PushField.path`), cut into *slides* (straight translations, each
+to the farthest pose of the same yaw on the path that the box sweeps to clear of everything,
+exactly) and *turns*,
+shifted to start at the box's exact pose and bent to end at the goal's. Every segment is then
+checked in world coordinates:
+
+- **sweep**: the area the box sweeps (a slide: the convex hull of its start and end; a turn:
+  the box every ``TURN_SAMPLE``, grown by the arc a corner travels between samples) is clear
+  of walls and other boxes (separating axes, ``SWEEP_MARGIN`` to spare);
+- **contact**: a slide is pushed from behind, on the line through the box's centre, the
+  robot's disk ``CONTACT_GAP`` from the box; a turn by a push near one end of a side whose
+  torque turns the box the right way (four candidate spots, the first that works);
+- **approach**: the robot stands a grid cell behind its contact spot and must get there from
+  where it stood (its start for the first segment, then where the previous push left it)
+  with the box where the segment starts, on the route grid of the robot grown by the
+  clearance (:meth:`goalgen.infer.verify.ReachGrid.reachable`; it may come within its own
+  radius of the box it is about to push);
+- **path**: the robot's disk, moving from the approach spot through the push, keeps its
+  radius plus the clearance from walls and other boxes (exact distances at points every
+  ``PATH_STEP``, half a step added).
+
+A pose reached only by pulling (no spot behind the box the robot can get to) or only through a
+wall has no plan. Poses are ``(x, y, yaw)`` in metres and radians.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from goalgen.infer.fit import wrap
+from goalgen.infer.verify import (
+    PushField,
+    ReachGrid,
+    boxes_overlap,
+    contact_distance,
+    point_box_distance,
+    turn_spots,
+)
+
+CONTACT_GAP = 0.003  # m between the robot's disk and the box it is about to push
+SWEEP_MARGIN = 0.001  # m the swept box keeps from walls and other boxes
+TURN_SAMPLE = np.radians(0.5)  # yaw between the boxes that stand for a turn's sweep
+PATH_STEP = 0.01  # m between the points that stand for the robot's path
+TURN_LEVER = 0.75  # where along a side the robot pushes to turn the box (share of half its length)
+
+
+@dataclass
+class PushSegment:
+    """One push: the box from ``box_start`` to ``box_end`` ``(x, y, yaw)``, a ``"slide"`` or
+    a ``"turn"`` in place; the robot's centre from ``robot_start`` (in contact) to
+    ``robot_end``, after closing in from ``approach``."""
+
+    kind: str
+    box_start: np.ndarray
+    box_end: np.ndarray
+    robot_start: np.ndarray
+    robot_end: np.ndarray
+    approach: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        def r(v: np.ndarray) -> list[float]:
+            return [round(float(x), 6) for x in v]
+
+        return {
+            "kind": self.kind,
+            "box_start": r(self.box_start),
+            "box_end": r(self.box_end),
+            "robot_start": r(self.robot_start),
+            "robot_end": r(self.robot_end),
+        }
+
+
+def _box(pose: np.ndarray, size: tuple[float, float]) -> np.ndarray:
+    return np.array([pose[0], pose[1], size[0], size[1], pose[2]], dtype=np.float64)
+
+
+def _corners(box: np.ndarray) -> np.ndarray:
+    c, s = math.cos(box[4]), math.sin(box[4])
+    hx = np.array([-1.0, 1.0, 1.0, -1.0]) * box[2] / 2
+    hy = np.array([-1.0, -1.0, 1.0, 1.0]) * box[3] / 2
+    return np.stack([box[0] + hx * c - hy * s, box[1] + hx * s + hy * c], -1)
+
+
+def hull_clear(points: np.ndarray, axes: np.ndarray, obstacles: np.ndarray, margin: float) -> bool:
+    """Is the convex hull of ``points`` ``(P, 2)``, whose edge normals are among ``axes``
+    ``(A, 2)``, at least ``margin`` from every box ``obstacles`` ``(B, 5)`` on some
+    separating axis (the hull's and each box's edge normals)?"""
+    if len(obstacles) == 0:
+        return True
+    c, s = np.cos(obstacles[:, 4]), np.sin(obstacles[:, 4])
+    normals = np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], 1)  # (B, 2, 2)
+    half = obstacles[:, 2:4] / 2
+    every = np.concatenate(
+        [np.broadcast_to(axes[None], (len(obstacles), *axes.shape)), normals], 1
+    )  # (B, A + 2, 2)
+    spans = points @ every.transpose(0, 2, 1)  # (B, P, A + 2)
+    lo, hi = spans.min(1), spans.max(1)
+    centre = np.einsum("bc,bac->ba", obstacles[:, :2], every)
+    reach = np.abs(np.einsum("bac,bjc->baj", every, normals)) @ half[..., None]  # (B, A + 2, 1)
+    gap = np.maximum(lo - (centre + reach[..., 0]), (centre - reach[..., 0]) - hi)
+    return bool((gap.max(1) >= margin).all())
+
+
+def _slide_clear(start: np.ndarray, end: np.ndarray, size, obstacles: np.ndarray) -> bool:
+    a, b = _box(start, size), _box(end, size)
+    d = b[:2] - a[:2]
+    c, s = math.cos(a[4]), math.sin(a[4])
+    axes = [np.array([c, s]), np.array([-s, c])]
+    if np.hypot(*d) > 1e-9:
+        axes.append(np.array([-d[1], d[0]]) / np.hypot(*d))
+    points = np.concatenate([_corners(a), _corners(b)])
+    return hull_clear(points, np.array(axes), obstacles, SWEEP_MARGIN)
+
+
+def _turn_clear(start: np.ndarray, end: np.ndarray, size, obstacles: np.ndarray) -> bool:
+    n = int(np.ceil(abs(end[2] - start[2]) / TURN_SAMPLE)) + 1
+    yaws = np.linspace(start[2], end[2], n)
+    boxes = np.array([_box((start[0], start[1], y), size) for y in yaws])
+    arc = np.hypot(*size) / 2 * abs(end[2] - start[2]) / max(n - 1, 1) / 2
+    return not boxes_overlap(boxes, obstacles, SWEEP_MARGIN + arc).any()
+
+
+class PushPlanner:
+    """Plans and checks pushes of one scene's selected box (see the module docstring).
+
+    ``field``: the box's push field; ``grid``: the robot's route grid (robot grown by the
+    clearance); ``obstacles`` ``(B, 5)``: walls and other boxes; ``box`` ``(5,)`` where the
+    selected box stands; ``robot_xy`` ``(2,)``; ``radius``: the robot's own;
+    ``clearance``: what it keeps from walls and other boxes; ``to_world``: lattice
+    ``(row, col)`` ``(..., 2)`` -> world ``(..., 2)``."""
+
+    def __init__(
+        self,
+        field: PushField,
+        grid: ReachGrid,
+        obstacles: np.ndarray,
+        box: np.ndarray,
+        robot_xy: np.ndarray,
+        radius: float,
+        clearance: float,
+        to_world,
+        period: float,
+    ) -> None:
+        self.field, self.grid = field, grid
+        self.obstacles = np.asarray(obstacles, dtype=np.float64).reshape(-1, 5)
+        self.box = np.asarray(box, dtype=np.float64)
+        self.size = (float(self.box[2]), float(self.box[3]))
+        self.robot_xy = np.asarray(robot_xy, dtype=np.float64)
+        self.radius, self.clearance = float(radius), float(clearance)
+        self.to_world, self.period = to_world, float(period)
+        self.approach = float(grid.cell)
+
+    # ------------------------------------------------------------------ the plan's shape
+    def waypoints(self, pose: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray]] | None:
+        """Segments ``(kind, start, end)`` from the box's pose to ``pose`` ``(x, y, yaw)``,
+        unchecked; None if the push field does not reach it."""
+        nodes = self.field.path(pose)
+        if nodes is None:
+            return None
+        shift = self.box[:2] - self.to_world(np.array(self.field.start, dtype=np.float64))
+
+        def world(node: np.ndarray) -> np.ndarray:
+            xy = self.to_world(node[1:].astype(np.float64)) + shift
+            return np.array([xy[0], xy[1], self.box[4] + node[0] * self.field.yaw_step])
+
+        pieces: list[tuple[str, np.ndarray, np.ndarray]] = []
+        i, n = 0, len(nodes)
+        while i < n - 1:
+            j = i + 1
+            if nodes[j, 0] != nodes[i, 0]:
+                step = nodes[j, 0] - nodes[i, 0]
+                while j < n - 1 and nodes[j + 1, 0] - nodes[j, 0] == step:
+                    j += 1
+                pieces.append(("turn", world(nodes[i]), world(nodes[j])))
+            else:
+                while j < n - 1 and nodes[j + 1, 0] == nodes[i, 0]:
+                    j += 1
+                a = world(nodes[i])
+                while j > i + 1 and not self._sweep_clear("slide", a, world(nodes[j])):
+                    j -= 1
+                pieces.append(("slide", world(nodes[i]), world(nodes[j])))
+            i = j
+        return self._bend(pieces, np.asarray(pose, dtype=np.float64))
+
+    def _bend(self, pieces, pose: np.ndarray):
+        """End the segments at ``pose`` exactly: the last slide (and the turns after it) at its
+        position, the last turn at its yaw (or a turn appended)."""
+        start = np.array([self.box[0], self.box[1], self.box[4]])
+        last = pieces[-1][2] if pieces else start
+        yaw = last[2] + wrap(pose[2] - last[2], self.period)
+        slides = [i for i, p in enumerate(pieces) if p[0] == "slide"]
+        if slides:
+            for i in range(slides[-1], len(pieces)):
+                kind, a, b = pieces[i]
+                b = np.array([pose[0], pose[1], b[2]])
+                a = a if kind == "slide" else np.array([pose[0], pose[1], a[2]])
+                pieces[i] = (kind, a, b)
+        elif np.hypot(pose[0] - start[0], pose[1] - start[1]) > 1e-9:
+            pieces = [
+                (kind, np.array([pose[0], pose[1], a[2]]), np.array([pose[0], pose[1], b[2]]))
+                for kind, a, b in pieces
+            ]
+            pieces.insert(0, ("slide", start, np.array([pose[0], pose[1], start[2]])))
+        last = pieces[-1][2] if pieces else start
+        if pieces and pieces[-1][0] == "turn":
+            kind, a, b = pieces[-1]
+            pieces[-1] = (kind, a, np.array([b[0], b[1], yaw]))
+        elif abs(yaw - last[2]) > 1e-9:
+            pieces.append(("turn", last, np.array([last[0], last[1], yaw])))
+        return [p for p in pieces if np.abs(p[2] - p[1]).max() > 1e-9]
+
+    # ------------------------------------------------------------------ the checks
+    def _nearby(self, centre: np.ndarray, reach: float) -> np.ndarray:
+        o = self.obstacles
+        if not len(o):
+            return o
+        gap = np.hypot(*(o[:, :2] - centre).T) - np.hypot(o[:, 2], o[:, 3]) / 2
+        return o[gap <= reach]
+
+    def _sweep_clear(self, kind: str, a: np.ndarray, b: np.ndarray) -> bool:
+        """Is the area the box sweeps from ``a`` to ``b`` ``(x, y, yaw)`` clear?"""
+        sweep = _slide_clear if kind == "slide" else _turn_clear
+        near = self._nearby(a[:2], np.hypot(*(b[:2] - a[:2])) + np.hypot(*self.size))
+        return sweep(a, b, self.size, near)
+
+    def path_clear(self, a: np.ndarray, b: np.ndarray) -> bool:
+        """Does the robot's disk, moving from ``a`` to ``b`` ``(2,)``, keep its radius plus
+        the clearance from walls and other boxes?"""
+        keep = self.radius + self.clearance
+        n = int(np.ceil(np.hypot(*(b - a)) / PATH_STEP)) + 1
+        points = a + np.linspace(0, 1, n)[:, None] * (b - a)
+        near = self._nearby((a + b) / 2, np.hypot(*(b - a)) / 2 + keep + PATH_STEP)
+        if not len(near):
+            return True
+        return bool((point_box_distance(points, near) >= keep + PATH_STEP / 2).all())
+
+    def _contacts(self, kind: str, a: np.ndarray, b: np.ndarray):
+        """Candidate ``(contact, approach, push direction)`` spots for one segment."""
+        box = _box(a, self.size)
+        gap = self.radius + CONTACT_GAP
+        if kind == "slide":
+            d = (b[:2] - a[:2]) / np.hypot(*(b[:2] - a[:2]))
+            contact = box[:2] - contact_distance(box, d, gap) * d
+            return [(contact, contact - self.approach * d, d)]
+        spots = turn_spots(box, np.sign(b[2] - a[2]), gap, TURN_LEVER)
+        return [(point, point - self.approach * push, push) for point, push in spots]
+
+    def check(self, pose: np.ndarray) -> tuple[list[PushSegment], str | None]:
+        """The plan to ``pose`` ``(x, y, yaw)`` and why it fails (None: the box can be pushed
+        there)."""
+        pieces = self.waypoints(pose)
+        if pieces is None:
+            return [], "no push within the search radius"
+        where, segments = self.robot_xy, []
+        box_radius = self.radius + CONTACT_GAP / 2
+        for i, (kind, a, b) in enumerate(pieces):
+            if not self._sweep_clear(kind, a, b):
+                return segments, f"push {i + 1} sweeps the box into a wall or box"
+            spots = self._contacts(kind, a, b)
+            shift = b[:2] - a[:2]
+            usable = [s for s in spots if self.path_clear(s[1], s[0] + shift)]
+            if not usable:
+                return segments, f"push {i + 1}: no room for the robot behind the box"
+            box = _box(a, self.size)
+            reach = self.grid.reachable(box, box_radius, where, np.array([s[1] for s in usable]))
+            if not reach.any():
+                return segments, f"push {i + 1}: the robot cannot get behind the box"
+            contact, approach, _ = usable[int(np.argmax(reach))]
+            segments.append(PushSegment(kind, a, b, contact, contact + shift, approach))
+            where = approach + shift
+        return segments, None
