@@ -93,7 +93,7 @@ def test_infer_reads_json_text_and_can_return_the_unverified_too(oracle_model):
     assert all(g["reason"] for g in goals[2:])
     # the robot_goal argument wins over the message's: a goal the box now shuts off
     goals = model.infer(
-        state_message(xml), xml, robot_goal=(-0.6, 0.3), selected_object=OBJECT, samples=6
+        state_message(xml), xml, robot_goal=(0.6, 0.3), selected_object=OBJECT, samples=6
     )
     assert 2 not in [g["index"] for g in goals if g["verified"]]  # FREE covers that goal
 

@@ -35,7 +35,7 @@ from goalgen.infer.proposals import (
     snap_lattice,
     time_propose,
 )
-from goalgen.infer.propose_scene import as_scene
+from goalgen.infer.propose_scene import CLEARANCE, as_scene
 from test_planner_scene import (
     MOVABLE,
     OBJECT,
@@ -142,8 +142,11 @@ def test_round_trip_of_boxes_cut_by_the_image_border():
 
 
 # ----------------------------------------------------------------------------- verdicts
-FREE = (-0.6, 0.0, 0.0)  # left room, off every route
-FAR = (1.0, -0.2, np.radians(30))  # right room
+# The robot starts in the left room and the box closes the door: it can push the box into the
+# right room only (a pose in the left room is a pull).
+FREE = (0.6, 0.55, 0.0)  # pushed 0.6 m through the door, the route past it open
+FAR = (0.9, 0.9, 0.0)  # right room, a longer push
+PULLED = (-0.6, 0.0, 0.0)  # left room, off every route: only a pull gets it there
 POSES = {
     "free": FREE,
     "wall": (0.0, -0.6, 0.0),
@@ -152,8 +155,9 @@ POSES = {
     "empty": None,
     "movable": (1.2, -0.75, 0.0),
     "blob": "blob",
-    "free_again": (FREE[0] - 0.03, FREE[1] - 0.01, FREE[2] + 0.05),  # a longer push
+    "free_again": (FREE[0] + 0.02, FREE[1] - 0.02, FREE[2] + 0.03),  # a longer push
     "far": FAR,
+    "pulled": PULLED,
 }
 
 
@@ -171,9 +175,14 @@ def test_each_check_and_the_ranking_on_known_poses(room):
     free, far = by[names.index("free")], by[names.index("far")]
     assert free.verified and free.collision_free and free.opens_path and free.reason is None
     assert far.verified and 0 < free.push_distance < far.push_distance < np.inf
-    assert free.push_distance == pytest.approx(np.hypot(0.6, 0.55), rel=0.15)
-    assert by[names.index("wall")].reason == "collision with static"
-    assert by[names.index("movable")].reason == "collision with movable"
+    assert free.push_distance == pytest.approx(0.6, rel=0.15)
+    assert [s.kind for s in free.segments] == ["slide"] and free.pushable
+    assert free.segments[0].robot_start[0] < -0.15  # behind the box, in the left room
+    pulled = by[names.index("pulled")]
+    assert pulled.collision_free and pulled.opens_path and not pulled.verified
+    assert pulled.reason == "no push within the search radius" and not pulled.reachable
+    assert by[names.index("wall")].reason.startswith("collision with static")
+    assert by[names.index("movable")].reason.startswith("collision with movable")
     assert by[names.index("robot")].reason.startswith("collision with robot")
     door = by[names.index("door")]
     assert door.collision_free and not door.opens_path
@@ -190,13 +199,14 @@ def test_each_check_and_the_ranking_on_known_poses(room):
         2 * np.arctan2(q[3], q[0]), result[0].theta
     )
     assert result[0].footprint.shape == (224, 224) and result[0].footprint.dtype == bool
-    assert result.samples_drawn == len(POSES) and result.raw_verified_share == pytest.approx(3 / 9)
+    n = len(POSES)
+    assert result.samples_drawn == n and result.raw_verified_share == pytest.approx(3 / n)
     json.dumps(result.to_json(), allow_nan=False)
 
 
 def test_more_samples_are_drawn_until_top_distinct_proposals_verify(room):
     bad = [POSES["wall"]] * 20
-    good = [FREE, FAR, (-1.5, 0.2, 0.0)]
+    good = [FREE, FAR, (1.4, 0.0, 0.5)]
     oracle = Oracle(room.frame, bad + good)
     result = propose(oracle, room, num_samples=8, top=2, max_samples=64)
     assert result.samples_drawn == 24  # 20 bad, then the first two good ones in draw 3
@@ -237,8 +247,8 @@ def test_verified_proposals_are_confirmed_by_independent_world_checks(room):
 
 def test_a_fit_a_pixel_into_a_wall_snaps_to_the_nearest_free_pose(room):
     cell = room.frame.metres_per_pixel * room.size / 64  # a model cell at 64 px
-    grazing = (-0.17, -0.6, 0.0)  # 3 cm into wall_4 (x = 0, half-thickness 5 cm)
-    deep = (0.0, -0.6, 0.0)  # through the wall: far beyond a cell
+    grazing = (1.83, 0.3, 0.0)  # 3 cm into wall_2 (x = 2, half-thickness 5 cm)
+    deep = (2.0, 0.3, 0.0)  # through the wall: far beyond a cell
     oracle = Oracle(room.frame, [grazing, deep])
     off = propose(oracle, room, num_samples=2, snap=0).candidates
     assert [c.collision_free for c in off] == [False, False] and off[0].snapped == 0
@@ -249,12 +259,12 @@ def test_a_fit_a_pixel_into_a_wall_snaps_to_the_nearest_free_pose(room):
     box = (snapped.x, snapped.y, W, H, snapped.theta)
     others = world_boxes()
     assert not any(sat_overlap(box, o) for o in others)
-    # the least move that clears the wall by the 1 cm clearance, to a lattice step (cell / 4)
+    # the least move that clears the wall by the clearance, to a lattice step (cell / 4)
     fitted = np.array([off[0].x, off[0].y])
     moved = np.hypot(*(np.array(box[:2]) - fitted))
     assert snapped.snapped == pytest.approx(moved, abs=1e-9)
-    need = (off[0].x + W / 2) - (-0.05 - 0.01)  # right edge past the wall's left face
-    assert need <= moved + 1e-9 <= need + cell / 4 + 1e-9 and moved <= cell
+    need = (off[0].x + W / 2) - (1.95 - CLEARANCE)  # right edge past the wall's left face
+    assert need <= moved + 1e-9 <= need + cell / 4 + 1e-9 and moved <= cell + 1e-9
     assert snapped.to_dict()["snapped"] == pytest.approx(moved, abs=1e-6)
 
 
@@ -263,13 +273,13 @@ def test_a_fit_that_blocks_the_door_by_a_few_cm_snaps_to_a_pose_that_opens_it(ro
     the robot (radius 0.15) a gap of x - 0.2 m. Fits at x 0.46 and 0.48 close it (the
     independent fine grid finds no route), move less than a model cell to poses that verify
     and that the independent checks confirm; a fit 0.17 m short, beyond the snap's reach (two
-    cells, 0.14 m), stays as it is."""
+    cells, 0.14 m), stays as it is. (No clearance: with it, the gap needs 5 cm more.)"""
     cell = room.frame.metres_per_pixel * room.size / 64
     assert SNAP * cell < 0.17
     poses = [(0.46, 0.55, 0.0), (0.48, 0.55, 0.0), (0.33, 0.55, 0.0)]
     fine = FineWorld((-2.25, -2.25, 2.25, 2.25), world_boxes(), [PILLAR[1]])
-    off = propose(Oracle(room.frame, poses), room, num_samples=3, snap=0).candidates
-    on = propose(Oracle(room.frame, poses), room, num_samples=3).candidates
+    off = propose(Oracle(room.frame, poses), room, num_samples=3, snap=0, clearance=0).candidates
+    on = propose(Oracle(room.frame, poses), room, num_samples=3, clearance=0).candidates
     for fitted, snapped in zip(off[:2], on[:2], strict=True):
         box = (fitted.x, fitted.y, W, H, fitted.theta)
         assert fitted.collision_free and not fitted.verified
@@ -377,14 +387,20 @@ def test_verified_proposals_on_a_maze_file_are_confirmed(tmp_path):
         assert disk_box_distance(*world.robot_xy, box) > world.robot_radius
         assert fine.route_possible(box, world.robot_xy, world.goal_xy, world.robot_radius), c
         checked += 1
-    assert checked >= 4
-    # the generator's own goals (feasible on its masks) verify in exact geometry too, once
-    # the 1 cm clearance is waived; 2 of them leave the robot millimetres to spare, routes
-    # that only the polygon check (ExactReach) finds, not the grid
+    assert checked >= 3
+    # the generator's own goals (feasible on its masks, blind to which side the robot is on)
+    # pass every placement check in exact geometry once the clearance is waived (2 of them
+    # leave the robot millimetres to spare, routes that only the polygon check, ExactReach,
+    # finds) wherever a push gets the box there; the others only a pull reaches (and a fit a
+    # pixel into a wall is not snapped to a pose no push reaches)
     exact = propose(
         Oracle(scene.frame, [tuple(p) for p in feasible], (w, h)), scene, 12, clearance=0
     )
-    assert all(c.verified for c in exact.candidates), [c.reason for c in exact.candidates]
+    for c in exact.candidates:
+        if c.reachable:
+            assert c.collision_free and c.opens_path, c.reason
+        else:
+            assert "no push within the search radius" in c.reasons and not c.verified
 
 
 def test_masks_only_checks_follow_the_evaluation_rules(room):

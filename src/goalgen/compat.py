@@ -10,7 +10,10 @@ renders the masks in the planner's convention, and returns the ranked, verified 
 :func:`goalgen.infer.proposals.propose` as the original's goal dicts: ``index`` (the raw
 sample), ``goal_center`` ``[x, y]``, ``final_quat`` ``[w, x, y, z]``, ``x``, ``y``,
 ``theta``, plus ``rank``, ``push_distance``, ``collision_free``, ``opens_path``,
-``verified``, ``reason``, ``goal_sample`` (the sample's probabilities ``(S, S)``),
+``verified`` (collision-free and route open with the clearance, and pushable), ``pushable``,
+``clearance`` (metres to spare, :meth:`goalgen.infer.propose_scene.Checker.room`),
+``push_segments`` (how the robot pushes the box there: :class:`goalgen.infer.push_plan.
+PushSegment` dicts), ``reason``, ``goal_sample`` (the sample's probabilities ``(S, S)``),
 ``footprint`` (the fitted box at the scene's 224 px) and ``input_channels`` (the model's
 input ``(5, S, S)`` in [-1, 1]). The original returns every single-blob sample in sample
 order; this returns verified ones only (``include_unverified=True`` appends the rest, ranked).
@@ -28,7 +31,7 @@ from typing import Any
 import torch
 
 from goalgen.infer.predictor import GoalPredictor
-from goalgen.infer.proposals import ProposalSet, propose
+from goalgen.infer.proposals import CLEARANCE, ProposalSet, propose
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -51,6 +54,8 @@ class GoalInferenceModel:
         top: return at most this many proposals, drawing more samples while fewer verify
             (up to ``max_samples``, default 4 x samples); None: one draw, all verified ones.
         include_unverified: also return proposals that failed a check (after the verified).
+        clearance: metres the robot keeps from walls and boxes on its route and the placed
+            box from walls, boxes and the robot (default: half a 5 cm planner cell).
         **unused: the original's other options (``namo_config_path``, ...), ignored.
     """
 
@@ -64,6 +69,7 @@ class GoalInferenceModel:
         top: int | None = None,
         max_samples: int | None = None,
         include_unverified: bool = False,
+        clearance: float = CLEARANCE,
         **unused: Any,
     ) -> None:
         self.model_path = str(model_path)
@@ -76,6 +82,7 @@ class GoalInferenceModel:
         self.sampler_method, self.num_steps = sampler_method, num_steps
         self.top, self.max_samples = top, max_samples
         self.include_unverified = include_unverified
+        self.clearance = float(clearance)
         self.last_result: ProposalSet | None = None
 
     def infer(
@@ -112,6 +119,7 @@ class GoalInferenceModel:
             steps=self.num_steps,
             method=self.sampler_method,
             seed=seed,
+            clearance=self.clearance,
         )
         self.last_result = result
         channels = result.context * 2 - 1
@@ -132,6 +140,9 @@ class GoalInferenceModel:
                     "collision_free": p.collision_free,
                     "opens_path": p.opens_path,
                     "verified": p.verified,
+                    "pushable": p.pushable,
+                    "clearance": p.room,
+                    "push_segments": [s.to_dict() for s in p.segments],
                     "reason": p.reason,
                     "goal_sample": result.samples[p.index],
                     "footprint": p.footprint,

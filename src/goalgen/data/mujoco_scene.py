@@ -7,6 +7,7 @@ See :mod:`goalgen.data.planner_scene` for the naming and conventions. Needs the 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from goalgen.data.world_scene import WorldScene
 MOVABLE_TAG = "movable"
 ROBOT_GEOM = "robot"
 GOAL_SITE = "goal"
+WALLS_BODY = "walls"  # namo_cpp's scenes put every wall under this body
+_WARNED: set[str] = set()  # scenes warned about once per process
 
 
 def _mujoco():
@@ -113,6 +116,29 @@ def _classify(mujoco, m, names: list[str], robot: int) -> tuple[list[int], list[
     return movable, static
 
 
+def _warn_no_walls(path: Path, m, bodies: list[str], geoms: list[str], static: list[int]) -> None:
+    """Warn once per scene file that it has no ``walls`` body, naming what was taken as static
+    and the bodies found (a scene laid out otherwise may have lost its walls)."""
+    key = str(path.resolve())
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    named = [b or f"body {i}" for i, b in enumerate(bodies) if i > 0]
+    if static:
+        owners = sorted({bodies[int(m.geom_bodyid[g])] or "worldbody" for g in static})
+        taken = (
+            f"static geometry taken from {len(static)} geoms ({listing([geoms[g] for g in static])}) "
+            f"of {listing(owners)}"
+        )
+    else:
+        taken = "no static geometry found: nothing walls the robot or the box in"
+    warnings.warn(
+        f"{path}: no body named {WALLS_BODY!r} (namo_cpp puts the walls under one); {taken}; "
+        f"bodies: {listing(named)}",
+        stacklevel=3,
+    )
+
+
 def load_mujoco_scene(
     xml_path: str | os.PathLike,
     object_name: str,
@@ -144,6 +170,8 @@ def load_mujoco_scene(
     robot = geoms.index(ROBOT_GEOM)
     movable, static = _classify(mujoco, m, geoms, robot)
     movable_names = listing([geoms[g] for g in movable])
+    if WALLS_BODY not in bodies:
+        _warn_no_walls(path, m, bodies, geoms, static)
 
     def resolve(name: str) -> list[int]:  # a geom, or the geoms of a body
         if name in geoms:

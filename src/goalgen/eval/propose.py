@@ -23,7 +23,7 @@ from goalgen.eval.visualize import save_png, scene_rgb
 from goalgen.infer.fit import cell_centres
 from goalgen.infer.poses import min_area_rect
 from goalgen.infer.predictor import GoalPredictor
-from goalgen.infer.proposals import ProposalSet, propose
+from goalgen.infer.proposals import CLEARANCE, ProposalSet, propose
 from goalgen.io import atomic_write_text
 
 _EIGHT = np.ones((3, 3), dtype=bool)
@@ -143,6 +143,13 @@ def _parser() -> OneLineParser:
     parser.add_argument("--method", help=METHOD_HELP)
     parser.add_argument("--checkpoint", default="best", help="best (default), last or a path")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (0)")
+    parser.add_argument(
+        "--clearance",
+        type=float,
+        default=CLEARANCE,
+        help=f"metres the robot keeps from walls and boxes on its route and the placed box "
+        f"from walls, boxes and the robot ({CLEARANCE})",
+    )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--json", required=True, type=Path, help="output JSON file")
     parser.add_argument("--png", type=Path, help="output PNG: the scene and the proposals")
@@ -163,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if not args.clearance >= 0:
+        parser.error(f"--clearance must be a distance >= 0 in metres, got {args.clearance}")
     try:
         with warnings_as_lines("goalgen-propose"):
             predictor = GoalPredictor.from_run(args.run_dir, args.checkpoint, args.device)
@@ -177,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 steps=args.steps,
                 method=args.method,
                 seed=args.seed,
+                clearance=args.clearance,
             )
         report = result.to_json() | {"checkpoint": str(predictor.checkpoint_path)}
         atomic_write_text(args.json, json.dumps(report, indent=1, allow_nan=False) + "\n")

@@ -311,17 +311,19 @@ class Checker:
 
     def _pushers(self) -> dict[str, np.ndarray]:
         """Route-grid cells ``(H, W)`` bool where the robot's centre may stand to push (at
-        least its radius plus the clearance from walls and other boxes), for
+        least its radius plus the clearance plus half a cell from walls and other boxes), for
         :class:`goalgen.infer.verify.PushField`: ``pusher``, on its own side of the selected
         box (cells it reaches from its start, coming as close to the box as it likes) or where
         the box stands (it follows the box into them); ``pusher_after``, once the box has left
-        the cells it covered (``vacated``), every cell it reaches with the box taken away.
+        the cells it covered (``vacated``), every cell the robot reaches with the box taken
+        away. An approximation for the lattice search (a box just out of a door may still
+        shut the robot in behind it): every plan is then checked step by step.
         Pulling is thus never counted: the far side of a box that closes a passage is out of
         reach until the box has been pushed out of it."""
         grid = self.reach
         xy = grid.centres(*np.indices(grid.shape))
         inside = verify.point_box_distance(xy, self.scene.target[None])[..., 0] <= 0
-        room = grid.clear >= grid.radius
+        room = grid.clear >= grid.radius + grid.cell / 2
         ends = grid.start[:, 0].astype(int), grid.start[:, 1].astype(int)
 
         def reached(cells: np.ndarray) -> np.ndarray:
@@ -407,13 +409,19 @@ class Checker:
         geometry, boxes the grid finds blocked are checked again on polygons
         (:class:`goalgen.infer.verify.ExactReach`: sound as the grid, and it finds the routes
         that squeeze through with less than half a cell to spare; ``exact=False`` skips it).
-        ``footprints`` are needed without world geometry only."""
+        ``footprints`` are needed without world geometry only. The box keeps the robot's
+        radius plus the clearance from its goal too (the robot may start and end closer than
+        that to walls and other boxes, not to the box we place)."""
         if self.scene.world is None:
             return self.reach.opens(self.footprints(boxes) if footprints is None else footprints)
-        found = self.reach.opens(boxes)
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 5)
+        world = self.scene.world
+        found = verify.point_box_distance(world.goal_xy, boxes) >= self.reach.radius
+        found[found] = self.reach.opens(boxes[found])
         again = np.flatnonzero(~found)
+        again = again[verify.point_box_distance(world.goal_xy, boxes[again]) >= self.reach.radius]
         if exact and len(again) and self.exact_reach.base_connected:
-            found[again] = self.exact_reach.opens(np.asarray(boxes)[again])
+            found[again] = self.exact_reach.opens(boxes[again])
         return found
 
     @property

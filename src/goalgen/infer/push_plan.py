@@ -1,11 +1,10 @@
 """Push plans: how the robot pushes the selected box to a goal pose, each step checked.
 
-A plan starts from the push field's shortest lattice path to the goal pose
-(:meth:`goalgen.infer.verify.PushField.path`), cut into *slides* (straight translations, each
-to the farthest pose of the same yaw on the path that the box sweeps to clear of everything,
-exactly) and *turns*,
-shifted to start at the box's exact pose and bent to end at the goal's. Every segment is then
-checked in world coordinates:
+A plan follows the push field's shortest lattice path to the goal pose
+(:meth:`goalgen.infer.verify.PushField.path`), shifted to start at the box's exact pose and
+bent to end at the goal's, in *slides* (straight translations, each to the farthest pose of
+the same yaw on the path that the robot can push the box to in one go) and *turns* in place.
+Every segment is checked in world coordinates:
 
 - **sweep**: the area the box sweeps (a slide: the convex hull of its start and end; a turn:
   the box every ``TURN_SAMPLE``, grown by the arc a corner travels between samples) is clear
@@ -158,63 +157,32 @@ class PushPlanner:
         self.approach = float(grid.cell)
 
     # ------------------------------------------------------------------ the plan's shape
-    def waypoints(self, pose: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray]] | None:
-        """Segments ``(kind, start, end)`` from the box's pose to ``pose`` ``(x, y, yaw)``,
-        unchecked; None if the push field does not reach it."""
+    def waypoints(self, pose: np.ndarray) -> np.ndarray | None:
+        """World poses ``(n, 3)`` of the shortest lattice path to ``pose`` ``(x, y, yaw)``,
+        shifted to start at the box's exact pose and bent to end at ``pose`` (the last slide
+        and the turns after it end at its position; the last turn at its yaw, or a turn
+        appended); consecutive poses differ in position (a slide) or yaw (a turn). None if
+        the push field does not reach it."""
         nodes = self.field.path(pose)
         if nodes is None:
             return None
-        shift = self.box[:2] - self.to_world(np.array(self.field.start, dtype=np.float64))
-
-        def world(node: np.ndarray) -> np.ndarray:
-            xy = self.to_world(node[1:].astype(np.float64)) + shift
-            return np.array([xy[0], xy[1], self.box[4] + node[0] * self.field.yaw_step])
-
-        pieces: list[tuple[str, np.ndarray, np.ndarray]] = []
-        i, n = 0, len(nodes)
-        while i < n - 1:
-            j = i + 1
-            if nodes[j, 0] != nodes[i, 0]:
-                step = nodes[j, 0] - nodes[i, 0]
-                while j < n - 1 and nodes[j + 1, 0] - nodes[j, 0] == step:
-                    j += 1
-                pieces.append(("turn", world(nodes[i]), world(nodes[j])))
-            else:
-                while j < n - 1 and nodes[j + 1, 0] == nodes[i, 0]:
-                    j += 1
-                a = world(nodes[i])
-                while j > i + 1 and not self._sweep_clear("slide", a, world(nodes[j])):
-                    j -= 1
-                pieces.append(("slide", world(nodes[i]), world(nodes[j])))
-            i = j
-        return self._bend(pieces, np.asarray(pose, dtype=np.float64))
-
-    def _bend(self, pieces, pose: np.ndarray):
-        """End the segments at ``pose`` exactly: the last slide (and the turns after it) at its
-        position, the last turn at its yaw (or a turn appended)."""
-        start = np.array([self.box[0], self.box[1], self.box[4]])
-        last = pieces[-1][2] if pieces else start
-        yaw = last[2] + wrap(pose[2] - last[2], self.period)
-        slides = [i for i, p in enumerate(pieces) if p[0] == "slide"]
-        if slides:
-            for i in range(slides[-1], len(pieces)):
-                kind, a, b = pieces[i]
-                b = np.array([pose[0], pose[1], b[2]])
-                a = a if kind == "slide" else np.array([pose[0], pose[1], a[2]])
-                pieces[i] = (kind, a, b)
-        elif np.hypot(pose[0] - start[0], pose[1] - start[1]) > 1e-9:
-            pieces = [
-                (kind, np.array([pose[0], pose[1], a[2]]), np.array([pose[0], pose[1], b[2]]))
-                for kind, a, b in pieces
-            ]
-            pieces.insert(0, ("slide", start, np.array([pose[0], pose[1], start[2]])))
-        last = pieces[-1][2] if pieces else start
-        if pieces and pieces[-1][0] == "turn":
-            kind, a, b = pieces[-1]
-            pieces[-1] = (kind, a, np.array([b[0], b[1], yaw]))
-        elif abs(yaw - last[2]) > 1e-9:
-            pieces.append(("turn", last, np.array([last[0], last[1], yaw])))
-        return [p for p in pieces if np.abs(p[2] - p[1]).max() > 1e-9]
+        pose = np.asarray(pose, dtype=np.float64)
+        lattice = self.to_world(nodes[:, 1:].astype(np.float64))
+        lattice += self.box[:2] - self.to_world(np.array(self.field.start, dtype=np.float64))
+        out = np.column_stack([lattice, self.box[4] + nodes[:, 0] * self.field.yaw_step])
+        slid = np.flatnonzero(np.abs(np.diff(out[:, :2], axis=0)).max(1) > 1e-12)
+        if len(slid):
+            out[slid[-1] + 1 :, :2] = pose[:2]
+        elif np.hypot(*(pose[:2] - out[0, :2])) > 1e-9:
+            out = np.concatenate([out[:1], out])
+            out[1:, :2] = pose[:2]
+        yaw = out[-1, 2] + wrap(pose[2] - out[-1, 2], self.period)
+        if len(out) > 1 and abs(out[-1, 2] - out[-2, 2]) > 1e-12:
+            out[-1, 2] = yaw
+        elif abs(yaw - out[-1, 2]) > 1e-9:
+            out = np.concatenate([out, [[pose[0], pose[1], yaw]]])
+        keep = np.concatenate([[True], np.abs(np.diff(out, axis=0)).max(1) > 1e-9])
+        return out[keep]
 
     # ------------------------------------------------------------------ the checks
     def _nearby(self, centre: np.ndarray, reach: float) -> np.ndarray:
@@ -252,27 +220,57 @@ class PushPlanner:
         spots = turn_spots(box, np.sign(b[2] - a[2]), gap, TURN_LEVER)
         return [(point, point - self.approach * push, push) for point, push in spots]
 
+    def _segment(
+        self, kind: str, a: np.ndarray, b: np.ndarray, reach
+    ) -> tuple[PushSegment | None, str]:
+        """The segment from ``a`` to ``b`` if the robot can push it (``reach``: which points
+        it gets to with the box at ``a``), else why not."""
+        if not self._sweep_clear(kind, a, b):
+            return None, "sweeps the box into a wall or box"
+        shift = b[:2] - a[:2]
+        usable = [s for s in self._contacts(kind, a, b) if self.path_clear(s[1], s[0] + shift)]
+        if not usable:
+            return None, "no room for the robot behind the box"
+        ok = reach(np.array([s[1] for s in usable]))
+        if not ok.any():
+            return None, "the robot cannot get behind the box"
+        contact, approach, _ = usable[int(np.argmax(ok))]
+        return PushSegment(kind, a, b, contact, contact + shift, approach), ""
+
     def check(self, pose: np.ndarray) -> tuple[list[PushSegment], str | None]:
         """The plan to ``pose`` ``(x, y, yaw)`` and why it fails (None: the box can be pushed
-        there)."""
-        pieces = self.waypoints(pose)
-        if pieces is None:
+        there). Along the waypoints, each segment goes as far as the robot can push the box
+        in one go from where it stands: slides to the farthest waypoint of the same yaw, turns
+        through every consecutive turn the same way."""
+        points = self.waypoints(pose)
+        if points is None:
             return [], "no push within the search radius"
         where, segments = self.robot_xy, []
         box_radius = self.radius + CONTACT_GAP / 2
-        for i, (kind, a, b) in enumerate(pieces):
-            if not self._sweep_clear(kind, a, b):
-                return segments, f"push {i + 1} sweeps the box into a wall or box"
-            spots = self._contacts(kind, a, b)
-            shift = b[:2] - a[:2]
-            usable = [s for s in spots if self.path_clear(s[1], s[0] + shift)]
-            if not usable:
-                return segments, f"push {i + 1}: no room for the robot behind the box"
-            box = _box(a, self.size)
-            reach = self.grid.reachable(box, box_radius, where, np.array([s[1] for s in usable]))
-            if not reach.any():
-                return segments, f"push {i + 1}: the robot cannot get behind the box"
-            contact, approach, _ = usable[int(np.argmax(reach))]
-            segments.append(PushSegment(kind, a, b, contact, contact + shift, approach))
-            where = approach + shift
+        i, n = 0, len(points)
+        while i < n - 1:
+            a = points[i]
+            reach = self.grid.reach_from(_box(a, self.size), box_radius, where)
+            turning = abs(points[i + 1, 2] - a[2]) > 1e-12
+            sense = np.sign(points[i + 1, 2] - a[2])
+            last = i + 1
+            while last < n - 1:
+                step = points[last + 1] - points[last]
+                if turning:
+                    same = np.sign(step[2]) == sense and np.abs(step[:2]).max() <= 1e-12
+                else:
+                    same = abs(step[2]) <= 1e-12
+                if not same:
+                    break
+                last += 1
+            kind = "turn" if turning else "slide"
+            for j in range(last, i, -1):
+                segment, reason = self._segment(kind, a, points[j], reach)
+                if segment is not None:
+                    break
+            if segment is None:
+                return segments, f"push {len(segments) + 1}: {reason}"
+            segments.append(segment)
+            where = segment.approach + (segment.box_end[:2] - segment.box_start[:2])
+            i = j
         return segments, None

@@ -345,18 +345,22 @@ class ReachGrid:
         found = labels[rr[inside], cc[inside]]
         return set(found[found > 0].tolist())
 
-    def reachable(
-        self, box: np.ndarray, box_radius: float, start: np.ndarray, goals: np.ndarray
-    ) -> np.ndarray:
-        """``(G,)`` bool: can the robot, standing at ``start`` ``(2,)``, get to each of
-        ``goals`` ``(G, 2)`` with ``box`` ``(5,)`` placed as well, coming no closer than
-        ``box_radius`` to it (it may touch the box it is about to push)? Same cells as
-        :meth:`opens`; points join their neighbourhood with the robot's own radius, and must
-        lie ``box_radius`` + the distance from the box too."""
-        goals = np.asarray(goals, dtype=np.float64).reshape(-1, 2)
+    def reach_from(
+        self, box: np.ndarray, box_radius: float, start: np.ndarray
+    ) -> Callable[[np.ndarray], np.ndarray]:
+        """With ``box`` ``(5,)`` placed as well, which points can the robot, standing at
+        ``start`` ``(2,)``, get to, coming no closer than ``box_radius`` to the box (it may
+        touch the box it is about to push)? Returns a test of points ``(G, 2)`` -> ``(G,)``
+        bool. Same cells as :meth:`opens`; points join their neighbourhood with the robot's
+        own radius, and must lie ``box_radius`` + the distance from the box too."""
         labels = self._labels_with(box, box_radius)
         here = self._joined(labels, np.asarray(start, dtype=np.float64), box, box_radius)
-        return np.array([bool(here & self._joined(labels, g, box, box_radius)) for g in goals])
+
+        def test(points: np.ndarray) -> np.ndarray:
+            points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+            return np.array([bool(here & self._joined(labels, p, box, box_radius)) for p in points])
+
+        return test
 
     def opens(self, boxes: np.ndarray) -> np.ndarray:
         """``(K,)`` bool: is there a route with the selected box placed at each of ``boxes``?"""
@@ -485,7 +489,8 @@ class PushField:
     With ``pusher`` ``(H, W)`` (cells where the robot's centre can stand to push), a move
     counts only where the robot can push it: a slide from the cell behind the box on the line
     through its centre (``contact``: the robot's radius, plus a gap), a turn from a spot near
-    an end of a side (``lever``) whose torque turns it that way (:func:`turn_spots`). Where
+    an end of a side (``lever``) whose torque turns it that way (:func:`turn_spots`), each
+    spot and the cell behind it where the robot closes in from in ``pusher``. Where
     the box no longer covers any of the cells ``vacated`` ``(H, W)`` (those it covered where
     it stood), the robot may stand in ``pusher_after`` ``(H, W)`` too (the way it opened).
 
@@ -573,13 +578,14 @@ class PushField:
                     ok |= left[k] & _shifted(pusher_after, *lattice(spot))
                 return ok
 
-            for m, move in enumerate(_MOVES):
+            for m, move in enumerate(_MOVES):  # the contact spot and a cell behind it
                 d = basis.T @ np.array(move, dtype=np.float64)
                 d /= np.hypot(*d)
-                slide_ok[k, m] = stands(-contact_distance(shape, d, contact) * d)
+                spot = -contact_distance(shape, d, contact) * d
+                slide_ok[k, m] = stands(spot) & stands(spot - cell * d)
             for j, sign in enumerate((1.0, -1.0)):
-                for spot, _ in turn_spots(shape, sign, contact, lever):
-                    turn_ok[k, j] |= stands(spot)
+                for spot, push in turn_spots(shape, sign, contact, lever):
+                    turn_ok[k, j] |= stands(spot) & stands(spot - cell * push)
         self.dist, self.pred = pushing_distances(
             fits, turns, slide_ok, turn_ok, cell, turn_cost, limit, (0, *start)
         )
@@ -595,7 +601,10 @@ class PushField:
         poses = np.asarray(poses, dtype=np.float64).reshape(-1, 3)
         rc = np.rint(self.to_cell(poses[:, :2])).astype(int)
         turns = np.mod((poses[:, 2] - self.yaw0) / self.yaw_step, self.yaw_steps)
-        yaws = (np.floor(turns).astype(int), np.ceil(turns).astype(int) % self.yaw_steps)
+        yaws = (
+            np.floor(turns).astype(int) % self.yaw_steps,
+            np.ceil(turns).astype(int) % self.yaw_steps,
+        )
         out = np.full(len(poses), np.inf)
         best = np.zeros((len(poses), 3), dtype=int)
         for k, dr, dc in itertools.product(yaws, (-1, 0, 1), (-1, 0, 1)):
