@@ -54,6 +54,12 @@ JUDGE_KEYS = (  # the independent judge's verdict on verified proposals (world g
     "proposals_judged_share",
     "proposals_unreachable_verified",
 )
+PUSHED_KEYS = (  # success that a pushing robot sees: the judge accepts the proposal's push plan
+    "pushed_success_at_1",
+    "pushed_success_at_k",
+    "pushed_near_at_1",
+    "pushed_near_at_k",
+)
 RANDOM_TRIES = 200  # rejection-sampling attempts per random placement
 
 
@@ -149,8 +155,9 @@ def proposal_row(
     at ``clearance`` metres, independent of the proposals' own checks), not its footprint's
     pixels: at 64 px a box 1 cm from a wall touches the wall's pixel. ``invalid`` keeps the
     pixel judge's reasons. The same judge, with the proposals' push plans, gives
-    ``JUDGE_KEYS`` (:func:`_judged`). With a feasible set, the near metrics are judged at the
-    same poses and clearance."""
+    ``JUDGE_KEYS`` (:func:`_judged`) and ``PUSHED_KEYS``: success (and success_near) that
+    also needs a push plan the judge accepts, what a robot that only pushes sees. With a
+    feasible set, the near metrics are judged at the same poses and clearance."""
     scored = score_proposals(result)
     size = masks.size
     row = scored.get("proposals") or score_samples(np.zeros((1, size, size), bool), masks)
@@ -159,6 +166,7 @@ def proposal_row(
         return row
     feet, poses = np.zeros((1, size, size), bool), np.full((1, 3), np.nan)
     row |= {"proposals_judged_share": np.nan, "proposals_unreachable_verified": 0.0}
+    row |= {"pushed_success_at_1": 0.0, "pushed_success_at_k": 0.0}
     if result.proposals:
         stack = np.stack([p.footprint for p in result.proposals]).astype(np.float32)
         feet = resize_masks(stack, size) >= THRESHOLD
@@ -172,9 +180,30 @@ def proposal_row(
             "success_at_k": float(success.any()),
         }
         row |= _judged(world, result.proposals, poses, success, clearance)
+        pushed = success & _plans_valid(world, result.proposals, poses, clearance)
+        row |= {"pushed_success_at_1": float(pushed[0]), "pushed_success_at_k": float(pushed.any())}
     if near.has_feasible_set(world):
         row |= near.score_near(world, feet, slack, masks=masks, poses=poses, clearance=clearance)
+        if result.proposals:
+            good = near.success_near(world, feet, slack, masks, poses, clearance) & pushed
+            row |= {"pushed_near_at_1": float(good[0]), "pushed_near_at_k": float(good.any())}
+        else:
+            row |= {"pushed_near_at_1": 0.0, "pushed_near_at_k": 0.0}
     return row
+
+
+def _plans_valid(
+    world: Mapping[str, np.ndarray], proposals: Sequence[Any], poses: np.ndarray, clearance: float
+) -> np.ndarray:
+    """``(P,)`` bool: does the judge accept each proposal's push plan
+    (:func:`goalgen.eval.near.push_plan_valid`)? A proposal without a plan (not pushable, or
+    proposals that carry none) fails."""
+    out = np.zeros(len(proposals), dtype=bool)
+    planned = [i for i, p in enumerate(proposals) if getattr(p, "pushable", None)]
+    if planned:
+        plans = [[s.to_dict() for s in proposals[i].segments] for i in planned]
+        out[planned] = near.push_plan_valid(world, poses[planned], plans, clearance)
+    return out
 
 
 # ----------------------------------------------------------------------------- scenes

@@ -599,17 +599,26 @@ def proposals_of_samples(
 
 
 def time_propose(
-    predictor: Any, scene: Any, num_samples: int = 32, repeats: int = 3, **kwargs: Any
+    predictor: Any,
+    scene: Any,
+    num_samples: int = 32,
+    repeats: int = 3,
+    top: int | None = None,
+    **kwargs: Any,
 ) -> dict[str, float]:
-    """Milliseconds per scene for ``num_samples`` proposals, split into sampling and
-    post-processing (scene setup + fits + checks + ranking; median over ``repeats``), and
-    ``post / sampling``. ``kwargs`` go to :func:`propose` (``top`` stays None: one draw)."""
-    runs = [propose(predictor, scene, num_samples, None, **kwargs).seconds for _ in range(repeats)]
-    sampling = float(np.median([r["sampling"] for r in runs])) * 1e3
-    setup = float(np.median([r["setup"] for r in runs])) * 1e3
-    post = float(np.median([r["setup"] + r["post"] for r in runs])) * 1e3
+    """Milliseconds per call for ``num_samples`` proposals per draw (``top``: as a planner
+    asks, drawing again while fewer verify), split into sampling and post-processing (scene
+    setup + fits + checks + push plans + ranking; median over ``repeats``), ``post /
+    sampling`` and the samples drawn. ``kwargs`` go to :func:`propose`."""
+    runs = [propose(predictor, scene, num_samples, top, **kwargs) for _ in range(repeats)]
+    seconds = [r.seconds for r in runs]
+    sampling = float(np.median([r["sampling"] for r in seconds])) * 1e3
+    setup = float(np.median([r["setup"] for r in seconds])) * 1e3
+    post = float(np.median([r["setup"] + r["post"] for r in seconds])) * 1e3
     return {
         "num_samples": num_samples,
+        "top": top,
+        "samples_drawn": float(np.median([r.samples_drawn for r in runs])),
         "sampling_ms": sampling,
         "post_ms": post,
         "setup_ms": setup,
