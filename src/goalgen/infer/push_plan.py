@@ -237,6 +237,30 @@ class PushPlanner:
         contact, approach, _ = usable[int(np.argmax(ok))]
         return PushSegment(kind, a, b, contact, contact + shift, approach), ""
 
+    def _farthest(
+        self, kind: str, a: np.ndarray, points: np.ndarray, i: int, last: int, reach
+    ) -> tuple[int, PushSegment | str]:
+        """The farthest of ``points[i + 1 : last + 1]`` the robot pushes the box to from ``a``
+        in one go, found by bisection (a push that works usually works when shorter), and its
+        segment; or why even the first one fails."""
+        segment, _ = self._segment(kind, a, points[last], reach)
+        if segment is not None:
+            return last, segment
+        if last == i + 1:
+            return i + 1, self._segment(kind, a, points[i + 1], reach)[1]
+        best, reason = self._segment(kind, a, points[i + 1], reach)
+        if best is None:
+            return i + 1, reason
+        lo, hi = i + 1, last - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            segment, _ = self._segment(kind, a, points[mid], reach)
+            if segment is not None:
+                lo, best = mid, segment
+            else:
+                hi = mid - 1
+        return lo, best
+
     def check(self, pose: np.ndarray) -> tuple[list[PushSegment], str | None]:
         """The plan to ``pose`` ``(x, y, yaw)`` and why it fails (None: the box can be pushed
         there). Along the waypoints, each segment goes as far as the robot can push the box
@@ -264,12 +288,9 @@ class PushPlanner:
                     break
                 last += 1
             kind = "turn" if turning else "slide"
-            for j in range(last, i, -1):
-                segment, reason = self._segment(kind, a, points[j], reach)
-                if segment is not None:
-                    break
-            if segment is None:
-                return segments, f"push {len(segments) + 1}: {reason}"
+            j, segment = self._farthest(kind, a, points, i, last, reach)
+            if isinstance(segment, str):
+                return segments, f"push {len(segments) + 1}: {segment}"
             segments.append(segment)
             where = segment.approach + (segment.box_end[:2] - segment.box_start[:2])
             i = j

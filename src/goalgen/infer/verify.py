@@ -298,15 +298,15 @@ class ReachGrid:
         radius = self.end_radius if radius is None else radius
         r = int(np.floor((p[1] - self.y0) / self.cell))
         c = int(np.floor((p[0] - self.x0) / self.cell))
-        out = []
-        for dr in (-1, 0, 1):
-            for dc in (-1, 0, 1):
-                i, j = r + dr, c + dc
-                if 0 <= i < self.shape[0] and 0 <= j < self.shape[1] and self.free[i, j]:
-                    d = float(np.hypot(*(self.centres(np.array(i), np.array(j)) - p)))
-                    if self.clear[i, j] >= radius + d:
-                        out.append((i, j, d))
-        return np.array(out, dtype=np.float64).reshape(-1, 3)
+        rows, cols = (v.ravel() for v in np.mgrid[r - 1 : r + 2, c - 1 : c + 2])
+        inside = (rows >= 0) & (rows < self.shape[0]) & (cols >= 0) & (cols < self.shape[1])
+        rows, cols = rows[inside], cols[inside]
+        free = self.free[rows, cols]
+        rows, cols = rows[free], cols[free]
+        x, y = self.x0 + (cols + 0.5) * self.cell, self.y0 + (rows + 0.5) * self.cell
+        d = np.hypot(x - p[0], y - p[1])
+        ok = self.clear[rows, cols] >= radius + d
+        return np.column_stack([rows[ok], cols[ok], d[ok]]).astype(np.float64)
 
     @staticmethod
     def _labels(labels: np.ndarray, ends: np.ndarray) -> np.ndarray:
