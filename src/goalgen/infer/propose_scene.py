@@ -12,8 +12,9 @@ world units, and the exact world geometry when known. :func:`as_scene` builds on
   ``robot_radius``, ``image_convention``): masks only. Without world bounds, world units are
   pixels (``units == "px"``) of :mod:`goalgen.data.geometry`'s convention on ``(0, 0, N, N)``.
 
-:class:`Checker` runs the checks of :mod:`goalgen.infer.verify` on candidate boxes: exactly in
-world coordinates when the geometry is known, else on the masks.
+:class:`Checker` runs the checks of :mod:`goalgen.infer.verify` on candidate boxes, with a
+clearance: exactly in world coordinates when the geometry is known, else on the masks; and
+plans the pushes (:mod:`goalgen.infer.push_plan`).
 """
 
 from __future__ import annotations

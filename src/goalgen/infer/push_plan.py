@@ -15,7 +15,7 @@ Every segment is checked in world coordinates:
 - **approach**: the robot stands a grid cell behind its contact spot and must get there from
   where it stood (its start for the first segment, then where the previous push left it)
   with the box where the segment starts, on the route grid of the robot grown by the
-  clearance (:meth:`goalgen.infer.verify.ReachGrid.reachable`; it may come within its own
+  clearance (:meth:`goalgen.infer.verify.ReachGrid.reach_from`; it may come within its own
   radius of the box it is about to push);
 - **path**: the robot's disk, moving from the approach spot through the push, keeps its
   radius plus the clearance from walls and other boxes (exact distances at points every
@@ -37,6 +37,7 @@ from goalgen.infer.fit import wrap
 from goalgen.infer.verify import (
     PushField,
     ReachGrid,
+    box_corners,
     boxes_overlap,
     contact_distance,
     point_box_distance,
@@ -80,13 +81,6 @@ def _box(pose: np.ndarray, size: tuple[float, float]) -> np.ndarray:
     return np.array([pose[0], pose[1], size[0], size[1], pose[2]], dtype=np.float64)
 
 
-def _corners(box: np.ndarray) -> np.ndarray:
-    c, s = math.cos(box[4]), math.sin(box[4])
-    hx = np.array([-1.0, 1.0, 1.0, -1.0]) * box[2] / 2
-    hy = np.array([-1.0, -1.0, 1.0, 1.0]) * box[3] / 2
-    return np.stack([box[0] + hx * c - hy * s, box[1] + hx * s + hy * c], -1)
-
-
 def hull_clear(points: np.ndarray, axes: np.ndarray, obstacles: np.ndarray, margin: float) -> bool:
     """Is the convex hull of ``points`` ``(P, 2)``, whose edge normals are among ``axes``
     ``(A, 2)``, at least ``margin`` from every box ``obstacles`` ``(B, 5)`` on some
@@ -114,7 +108,7 @@ def _slide_clear(start: np.ndarray, end: np.ndarray, size, obstacles: np.ndarray
     axes = [np.array([c, s]), np.array([-s, c])]
     if np.hypot(*d) > 1e-9:
         axes.append(np.array([-d[1], d[0]]) / np.hypot(*d))
-    points = np.concatenate([_corners(a), _corners(b)])
+    points = box_corners(np.stack([a, b])).reshape(-1, 2)
     return hull_clear(points, np.array(axes), obstacles, SWEEP_MARGIN)
 
 
