@@ -125,3 +125,15 @@ def test_clearance_closes_the_approach_corridor():
     assert judge(scene, (3.5, 2.0, 0.0), plan, clearance=0.009)[0]
     valid, reason = judge(scene, (3.5, 2.0, 0.0), plan, clearance=0.025)
     assert not valid and "cannot reach" in reason
+
+
+def test_a_turn_pushed_the_other_way_is_refused():
+    """Pushing up on the bottom face near its right end turns the box counter-clockwise; the
+    same push near its left end turns it clockwise."""
+    scene = world_scene([], [BOX], robot=(0.5, 0.5))
+    below = 1.85 - RADIUS
+    for x, yaw, valid in ((2.2, np.pi / 6, True), (1.8, np.pi / 6, False), (1.8, -np.pi / 6, True)):
+        plan = [turn((2.0, 2.0, 0.0), yaw, (x, below))]
+        ok, reason = judge(scene, (2.0, 2.0, yaw), plan)
+        assert ok == valid, reason
+        assert valid or "other way" in reason

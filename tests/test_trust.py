@@ -174,3 +174,40 @@ def _corners(box) -> np.ndarray:
     from goalgen.data.geometry import box_corners
 
     return box_corners(*(float(v) for v in box))
+
+
+@pytest.mark.parametrize("where", ["robot", "goal"])
+def test_a_robot_or_goal_a_centimetre_from_a_wall_still_gets_verified_proposals(tmp_path, where):
+    """The robot may start and end closer than the clearance to a wall (1 cm here, at y = -1.45
+    and 1.45): the route grid joins such points through a wider neighbourhood, and the judge
+    lets them join the free space within the clearance."""
+    kw = {"robot": (-1.2, -1.29, 0.15)} if where == "robot" else {"goal": (1.3, 1.29)}
+    scene = as_scene(write_scene(tmp_path, **kw), object_name=OBJECT)
+    result = propose(Oracle(scene.frame, [FREE]), scene, num_samples=1)
+    assert result.checker.route_exists
+    assert result.candidates[0].verified, result.candidates[0].reason
+    assert _judge(scene, result.candidates, CLEARANCE).all()
+
+
+def test_pushes_keep_the_box_inside_the_map(tmp_path):
+    """Without outer walls the map is the geometry's padded extent: verified proposals near
+    its edge have plans whose every push keeps the box inside it (the judge checks it)."""
+    walls = {
+        "wall_4": WALLS["wall_4"],
+        "wall_5": WALLS["wall_5"],
+        "corner_0": (-2.0, -1.5, 0.02, 0.02, 0.0),
+        "corner_1": (2.0, 1.5, 0.02, 0.02, 0.0),
+    }
+    scene = as_scene(write_scene(tmp_path, walls=walls, pillar=None), object_name=OBJECT)
+    x0, y0, x1, y1 = scene.frame.bounds
+    rng = np.random.default_rng(0)
+    margin = rng.uniform(0.16, 0.4, 150)
+    poses = np.column_stack(
+        [rng.uniform(x0 + 0.2, x1 - 0.2, 150), y1 - margin, rng.uniform(0, 3, 150)]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no walls body
+        result = propose(Oracle(scene.frame, poses.tolist()), scene, len(poses))
+    verified = [c for c in result.candidates if c.verified]
+    assert len(verified) >= 3
+    assert _judge(scene, verified, CLEARANCE).all()

@@ -275,8 +275,10 @@ def opens_route(scene: Scene, poses: np.ndarray, clearance: float = 0.0) -> np.n
     less every wall (``static_walls``) and other box grown by the robot's radius plus
     ``clearance`` (the Minkowski sum with its disk, arcs as 64-gons: within 0.2 mm of the
     circle); the route is open when the robot's centre and its goal lie in one piece of it
-    once the moved box, grown alike, is taken away too. (Drawn at the file's resolution
-    instead, a 5 cm pixel in an 11 m maze, gaps up to a pixel narrower than the robot pass.)"""
+    (within ``clearance`` of it: the robot may start and end closer than that to a wall) once
+    the moved box, grown alike, is taken away too, and the box keeps that grown radius from
+    both. (Drawn at the file's resolution instead, a 5 cm pixel in an 11 m maze, gaps up to a
+    pixel narrower than the robot pass.)"""
     grow = float(scene["robot_radius"]) + clearance
     free = _world(scene).difference(_grown(_fixed_boxes(scene), grow))
     start, goal = (
@@ -287,8 +289,15 @@ def opens_route(scene: Scene, poses: np.ndarray, clearance: float = 0.0) -> np.n
     for i, (x, y, yaw) in enumerate(np.asarray(poses, dtype=np.float64).reshape(-1, 3)):
         if not np.isfinite([x, y, yaw]).all():
             continue
-        space = free.difference(_box_polygon(np.array([x, y, w, h, yaw])).buffer(grow, 16))
-        out[i] = any(p.intersects(start) and p.intersects(goal) for p in _pieces(space))
+        placed = _box_polygon(np.array([x, y, w, h, yaw]))
+        if min(placed.distance(start), placed.distance(goal)) < grow:
+            continue
+        space = free.difference(placed.buffer(grow, 16))
+        out[i] = any(
+            p.distance(start) <= clearance and p.distance(goal) <= clearance
+            for p in _pieces(space)
+            if not p.is_empty
+        )
     return out
 
 
@@ -427,16 +436,19 @@ def _swept_box(pw: _PlanWorld, seg: _Segment) -> shapely.Geometry:
     return shapely.union_all([pw.polygon(np.array([x, y, yaw])) for yaw in yaws])
 
 
-def _reachable(pw: _PlanWorld, box_pose: np.ndarray, before: np.ndarray, at: np.ndarray) -> bool:
+def _reachable(
+    pw: _PlanWorld, box_pose: np.ndarray, before: np.ndarray, at: np.ndarray, slack: float = 0.0
+) -> bool:
     """Can the robot go from ``before`` ``(2,)`` to ``at`` ``(2,)`` with the selected box at
     ``box_pose``? One free piece must lie within ``PLAN_CONTACT_SLACK`` of ``at`` (the robot
     stands in contact, a hair inside the grown box) and of ``before``, plus as deep as
     ``before`` lies inside the box grown by the robot's radius (after a turn the robot stands
-    where it pushed from while the box turned into that spot)."""
+    where it pushed from while the box turned into that spot), plus ``slack`` (the robot's
+    start may lie within the clearance of a wall)."""
     box = pw.polygon(box_pose)
     space = pw.free.difference(box.buffer(pw.radius, 16))
     start, end = shapely.Point(*before), shapely.Point(*at)
-    slack = PLAN_CONTACT_SLACK + max(0.0, pw.radius - box.distance(start))
+    slack += PLAN_CONTACT_SLACK + max(0.0, pw.radius - box.distance(start))
     return any(
         piece.distance(start) <= slack and piece.distance(end) <= PLAN_CONTACT_SLACK
         for piece in _pieces(space)
@@ -444,9 +456,26 @@ def _reachable(pw: _PlanWorld, box_pose: np.ndarray, before: np.ndarray, at: np.
     )
 
 
-def _segment_reason(pw: _PlanWorld, seg: _Segment, robot_before: np.ndarray) -> str | None:
+def _turns_that_way(pw: _PlanWorld, seg: _Segment) -> bool:
+    """Does a push from ``robot_start`` on the box side nearest to it (inwards, along that
+    side's normal) turn the box the way the segment turns it (the sign of its torque about
+    the box's centre)?"""
+    c, s = np.cos(seg.box_start[2]), np.sin(seg.box_start[2])
+    u, v = np.array([c, s]), np.array([-s, c])
+    arm = seg.robot_start - seg.box_start[:2]
+    half_w, half_h = pw.box[2] / 2, pw.box[3] / 2
+    beyond_u, beyond_v = abs(arm @ u) - half_w, abs(arm @ v) - half_h
+    normal = np.sign(arm @ u) * u if beyond_u >= beyond_v else np.sign(arm @ v) * v
+    push = -normal
+    torque = arm[0] * push[1] - arm[1] * push[0]
+    return bool(torque * (seg.box_end[2] - seg.box_start[2]) > 0)
+
+
+def _segment_reason(
+    pw: _PlanWorld, seg: _Segment, robot_before: np.ndarray, slack: float = 0.0
+) -> str | None:
     """Why one chained segment is no valid push (checks b to d of :func:`push_plan_reasons`),
-    or None."""
+    or None. ``slack``: how far outside the free space ``robot_before`` may lie."""
     tol = pw.position_tolerance
     if seg.kind == "slide":
         if _yaw_gap(seg.box_start[2], seg.box_end[2], pw.period) > PLAN_YAW_TOLERANCE + _EPS:
@@ -464,14 +493,16 @@ def _segment_reason(pw: _PlanWorld, seg: _Segment, robot_before: np.ndarray) -> 
         return "the box leaves the world"
     if swept.intersects(pw.fixed):
         return "the box's sweep hits a wall or another box"
-    if not _reachable(pw, seg.box_start, robot_before, seg.robot_start):
+    if not _reachable(pw, seg.box_start, robot_before, seg.robot_start, slack):
         return "the robot cannot reach robot_start"
     box = pw.polygon(seg.box_start)
     robot = shapely.Point(*seg.robot_start)
     if box.distance(robot) > pw.radius + pw.clearance + PLAN_PUSH_REACH:
         return "robot_start is not at the box"
     if seg.kind == "turn":
-        return "robot_start is inside the box" if box.contains(robot) else None
+        if box.contains(robot):
+            return "robot_start is inside the box"
+        return None if _turns_that_way(pw, seg) else "the push turns the box the other way"
     shift = seg.box_end[:2] - seg.box_start[:2]
     length = float(np.hypot(*shift))
     if length > _EPS:
@@ -500,7 +531,7 @@ def _plan_reason(pw: _PlanWorld, pose: np.ndarray, plan: Sequence[Mapping[str, A
         if not pw.same_pose(seg.box_start, box_at):
             where = "the box's current pose" if i == 0 else f"segment {i - 1}'s box_end"
             return f"segment {i} ({seg.kind}): box_start is not {where}"
-        reason = _segment_reason(pw, seg, robot_at)
+        reason = _segment_reason(pw, seg, robot_at, pw.clearance if i == 0 else 0.0)
         if reason is not None:
             return f"segment {i} ({seg.kind}): {reason}"
         box_at, robot_at = seg.box_end, seg.robot_end

@@ -197,8 +197,11 @@ class ProposalSet:
 
     @property
     def raw_verified_share(self) -> float:
-        """Share of drawn samples whose own fitted footprint verifies (before ranking)."""
-        return sum(c.verified for c in self.candidates) / max(self.samples_drawn, 1)
+        """Share of drawn samples whose own fitted footprint verifies (before ranking). With
+        ``top``, a sample whose push was never planned (a near-duplicate of a verified one, or
+        past the ranking's bound) counts by its other checks."""
+        ok = sum(c.passes_placement and c.pushable is not False for c in self.candidates)
+        return ok / max(self.samples_drawn, 1)
 
     @property
     def verified_share(self) -> float:

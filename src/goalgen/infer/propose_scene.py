@@ -210,9 +210,9 @@ def _nearby(obstacles: np.ndarray, boxes: np.ndarray, margin: float) -> np.ndarr
 class Checker:
     """The checks of one scene (see :mod:`goalgen.infer.verify`), set up once.
 
-    ``clearance``: world units the robot keeps from walls and boxes on its route (its route
-    grid and polygons are those of the robot grown by it; it may start and end closer) and a
-    placed box keeps from walls, boxes and the robot. ``cell``: route-grid cell (default
+    ``clearance``: metres the robot keeps from walls and boxes on its route (its route grid
+    and polygons are those of the robot grown by it; it may start and end closer) and a
+    placed box keeps from walls, boxes and the robot (ignored for masks in pixel units). ``cell``: route-grid cell (default
     ``min(pixel, radius / 3)``). ``max_push``: the push search radius (world units).
     """
 
@@ -246,8 +246,10 @@ class Checker:
             )
             grid = self.reach
 
-            # the push field covers the cells the box can reach within the search radius
-            reach = int(np.ceil((limit + np.hypot(box[2], box[3])) / grid.cell)) + 2
+            # the push field covers the cells the box (and the robot behind it) can reach
+            # within the search radius
+            span = limit + np.hypot(box[2], box[3]) + 2 * world.robot_radius + self.clearance
+            reach = int(np.ceil(span / grid.cell)) + 2 if np.isfinite(span) else max(grid.shape)
             centre = np.floor((box[[1, 0]] - (grid.y0, grid.x0)) / grid.cell).astype(int)
             lo = np.clip(centre - reach, 0, grid.shape)
             hi = np.clip(centre + reach + 1, 0, grid.shape)
@@ -288,7 +290,8 @@ class Checker:
                 self.static | self.others,
                 masks[0],
                 masks[1],
-                (scene.robot_radius + self.clearance) / frame.metres_per_pixel,
+                (scene.robot_radius + (self.clearance if scene.units == "m" else 0.0))
+                / frame.metres_per_pixel,
             )
             sign = 1.0 if frame.shift_to_world(1, 0)[1] > 0 else -1.0
             mpp = frame.metres_per_pixel
@@ -471,6 +474,7 @@ class Checker:
                 self.clearance,
                 to_world,
                 self.scene.period,
+                self.scene.frame.bounds,
             )
         return self._planner.check(pose)
 

@@ -8,7 +8,7 @@ Every segment is checked in world coordinates:
 
 - **sweep**: the area the box sweeps (a slide: the convex hull of its start and end; a turn:
   the box every ``TURN_SAMPLE``, grown by the arc a corner travels between samples) is clear
-  of walls and other boxes (separating axes, ``SWEEP_MARGIN`` to spare);
+  of walls and other boxes (separating axes, ``SWEEP_MARGIN`` to spare) and inside the map;
 - **contact**: a slide is pushed from behind, on the line through the box's centre, the
   robot's disk ``CONTACT_GAP`` from the box; a turn by a push near one end of a side whose
   torque turns the box the right way (four candidate spots, the first that works);
@@ -127,7 +127,8 @@ class PushPlanner:
     clearance); ``obstacles`` ``(B, 5)``: walls and other boxes; ``box`` ``(5,)`` where the
     selected box stands; ``robot_xy`` ``(2,)``; ``radius``: the robot's own;
     ``clearance``: what it keeps from walls and other boxes; ``to_world``: lattice
-    ``(row, col)`` ``(..., 2)`` -> world ``(..., 2)``."""
+    ``(row, col)`` ``(..., 2)`` -> world ``(..., 2)``; ``period``: the box's symmetry;
+    ``bounds`` ``(x0, y0, x1, y1)``: the map the box stays in."""
 
     def __init__(
         self,
@@ -140,8 +141,10 @@ class PushPlanner:
         clearance: float,
         to_world,
         period: float,
+        bounds: tuple[float, float, float, float] | None = None,
     ) -> None:
         self.field, self.grid = field, grid
+        self.bounds = None if bounds is None else np.asarray(bounds, dtype=np.float64)
         self.obstacles = np.asarray(obstacles, dtype=np.float64).reshape(-1, 5)
         self.box = np.asarray(box, dtype=np.float64)
         self.size = (float(self.box[2]), float(self.box[3]))
@@ -187,7 +190,18 @@ class PushPlanner:
         return o[gap <= reach]
 
     def _sweep_clear(self, kind: str, a: np.ndarray, b: np.ndarray) -> bool:
-        """Is the area the box sweeps from ``a`` to ``b`` ``(x, y, yaw)`` clear?"""
+        """Is the area the box sweeps from ``a`` to ``b`` ``(x, y, yaw)`` clear, and inside the
+        map (its corners at both ends; a turn's every yaw reaches at most half the diagonal
+        from the centre)?"""
+        if self.bounds is not None:
+            if kind == "slide":
+                points = box_corners(np.stack([_box(a, self.size), _box(b, self.size)]))
+                lo, hi = points.reshape(-1, 2).min(0), points.reshape(-1, 2).max(0)
+            else:
+                lo = a[:2] - np.hypot(*self.size) / 2
+                hi = a[:2] + np.hypot(*self.size) / 2
+            if (lo < self.bounds[:2]).any() or (hi > self.bounds[2:]).any():
+                return False
         sweep = _slide_clear if kind == "slide" else _turn_clear
         near = self._nearby(a[:2], np.hypot(*(b[:2] - a[:2])) + np.hypot(*self.size))
         return sweep(a, b, self.size, near)

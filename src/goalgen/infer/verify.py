@@ -294,14 +294,16 @@ class ReachGrid:
         )
 
     def _ends(self, point: Sequence[float], radius: float | None = None) -> np.ndarray:
-        """``(n, 3)`` cells ``(row, col, distance)`` a point joins: free cells of its 3 x 3
-        neighbourhood whose centre is at least ``radius`` (default ``end_radius``, the robot's
-        own: it may stand closer than the clearance) + the distance from every obstacle."""
+        """``(n, 3)`` cells ``(row, col, distance)`` a point joins: free cells of its
+        neighbourhood (3 x 3, wider by the cells between ``radius`` and the grid's) whose
+        centre is at least ``radius`` (default ``end_radius``, the robot's own: it may stand
+        closer than the clearance) + the distance from every obstacle."""
         p = np.asarray(point, dtype=np.float64)
         radius = self.end_radius if radius is None else radius
         r = int(np.floor((p[1] - self.y0) / self.cell))
         c = int(np.floor((p[0] - self.x0) / self.cell))
-        rows, cols = (v.ravel() for v in np.mgrid[r - 1 : r + 2, c - 1 : c + 2])
+        n = int(np.ceil(max(self.radius - radius, 0.0) / self.cell)) + 1
+        rows, cols = (v.ravel() for v in np.mgrid[r - n : r + n + 1, c - n : c + n + 1])
         inside = (rows >= 0) & (rows < self.shape[0]) & (cols >= 0) & (cols < self.shape[1])
         rows, cols = rows[inside], cols[inside]
         free = self.free[rows, cols]
