@@ -126,10 +126,8 @@ def _warn_no_walls(path: Path, m, bodies: list[str], geoms: list[str], static: l
     named = [b or f"body {i}" for i, b in enumerate(bodies) if i > 0]
     if static:
         owners = sorted({bodies[int(m.geom_bodyid[g])] or "worldbody" for g in static})
-        taken = (
-            f"static geometry taken from {len(static)} geoms ({listing([geoms[g] for g in static])}) "
-            f"of {listing(owners)}"
-        )
+        names = listing([geoms[g] for g in static])
+        taken = f"static geometry taken from {len(static)} geoms ({names}) of {listing(owners)}"
     else:
         taken = "no static geometry found: nothing walls the robot or the box in"
     warnings.warn(

@@ -571,12 +571,14 @@ def push_plan_reasons(
        grown by ``robot_radius + clearance`` and less the box at box_start grown by
        ``robot_radius`` holds both, each within ``PLAN_CONTACT_SLACK`` (it stands in contact;
        where it stood may also lie as deep inside the grown box as it overlaps the box: after
-       a turn it stands where it pushed from while the box turned into that spot);
+       a turn it stands where it pushed from while the box turned into that spot; and
+       ``robot_pose`` within the clearance: the robot may start closer than that to a wall);
     d. it pushes: robot_start is within ``robot_radius + clearance + PLAN_PUSH_REACH`` of the
        box at box_start; for a slide the ray from robot_start along the box's motion hits the
        box (the robot is behind it) and the robot's sweep (robot_start to robot_end grown by
        ``robot_radius``) touches no wall or other box; for a turn robot_start is outside the
-       box.
+       box, and a push from it on the nearest side, inwards, turns the box the segment's way
+       (the sign of its torque about the centre).
 
     Returns K reasons, e.g. ``"segment 1 (slide): the robot pulls: ..."``.
     """

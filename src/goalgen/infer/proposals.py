@@ -297,8 +297,9 @@ def snap_free(
     collision-free (:meth:`Checker.collision_free`) with a finite push
     (:meth:`Checker.push_distance`), if it also opens the route (or no route exists); else the
     first of ``route_offsets`` ``(R, 3)`` (a coarser lattice, nearest first) that does all
-    three (on the coarse route grid, ``batch`` trials at a time); else that first one. Every route offset's box covers :func:`covered_core`, so where
-    that core already blocks the route (on the same grid) none opens it: no search."""
+    three (on the coarse route grid, ``batch`` trials at a time); else that first one. Every
+    route offset's box covers :func:`covered_core`, so where that core already blocks the
+    route (on the same grid) none opens it: no search."""
     boxes = np.array(boxes, dtype=np.float64).reshape(-1, 5)
     moved = np.full(len(boxes), np.nan)
     searchable = np.zeros(len(boxes), dtype=bool)

@@ -212,8 +212,9 @@ class Checker:
 
     ``clearance``: metres the robot keeps from walls and boxes on its route (its route grid
     and polygons are those of the robot grown by it; it may start and end closer) and a
-    placed box keeps from walls, boxes and the robot (ignored for masks in pixel units). ``cell``: route-grid cell (default
-    ``min(pixel, radius / 3)``). ``max_push``: the push search radius (world units).
+    placed box keeps from walls, boxes and the robot (ignored for masks in pixel units).
+    ``cell``: route-grid cell (default ``min(pixel, radius / 3)``). ``max_push``: the push
+    search radius (world units).
     """
 
     def __init__(
