@@ -21,7 +21,7 @@ from goalgen.cli import one_line
 from goalgen.eval.metrics import HIT_IOU
 from goalgen.io import atomic_write_text
 
-REPORT_VERSION = 2
+REPORT_VERSION = 3  # 3: world judge with a clearance (default 2.5 cm), pushed rows
 DEFAULT_REPORT = Path("eval") / "report.json"  # inside the run dir
 REFERENCES = (  # reference rows, shown once per distinct evaluation setting
     "random_valid",
