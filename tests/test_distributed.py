@@ -8,7 +8,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from goalgen.train.distributed import detect_launch
+from goalgen.train.distributed import detect_launch, pick_device
 from goalgen.train.entry import launch
 
 
@@ -258,3 +258,16 @@ def test_fp16_nonfinite_loss_on_one_rank_is_skipped_by_every_rank(tiny_cfg, tmp_
         assert r["outcomes"] == ["applied", "nonfinite", "applied"], r
         assert r["scale"] == 2.0**16 / 2  # one back-off, no growth
     assert ranks[0]["w"] == ranks[1]["w"]
+
+
+def test_more_local_ranks_than_gpus_is_refused(monkeypatch):
+    """Two ranks on one GPU fail in NCCL ("Duplicate GPU"): refused before, with the count
+    (a simulated node of 2 GPUs; a task bound to its own GPU sees one and uses it)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("gpu", 1) == torch.device("cuda", 1)
+    with pytest.raises(RuntimeError, match="local rank 2 but this node has 2 GPUs"):
+        pick_device("gpu", 2)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert pick_device("auto", 3) == torch.device("cuda", 0)

@@ -59,6 +59,36 @@ def test_precision_names(caplog):
         resolve_precision("fp8", cpu)
 
 
+@pytest.mark.parametrize("capability", [(7, 0), (7, 5), (8, 0), (9, 0)])
+def test_bf16_on_a_gpu_needs_native_bf16(monkeypatch, capability):
+    """torch.cuda.is_bf16_supported() says True on a V100/T4 (emulation): the capability
+    decides (a simulated device: nothing runs on it)."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *_, **__: True)
+    cuda = torch.device("cuda", 0)
+    if capability >= (8, 0):
+        assert resolve_precision("bf16-mixed", cuda).dtype is torch.bfloat16
+    else:
+        with pytest.raises(ValueError, match=r"capability 7\.\d.*emulates bf16.*16-mixed"):
+            resolve_precision("bf16-mixed", cuda)
+    assert resolve_precision("16-mixed", cuda).use_scaler
+
+
+def test_an_fp16_run_resumes_a_checkpoint_written_without_a_grad_scaler(tiny_cfg, monkeypatch):
+    """A bf16 (or fp32, or CPU) run's last.ckpt holds an empty scaler state; resumed with an
+    enabled scaler (16-mixed on a GPU) it starts a fresh one instead of crashing."""
+    cfg = tiny_cfg("train_fb_flow_matching", "max_steps=1", "trainer.precision=bf16-mixed")
+    train(cfg, run_dir_of(cfg), CPU)
+    state = torch.load(run_dir_of(cfg) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["scaler"] == {}
+    monkeypatch.setattr(step_module, "resolve_precision", lambda *_: FP16_ON_CPU)
+    resumed = tiny_cfg("train_fb_flow_matching", "max_steps=2", "trainer.precision=bf16-mixed")
+    result = train(resumed, run_dir_of(resumed), CPU)
+    assert result.step == 2
+    state = torch.load(run_dir_of(cfg) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["scaler"]["scale"] == 2.0**16  # a fresh scaler, one clean step
+
+
 @pytest.mark.parametrize("config_name", ["train_fb_flow_matching", "train_hf_diffusion"])
 @pytest.mark.parametrize("precision", ["32", "bf16-mixed", "16-mixed"])
 def test_train_run_leaves_the_guide_output_tree(tiny_cfg, config_name, precision):

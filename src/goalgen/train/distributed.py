@@ -141,7 +141,8 @@ def pick_device(accelerator: str, local_rank: int) -> torch.device:
     """``cuda:<local_rank>`` when a GPU is wanted and present, else CPU.
 
     A task that sees a single GPU (Slurm binding each task to its own device through
-    ``CUDA_VISIBLE_DEVICES``) uses index 0 whatever its local rank.
+    ``CUDA_VISIBLE_DEVICES``) uses index 0 whatever its local rank; with several GPUs, more
+    local ranks than GPUs is an error (two ranks on one GPU fail in NCCL).
     """
     if accelerator not in ("auto", "cpu", "gpu", "cuda"):
         raise ValueError(f"trainer.accelerator={accelerator!r}; choose auto, cpu or gpu")
@@ -150,7 +151,12 @@ def pick_device(accelerator: str, local_rank: int) -> torch.device:
             raise RuntimeError("trainer.accelerator=gpu but no CUDA device is visible")
         return torch.device("cpu")
     count = torch.cuda.device_count()
-    index = 0 if count == 1 else local_rank % count
+    if count > 1 and local_rank >= count:  # a second rank on one GPU: NCCL "Duplicate GPU"
+        raise RuntimeError(
+            f"local rank {local_rank} but this node has {count} GPUs: start at most {count} "
+            "processes per node (torchrun --nproc-per-node, Slurm --ntasks-per-node)"
+        )
+    index = 0 if count == 1 else local_rank
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
 

@@ -39,7 +39,9 @@ def resolve_precision(name: str | int, device: torch.device) -> Precision:
     """Resolve ``trainer.precision`` for ``device``.
 
     ``16-mixed`` on CPU falls back to bf16 with a warning: CPUs have no fast fp16 matmul
-    (measured ~38x slower than bf16 here). ``bf16-mixed`` on a GPU without bf16 is an error.
+    (measured ~38x slower than bf16 here). ``bf16-mixed`` on a GPU without native bf16
+    (compute capability below 8.0: ``torch.cuda.is_bf16_supported()`` counts emulation) is
+    an error naming what to use instead.
     """
     name = str(name)
     if name not in PRECISIONS:
@@ -48,10 +50,14 @@ def resolve_precision(name: str | int, device: torch.device) -> Precision:
     if name in ("32", "32-true"):
         return Precision(name, kind, None, False)
     if name == "bf16-mixed":
-        if kind == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ValueError(
-                "trainer.precision=bf16-mixed but this GPU has no bf16; use 16-mixed or 32"
-            )
+        if kind == "cuda":
+            major, minor = torch.cuda.get_device_capability(device)
+            if major < 8:  # bf16 is emulated before Ampere: slow, and inductor skips it
+                raise ValueError(
+                    f"trainer.precision=bf16-mixed but this GPU (compute capability "
+                    f"{major}.{minor}) only emulates bf16; use 16-mixed (fp16 with a grad "
+                    "scaler) or 32"
+                )
         return Precision(name, kind, torch.bfloat16, False)
     if kind == "cuda":
         return Precision(name, kind, torch.float16, True)

@@ -164,5 +164,5 @@ class Learner:
             return
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
-        if "scaler" in state:
+        if state.get("scaler"):  # a checkpoint without a grad scaler (bf16, fp32) has {}
             self.scaler.load_state_dict(state["scaler"])
