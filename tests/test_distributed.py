@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from goalgen.train.distributed import detect_launch, pick_device
+from goalgen.train.distributed import detect_launch, pick_device, set_rendezvous
 from goalgen.train.entry import launch
 
 
@@ -271,3 +272,34 @@ def test_more_local_ranks_than_gpus_is_refused(monkeypatch):
         pick_device("gpu", 2)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert pick_device("auto", 3) == torch.device("cuda", 0)
+
+
+def test_an_srun_step_meets_on_its_own_first_node(monkeypatch, caplog):
+    """The step's node list, not the job's (a step need not start on the job's first node),
+    and it wins over MASTER_ADDR/PORT exported from the submitting shell."""
+    import logging
+
+    env = {
+        "SLURM_STEP_ID": "0",
+        "SLURM_NTASKS": "4",
+        "SLURM_PROCID": "2",
+        "SLURM_LOCALID": "0",
+        "SLURM_JOB_ID": "1234",
+        "SLURM_JOB_NODELIST": "gpu01,gpu02,gpu03",
+        "SLURM_STEP_NODELIST": "gpu02,gpu03",
+        "SLURM_NTASKS_PER_NODE": "2",
+    }
+    launch = detect_launch(env)
+    assert launch.launcher == "srun" and launch.master_addr == "gpu02"
+    monkeypatch.setenv("MASTER_ADDR", "login-node")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    with caplog.at_level(logging.WARNING):
+        set_rendezvous(launch)
+    assert os.environ["MASTER_ADDR"] == "gpu02" and os.environ["MASTER_PORT"] == "21234"
+    assert "MASTER_ADDR=login-node from the environment ignored" in caplog.text
+    # torchrun's own values are left as they are
+    torchrun = detect_launch(
+        {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "a", "MASTER_PORT": "1"}
+    )
+    set_rendezvous(torchrun)
+    assert os.environ["MASTER_ADDR"] == "gpu02"

@@ -2,7 +2,8 @@
 
 Launchers, in order of precedence:
 1. torchrun / TorchX (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``);
-2. ``srun`` tasks (``SLURM_PROCID`` trusted only inside a step, i.e. with ``SLURM_STEP_ID``);
+2. ``srun`` tasks (``SLURM_PROCID`` trusted only inside a step, i.e. with ``SLURM_STEP_ID``;
+   the rendezvous on the step's first node, :func:`set_rendezvous`);
 3. a single process.
 The loop only sees the resulting :class:`DistContext`; nothing else reads these variables.
 """
@@ -77,7 +78,9 @@ def detect_launch(env: Mapping[str, str] | None = None) -> LaunchEnv:
             local_rank=int(env.get("SLURM_LOCALID", 0)),
             world_size=int(env["SLURM_NTASKS"]),
             local_world_size=int(tasks_per_node.split("(")[0].split(",")[0]),
-            master_addr=_first_host(env.get("SLURM_JOB_NODELIST", "localhost")),
+            master_addr=_first_host(
+                env.get("SLURM_STEP_NODELIST", env.get("SLURM_JOB_NODELIST", "localhost"))
+            ),
             master_port=20000 + job_id % 20000,
             launcher="srun",
         )
@@ -161,6 +164,25 @@ def pick_device(accelerator: str, local_rank: int) -> torch.device:
     return torch.device("cuda", index)
 
 
+def set_rendezvous(env: LaunchEnv) -> None:
+    """Export ``MASTER_ADDR``/``MASTER_PORT`` for ``init_process_group``. Under srun they are
+    the step's: its first node (``SLURM_STEP_NODELIST``, where rank 0 runs) and a port from
+    the job id, overwriting values exported from the submitting shell (with a warning: a
+    stale address makes every rank wait out the rendezvous timeout). torchrun sets its own."""
+    for key, value in (("MASTER_ADDR", env.master_addr), ("MASTER_PORT", env.master_port)):
+        if not value:
+            continue
+        value, old = str(value), os.environ.get(key)
+        if env.launcher != "srun":
+            os.environ.setdefault(key, value)
+            continue
+        if old is not None and old != value:
+            log.warning(
+                "%s=%s from the environment ignored: this srun step uses %s", key, old, value
+            )
+        os.environ[key] = value
+
+
 def init_distributed(
     accelerator: str = "auto", timeout_s: float = 1800.0, env: LaunchEnv | None = None
 ) -> DistContext:
@@ -170,10 +192,7 @@ def init_distributed(
     if env.world_size == 1:
         return DistContext(0, 0, 1, 1, device, None)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if env.master_addr:
-        os.environ.setdefault("MASTER_ADDR", env.master_addr)
-    if env.master_port:
-        os.environ.setdefault("MASTER_PORT", str(env.master_port))
+    set_rendezvous(env)
     if not dist.is_initialized():
         dist.init_process_group(
             backend=backend,
