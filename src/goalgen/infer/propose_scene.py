@@ -203,8 +203,7 @@ def _nearby(obstacles: np.ndarray, boxes: np.ndarray, margin: float) -> np.ndarr
         return obstacles
     centre = (boxes[:, :2].min(0) + boxes[:, :2].max(0)) / 2
     reach = np.max(np.hypot(*(boxes[:, :2] - centre).T) + np.hypot(boxes[:, 2], boxes[:, 3]) / 2)
-    gap = np.hypot(*(obstacles[:, :2] - centre).T) - np.hypot(obstacles[:, 2], obstacles[:, 3]) / 2
-    return obstacles[gap <= reach + margin]
+    return verify.near_disk(obstacles, centre, reach + margin)
 
 
 class Checker:
@@ -491,10 +490,9 @@ class Checker:
         near = _nearby(self.obstacles, boxes, max(ROOM_LEVELS) + self.clearance)
         gap = np.full(len(boxes), max(ROOM_LEVELS) + self.clearance)
         if len(near):
-            corners = verify.box_corners(boxes)  # (K, 4, 2)
-            one = verify.point_box_distance(corners, near).min((1, 2))
-            other = verify.box_corners(near)  # (B, 4, 2)
-            two = np.array([verify.point_box_distance(other, b[None]).min() for b in boxes])
+            # convex boxes apart: the closest points include a corner of one of them
+            one = verify.point_box_distance(verify.box_corners(boxes), near).min((1, 2))
+            two = verify.point_box_distance(verify.box_corners(near), boxes).min((0, 1))
             gap = np.minimum(gap, np.minimum(one, two))
         robot = verify.point_box_distance(world.robot_xy, boxes) - world.robot_radius
         route = np.full(len(boxes), self.clearance)

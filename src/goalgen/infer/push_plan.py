@@ -40,6 +40,7 @@ from goalgen.infer.verify import (
     box_corners,
     boxes_overlap,
     contact_distance,
+    near_disk,
     point_box_distance,
     turn_spots,
 )
@@ -182,13 +183,6 @@ class PushPlanner:
         return out[keep]
 
     # ------------------------------------------------------------------ the checks
-    def _nearby(self, centre: np.ndarray, reach: float) -> np.ndarray:
-        o = self.obstacles
-        if not len(o):
-            return o
-        gap = np.hypot(*(o[:, :2] - centre).T) - np.hypot(o[:, 2], o[:, 3]) / 2
-        return o[gap <= reach]
-
     def _sweep_clear(self, kind: str, a: np.ndarray, b: np.ndarray) -> bool:
         """Is the area the box sweeps from ``a`` to ``b`` ``(x, y, yaw)`` clear, and inside the
         map (its corners at both ends; a turn's every yaw reaches at most half the diagonal
@@ -203,7 +197,7 @@ class PushPlanner:
             if (lo < self.bounds[:2]).any() or (hi > self.bounds[2:]).any():
                 return False
         sweep = _slide_clear if kind == "slide" else _turn_clear
-        near = self._nearby(a[:2], np.hypot(*(b[:2] - a[:2])) + np.hypot(*self.size))
+        near = near_disk(self.obstacles, a[:2], np.hypot(*(b[:2] - a[:2])) + np.hypot(*self.size))
         return sweep(a, b, self.size, near)
 
     def path_clear(self, a: np.ndarray, b: np.ndarray) -> bool:
@@ -212,7 +206,7 @@ class PushPlanner:
         keep = self.radius + self.clearance
         n = int(np.ceil(np.hypot(*(b - a)) / PATH_STEP)) + 1
         points = a + np.linspace(0, 1, n)[:, None] * (b - a)
-        near = self._nearby((a + b) / 2, np.hypot(*(b - a)) / 2 + keep + PATH_STEP)
+        near = near_disk(self.obstacles, (a + b) / 2, np.hypot(*(b - a)) / 2 + keep + PATH_STEP)
         if not len(near):
             return True
         return bool((point_box_distance(points, near) >= keep + PATH_STEP / 2).all())

@@ -211,6 +211,14 @@ def pushing_distances(
     return dist.reshape(fits.shape), pred.reshape(fits.shape)
 
 
+def near_disk(boxes: np.ndarray, centre: np.ndarray, reach: float) -> np.ndarray:
+    """The boxes ``(B, 5)`` whose bounding disk comes within ``reach`` of ``centre`` ``(2,)``
+    (the others cannot touch anything within ``reach`` of it)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 5)
+    gap = np.hypot(*(boxes[:, :2] - centre).T) - np.hypot(boxes[:, 2], boxes[:, 3]) / 2
+    return boxes[gap <= reach]
+
+
 # ----------------------------------------------------------------------------- route, exact
 class ReachGrid:
     """Sound route check for a disk robot among exact boxes (see the module docstring)."""
@@ -317,22 +325,32 @@ class ReachGrid:
     def _labels(labels: np.ndarray, ends: np.ndarray) -> np.ndarray:
         return labels[ends[:, 0].astype(int), ends[:, 1].astype(int)]
 
-    def _labels_with(self, box: np.ndarray, box_radius: float) -> np.ndarray:
-        """Labels of the start's region (cropped) with ``box`` placed too, kept
-        ``box_radius`` + half a cell from."""
+    def _clear_of(
+        self, box: np.ndarray, box_radius: float
+    ) -> tuple[tuple[slice, slice], np.ndarray] | None:
+        """The window of the cropped region around ``box`` ``(5,)`` and ``(h, w)`` bool: its
+        cells whose centre lies at least ``box_radius`` + half a cell from the box (None:
+        the box's window misses the region)."""
         (rs, cs), (h, w) = self.crop, self.region.shape
-        free = self.region.copy()
         rows, cols, xy = self._window(box, box_radius + self.cell)
         r0, r1 = max(rows.start - rs.start, 0), min(rows.stop - rs.start, h)
         c0, c1 = max(cols.start - cs.start, 0), min(cols.stop - cs.start, w)
-        if r1 > r0 and c1 > c0:
-            sub = xy[
-                r0 + rs.start - rows.start : r1 + rs.start - rows.start,
-                c0 + cs.start - cols.start : c1 + cs.start - cols.start,
-            ]
-            free[r0:r1, c0:c1] &= (
-                point_box_distance(sub, box[None])[..., 0] >= box_radius + self.cell / 2
-            )
+        if r1 <= r0 or c1 <= c0:
+            return None
+        sub = xy[
+            r0 + rs.start - rows.start : r1 + rs.start - rows.start,
+            c0 + cs.start - cols.start : c1 + cs.start - cols.start,
+        ]
+        clear = point_box_distance(sub, box[None])[..., 0] >= box_radius + self.cell / 2
+        return (slice(r0, r1), slice(c0, c1)), clear
+
+    def _labels_with(self, box: np.ndarray, box_radius: float) -> np.ndarray:
+        """Labels of the start's region (cropped) with ``box`` placed too, kept
+        ``box_radius`` + half a cell from."""
+        free = self.region.copy()
+        window = self._clear_of(box, box_radius)
+        if window is not None:
+            free[window[0]] &= window[1]
         return ndimage.label(free, structure=_PLANE4[1])[0]
 
     def _joined(
@@ -375,18 +393,10 @@ class ReachGrid:
             return np.zeros(k, dtype=bool)
         (rs, cs), (h, w) = self.crop, self.region.shape
         stack = np.repeat(self.region[None], k, axis=0)
-        limit = self.radius + self.cell / 2
         for i, box in enumerate(boxes):  # windows of ~(box + 2 radius)^2 cells each
-            rows, cols, xy = self._window(box, self.radius + self.cell)
-            r0, r1 = max(rows.start - rs.start, 0), min(rows.stop - rs.start, h)
-            c0, c1 = max(cols.start - cs.start, 0), min(cols.stop - cs.start, w)
-            if r1 <= r0 or c1 <= c0:
-                continue
-            sub = xy[
-                r0 + rs.start - rows.start : r1 + rs.start - rows.start,
-                c0 + cs.start - cols.start : c1 + cs.start - cols.start,
-            ]
-            stack[i, r0:r1, c0:c1] &= point_box_distance(sub, box[None])[..., 0] >= limit
+            window = self._clear_of(box, self.radius)
+            if window is not None:
+                stack[(i, *window[0])] &= window[1]
         labels, _ = ndimage.label(stack, structure=_PLANE4)
         ends = []
         for cells in (self.start, self.goal):
