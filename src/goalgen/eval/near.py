@@ -657,6 +657,7 @@ def score_near(
     masks: SceneMasks | None = None,
     poses: np.ndarray | None = None,
     clearance: float = 0.0,
+    near_success: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Per-scene near metrics of samples ``(K, S, S)``: ``success_near_at_1``,
     ``success_near_at_k``, ``success_near_rate`` (share of samples), ``in_feasible_at_k``,
@@ -668,10 +669,13 @@ def score_near(
     (:func:`modes_covered`) and ``modes_covered_share`` (of the scene's modes),
     ``nearest_push_m`` (the ground truth's push) and ``feasible_poses`` / ``modes`` (the
     scene's counts). ``masks``: the scene at ``S`` (:func:`scene_masks`); ``poses``: exact
-    world poses of the samples and ``clearance`` the judge's (:func:`success_near`)."""
+    world poses of the samples and ``clearance`` the judge's (:func:`success_near`);
+    ``near_success``: the samples' :func:`success_near` verdicts ``(K,)``, if already judged."""
     _require(scene)
     samples = np.asarray(samples) != 0
-    near = success_near(scene, samples, slack, masks, poses, clearance)
+    near = near_success
+    if near is None:
+        near = success_near(scene, samples, slack, masks, poses, clearance)
     poses, size = _poses_and_size(scene, samples, poses)
     inside = in_feasible(scene, poses, size)
     best = feasible_distance(scene, poses, size).min()

@@ -110,27 +110,39 @@ def random_valid_placements(
 
 
 # ----------------------------------------------------------------------------- proposals
+def _plan_verdicts(
+    world: Mapping[str, np.ndarray], proposals: Sequence[Any], poses: np.ndarray, clearance: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(has_plan, accepted)`` ``(P,)`` bool: which proposals carry a push plan to judge (the
+    pushable ones, and verified ones with ``segments``) and whether the judge accepts it
+    (:func:`goalgen.eval.near.push_plan_valid` at ``poses`` ``(P, 3)``), in one call."""
+    has_plan = np.array(
+        [
+            getattr(p, "segments", None) is not None
+            and bool(getattr(p, "pushable", None) or p.verified)
+            for p in proposals
+        ],
+        dtype=bool,
+    )
+    accepted = np.zeros(len(proposals), dtype=bool)
+    planned = np.flatnonzero(has_plan)
+    if len(planned):
+        plans = [[s.to_dict() for s in proposals[i].segments] for i in planned]
+        accepted[planned] = near.push_plan_valid(world, poses[planned], plans, clearance)
+    return has_plan, accepted
+
+
 def _judged(
-    world: Mapping[str, np.ndarray],
-    proposals: Sequence[Any],
-    poses: np.ndarray,
-    success: np.ndarray,
-    clearance: float,
+    proposals: Sequence[Any], success: np.ndarray, has_plan: np.ndarray, accepted: np.ndarray
 ) -> dict[str, float]:
     """``JUDGE_KEYS`` of one scene's proposals: the share of verified ones that the judge
     passes (``success``: :func:`goalgen.eval.near.world_valid` and
-    :func:`goalgen.eval.near.opens_route` at ``poses`` ``(P, 3)``, and
-    :func:`goalgen.eval.near.push_plan_valid` of their ``segments`` where they carry a plan;
-    NaN without a verified one) and how many verified ones have no finite push distance."""
+    :func:`goalgen.eval.near.opens_route` at their poses, and their push plan ``accepted``
+    where they carry one, :func:`_plan_verdicts`; NaN without a verified one) and how many
+    verified ones have no finite push distance."""
     verified = np.array([p.verified for p in proposals], dtype=bool)
     unreachable = ~np.isfinite([float(p.push_distance) for p in proposals])
-    judged = success & verified
-    planned = [
-        i for i in np.flatnonzero(judged) if getattr(proposals[i], "segments", None) is not None
-    ]
-    if planned:
-        plans = [[s.to_dict() for s in proposals[i].segments] for i in planned]
-        judged[planned] = near.push_plan_valid(world, poses[planned], plans, clearance)
+    judged = success & verified & (~has_plan | accepted)
     return {
         "proposals_judged_share": float(judged.sum() / verified.sum())
         if verified.any()
@@ -179,31 +191,19 @@ def proposal_row(
             "success_at_1": float(success[0]),
             "success_at_k": float(success.any()),
         }
-        row |= _judged(world, result.proposals, poses, success, clearance)
-        pushed = success & _plans_valid(world, result.proposals, poses, clearance)
+        has_plan, accepted = _plan_verdicts(world, result.proposals, poses, clearance)
+        row |= _judged(result.proposals, success, has_plan, accepted)
+        pushable = np.array([bool(getattr(p, "pushable", None)) for p in result.proposals])
+        pushed = success & pushable & accepted
         row |= {"pushed_success_at_1": float(pushed[0]), "pushed_success_at_k": float(pushed.any())}
     if near.has_feasible_set(world):
-        row |= near.score_near(world, feet, slack, masks=masks, poses=poses, clearance=clearance)
-        if result.proposals:
-            good = near.success_near(world, feet, slack, masks, poses, clearance) & pushed
-            row |= {"pushed_near_at_1": float(good[0]), "pushed_near_at_k": float(good.any())}
-        else:
-            row |= {"pushed_near_at_1": 0.0, "pushed_near_at_k": 0.0}
+        near_ok = near.success_near(world, feet, slack, masks, poses, clearance)
+        row |= near.score_near(
+            world, feet, slack, masks=masks, poses=poses, clearance=clearance, near_success=near_ok
+        )
+        good = near_ok & pushed if result.proposals else np.zeros(1, dtype=bool)
+        row |= {"pushed_near_at_1": float(good[0]), "pushed_near_at_k": float(good.any())}
     return row
-
-
-def _plans_valid(
-    world: Mapping[str, np.ndarray], proposals: Sequence[Any], poses: np.ndarray, clearance: float
-) -> np.ndarray:
-    """``(P,)`` bool: does the judge accept each proposal's push plan
-    (:func:`goalgen.eval.near.push_plan_valid`)? A proposal without a plan (not pushable, or
-    proposals that carry none) fails."""
-    out = np.zeros(len(proposals), dtype=bool)
-    planned = [i for i, p in enumerate(proposals) if getattr(p, "pushable", None)]
-    if planned:
-        plans = [[s.to_dict() for s in proposals[i].segments] for i in planned]
-        out[planned] = near.push_plan_valid(world, poses[planned], plans, clearance)
-    return out
 
 
 # ----------------------------------------------------------------------------- scenes
