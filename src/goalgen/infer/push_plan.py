@@ -33,23 +33,20 @@ from typing import Any
 
 import numpy as np
 
+from goalgen.data.pushing import CONTACT_GAP, TURN_LEVER, contact_distance, turn_spots
 from goalgen.infer.fit import wrap
 from goalgen.infer.verify import (
     PushField,
     ReachGrid,
     box_corners,
     boxes_overlap,
-    contact_distance,
     near_disk,
     point_box_distance,
-    turn_spots,
 )
 
-CONTACT_GAP = 0.003  # m between the robot's disk and the box it is about to push
 SWEEP_MARGIN = 0.001  # m the swept box keeps from walls and other boxes
 TURN_SAMPLE = np.radians(0.5)  # yaw between the boxes that stand for a turn's sweep
 PATH_STEP = 0.01  # m between the points that stand for the robot's path
-TURN_LEVER = 0.75  # where along a side the robot pushes to turn the box (share of half its length)
 
 
 @dataclass

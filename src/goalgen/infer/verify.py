@@ -29,8 +29,8 @@ World geometry (exact boxes known):
   the arc a corner travels. The box turns only where it fits while turning: a long box in a
   corridor does not turn for free. Given where the robot can stand (``pusher``), only moves
   the robot can push count (:func:`pushing_distances`, a directed graph): a slide from behind
-  the box on the line through its centre (:func:`contact_distance`), a turn from near an end
-  of a side (:func:`turn_spots`); a pose reached only by pulling has no push distance.
+  the box on the line through its centre (:func:`goalgen.data.pushing.contact_distance`), a turn from near an end
+  of a side (:func:`goalgen.data.pushing.turn_spots`); a pose reached only by pulling has no push distance.
 
 Masks only: the same push field on the mask pixels, and :class:`MaskReach`, the evaluation's
 rule (:func:`goalgen.data.geometry.path_open_after_move`): obstacles inflated by the robot's
@@ -44,10 +44,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import shapely
-from scipy import fft, ndimage, sparse
-from scipy.sparse import csgraph
+from scipy import fft, ndimage
 
 from goalgen.data import geometry as geo
+from goalgen.data.pushing import TURN_LEVER, pushable_moves, pushing_distances
 from goalgen.data.synthetic.feasible import TURN_SAMPLES, push_distances
 
 ARC_SEGMENTS = 16  # polygon edges per quarter circle of a grown obstacle (ExactReach)
@@ -112,103 +112,6 @@ def point_box_distance(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     u = np.abs(d[..., 0] * c + d[..., 1] * s) - boxes[:, 2] / 2
     v = np.abs(d[..., 1] * c - d[..., 0] * s) - boxes[:, 3] / 2
     return np.hypot(np.maximum(u, 0), np.maximum(v, 0))
-
-
-def contact_distance(box: np.ndarray, direction: np.ndarray, gap: float) -> float:
-    """How far behind the centre of ``box`` ``(5,)``, against unit ``direction`` ``(2,)``, a
-    point lies at distance ``gap`` from the box: where a disk of radius ``gap`` touches the
-    box to push it along ``direction`` through its centre. In the box's frame the point is
-    ``-s (a, b)`` with ``a, b >= 0`` (the direction's components, by symmetry), at distance
-    ``hypot(max(s a - hw, 0), max(s b - hh, 0))``, which grows with ``s``: the least root."""
-    c, s = np.cos(box[4]), np.sin(box[4])
-    a = abs(direction[0] * c + direction[1] * s)
-    b = abs(direction[1] * c - direction[0] * s)
-    hw, hh = box[2] / 2, box[3] / 2
-    best = np.inf
-    for along, across, half, other in ((a, b, hw, hh), (b, a, hh, hw)):
-        if along > 1e-12:  # one face: the other coordinate stays inside the box
-            t = (half + gap) / along
-            if t * across <= other + 1e-12:
-                best = min(best, t)
-    if best < np.inf:
-        return float(best)
-    # past a corner: (s a - hw)^2 + (s b - hh)^2 = gap^2, a^2 + b^2 = 1
-    p = a * hw + b * hh
-    return float(p + np.sqrt(max(p * p - hw * hw - hh * hh + gap * gap, 0.0)))
-
-
-def turn_spots(
-    box: np.ndarray, sign: float, gap: float, lever: float
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Where a disk of radius ``gap`` touching ``box`` ``(5,)`` pushes it to turn it
-    counter-clockwise (``sign`` > 0) or clockwise: ``(centre (2,), push direction (2,))``
-    pairs, near each end of each side (``lever`` of the half side from its middle) whose
-    push has a torque of that sign."""
-    c, s = np.cos(box[4]), np.sin(box[4])
-    u, v = np.array([c, s]), np.array([-s, c])
-    hw, hh = box[2] / 2, box[3] / 2
-    spots = []
-    for n, depth, along, half in ((u, hw, v, hh), (-u, hw, v, hh), (v, hh, u, hw), (-v, hh, u, hw)):
-        for arm in (lever * half, -lever * half):
-            offset = (depth + gap) * n + arm * along
-            torque = offset[0] * -n[1] - offset[1] * -n[0]  # offset x push (the push is -n)
-            if torque * sign > 0:
-                spots.append((box[:2] + offset, -n))
-    return spots
-
-
-_MOVES = ((0, 1), (1, 0), (0, -1), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1))
-
-
-def _shifted(mask: np.ndarray, dr: int, dc: int) -> np.ndarray:
-    """``out[r, c] = mask[r + dr, c + dc]`` (False beyond the edge)."""
-    h, w = mask.shape
-    out = np.zeros_like(mask)
-    out[max(0, -dr) : h - max(0, dr), max(0, -dc) : w - max(0, dc)] = mask[
-        max(0, dr) : h - max(0, -dr), max(0, dc) : w - max(0, -dc)
-    ]
-    return out
-
-
-def pushing_distances(
-    fits: np.ndarray,
-    turns: np.ndarray,
-    slide_ok: np.ndarray,
-    turn_ok: np.ndarray,
-    step: float,
-    turn_cost: float,
-    limit: float,
-    source: tuple[int, int, int],
-) -> tuple[np.ndarray, np.ndarray]:
-    """Dijkstra over the pose lattice as :func:`goalgen.data.synthetic.feasible.push_distances`,
-    with each move allowed only in the direction the robot can push it: a slide ``_MOVES[m]``
-    from a pose where ``slide_ok[k, m]`` ``(R, 8, H, W)``; a turn ``k -> k + 1`` where
-    ``turn_ok[k, 0]``, ``k + 1 -> k`` where ``turn_ok[k + 1, 1]`` ``(R, 2, H, W)``. Returns
-    distances and predecessors ``(R, H, W)``."""
-    _, h, w = fits.shape
-    index = np.arange(fits.size).reshape(fits.shape)
-    heads, tails, costs = [], [], []
-    for m, (dr, dc) in enumerate(_MOVES):
-        a = (slice(None), slice(max(0, -dr), h - max(0, dr)), slice(max(0, -dc), w - max(0, dc)))
-        b = (slice(None), slice(max(0, dr), h - max(0, -dr)), slice(max(0, dc), w - max(0, -dc)))
-        ok = fits[a] & fits[b] & slide_ok[:, m][a]
-        heads.append(index[a][ok])
-        tails.append(index[b][ok])
-        costs.append(np.full(ok.sum(), np.hypot(dr, dc) * step))
-    turnable = fits & np.roll(fits, -1, axis=0) & turns  # k <-> k + 1 (cyclic)
-    up, down = turnable & turn_ok[:, 0], turnable & np.roll(turn_ok[:, 1], -1, axis=0)
-    after = np.roll(index, -1, axis=0)
-    heads += [index[up], after[down]]
-    tails += [after[up], index[down]]
-    costs += [np.full(up.sum(), turn_cost), np.full(down.sum(), turn_cost)]
-    graph = sparse.csr_matrix(
-        (np.concatenate(costs), (np.concatenate(heads), np.concatenate(tails))),
-        shape=(fits.size, fits.size),
-    )
-    dist, pred = csgraph.dijkstra(
-        graph, directed=True, indices=int(index[source]), limit=limit, return_predecessors=True
-    )
-    return dist.reshape(fits.shape), pred.reshape(fits.shape)
 
 
 def near_disk(boxes: np.ndarray, centre: np.ndarray, reach: float) -> np.ndarray:
@@ -504,8 +407,9 @@ class PushField:
     With ``pusher`` ``(H, W)`` (cells where the robot's centre can stand to push), a move
     counts only where the robot can push it: a slide from the cell behind the box on the line
     through its centre (``contact``: the robot's radius, plus a gap), a turn from a spot near
-    an end of a side (``lever``) whose torque turns it that way (:func:`turn_spots`), each
-    spot and the cell behind it where the robot closes in from in ``pusher``. Where
+    an end of a side (``lever``) whose torque turns it that way, each spot and the cell
+    behind it where the robot closes in from in ``pusher``
+    (:func:`goalgen.data.pushing.pushable_moves`). Where
     the box no longer covers any of the cells ``vacated`` ``(H, W)`` (those it covered where
     it stood), the robot may stand in ``pusher_after`` ``(H, W)`` too (the way it opened).
 
@@ -527,7 +431,7 @@ class PushField:
         limit: float = np.inf,
         pusher: np.ndarray | None = None,
         contact: float = 0.0,
-        lever: float = 0.75,
+        lever: float = TURN_LEVER,
         pusher_after: np.ndarray | None = None,
         vacated: np.ndarray | None = None,
     ) -> None:
@@ -569,38 +473,17 @@ class PushField:
                 fits, turns, cell, turn_cost, limit, (0, *start), predecessors=True
             )
             return
-        # the world displacement of a lattice step is linear: invert it for the robot's spots
         basis = np.array(
-            [offset(np.array(1.0), np.array(0.0)), offset(np.array(0.0), np.array(1.0))]
+            [offset(np.array(1.0), np.array(0.0)), offset(np.array(0.0), np.array(1.0))],
+            dtype=np.float64,
         )
-        inverse = np.linalg.inv(basis.T.astype(np.float64))
-
-        def lattice(v: np.ndarray) -> tuple[int, int]:
-            a, b = np.rint(inverse @ v).astype(int)
-            return int(a), int(b)
-
+        left = None
         if pusher_after is not None:  # poses where the box has left the cells it covered
             away = fft.rfft2(np.pad(vacated.astype(np.float32), reach))
             left = np.array([clear(kernel(yaw), away) for yaw in yaws])
-        slide_ok = np.zeros((yaw_steps, len(_MOVES), *self.shape), dtype=bool)
-        turn_ok = np.zeros((yaw_steps, 2, *self.shape), dtype=bool)
-        for k, yaw in enumerate(yaws):
-            shape = np.array([0.0, 0.0, w, h, yaw])
-
-            def stands(spot: np.ndarray, k: int = k) -> np.ndarray:
-                ok = _shifted(pusher, *lattice(spot))
-                if pusher_after is not None:
-                    ok |= left[k] & _shifted(pusher_after, *lattice(spot))
-                return ok
-
-            for m, move in enumerate(_MOVES):  # the contact spot and a cell behind it
-                d = basis.T @ np.array(move, dtype=np.float64)
-                d /= np.hypot(*d)
-                spot = -contact_distance(shape, d, contact) * d
-                slide_ok[k, m] = stands(spot) & stands(spot - cell * d)
-            for j, sign in enumerate((1.0, -1.0)):
-                for spot, push in turn_spots(shape, sign, contact, lever):
-                    turn_ok[k, j] |= stands(spot) & stands(spot - cell * push)
+        slide_ok, turn_ok = pushable_moves(
+            yaws, (w, h), basis, contact, pusher, lever, pusher_after, left
+        )
         self.dist, self.pred = pushing_distances(
             fits, turns, slide_ok, turn_ok, cell, turn_cost, limit, (0, *start)
         )

@@ -3,7 +3,7 @@
 Families (``goalgen-synth --family``, ``data.synthetic.family``):
 
 - ``rooms`` (:mod:`.rooms`): a 5 m room split by 1-3 walls, one box in a doorway; masks in
-  :mod:`goalgen.data.geometry`'s convention; files byte-identical to earlier versions.
+  :mod:`goalgen.data.geometry`'s convention.
 - ``maze`` (:mod:`.maze`): an ``N x N`` grid maze with 50-90 % of its walls deleted and 3-17
   boxes, some closing the route at narrow places; masks in the planner's convention
   (:class:`goalgen.data.geometry.NamoFrame`, key ``image_convention`` = 1); every feasible goal

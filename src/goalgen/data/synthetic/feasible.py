@@ -28,6 +28,7 @@ into *modes*: connected sets on the candidate lattice (neighbouring shifts or ya
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,16 @@ from scipy import fft, ndimage, sparse
 from scipy.sparse import csgraph
 
 from goalgen.data import geometry as geo
+from goalgen.data.pushing import (
+    CONTACT_GAP,
+    MOVES,
+    TURN_LEVER,
+    contact_distance,
+    pushable_moves,
+    pushing_distances,
+    shifted,
+    turn_spots,
+)
 
 ROT_STEPS = 12  # yaw steps over a half turn: 15 degrees
 TURN_SAMPLES = 5  # footprints that approximate the area swept by one yaw step
@@ -83,6 +94,7 @@ class Problem:
     robot_px: float  # the fattened robot's radius in pixels
     start: tuple[int, int]  # robot and goal pixels (row, col)
     goal: tuple[int, int]
+    robot_radius: float | None = None  # m; given: only moves the robot can push count
 
 
 @dataclass
@@ -98,6 +110,16 @@ class Result:
     # ((b - F // 2) * field_step, (a - F // 2) * field_step) in world x, y, yaw + k steps
     lattice_step: float  # m between neighbouring candidate centres
     candidates: int  # poses whose route was checked
+    lattice: PushLattice | None = None  # pushes only: the search, for :meth:`pushed`
+    reach: int = 0
+
+    def pushed(self, i: int) -> bool:
+        """Does pose ``i``'s push hold step by step (:meth:`PushLattice.pushes_along`)? True
+        for a search that lets the box slide either way."""
+        if self.lattice is None:
+            return True
+        k, dr, dc = (int(v) for v in self.shifts[i])
+        return self.lattice.pushes_along((k, dr + self.reach, dc + self.reach))
 
 
 def wrap_yaw(theta: np.ndarray | float) -> np.ndarray:
@@ -294,6 +316,146 @@ def _modes(shifts: np.ndarray, step: int, reach: int) -> np.ndarray:
     return order[np.searchsorted(np.unique(raw), raw)].astype(np.int64)
 
 
+class PushLattice:
+    """The robot (``robot_radius`` m, its centre in ``robot_free`` ``(S, S)``, starting at pixel
+    ``start``) pushing a box ``(5,)`` over a search's lattice of whole-pixel shifts, ``(R, n,
+    n)`` with ``n = 2 * reach + 1``: entry ``[k, dr + reach, dc + reach]`` is the box turned
+    by ``k`` yaw steps and shifted by ``(dr, dc)`` pixels. ``feet`` ``(R, S, S)``: its
+    footprints per yaw step; ``fits`` / ``turns`` ``(R, n, n)``: where it fits, where its turn
+    to ``k + 1`` is clear; ``basis`` ``(2, 2)``: the world vectors of a one-pixel shift along
+    rows and columns.
+
+    ``dist`` / ``pred`` ``(R, n, n)``: the shortest pushes (:func:`goalgen.data.pushing.
+    pushing_distances`, up to ``limit`` m) where the robot stands on its own side of the box
+    (the pixels it reaches from ``start`` around the box, coming as close to it as it likes)
+    or where the box stood, and, once the box has left its footprint, anywhere it reaches
+    without the box. That last rule ignores that a box just out of a doorway may still shut
+    the robot in: :meth:`pushes_along` checks a path's changes of side step by step.
+    """
+
+    def __init__(
+        self,
+        box: np.ndarray,
+        feet: np.ndarray,
+        fits: np.ndarray,
+        turns: np.ndarray,
+        reach: int,
+        basis: np.ndarray,
+        robot_free: np.ndarray,
+        start: tuple[int, int],
+        robot_radius: float,
+        turn_cost: float,
+        limit: float,
+    ) -> None:
+        self.box, self.feet, self.reach = np.asarray(box, dtype=np.float64), feet, reach
+        self.basis, self.inverse = (
+            np.asarray(basis, float),
+            np.linalg.inv(np.asarray(basis, float).T),
+        )
+        self.cell = float(np.min(np.hypot(*self.basis.T)))
+        self.robot_free, self.start = robot_free, (int(start[0]), int(start[1]))
+        self.contact = robot_radius + CONTACT_GAP
+        self.body_px = max(robot_radius / self.cell - 1.0, 0.0)  # footprints overstate boxes
+        footprint = feet[0]
+        pusher = (self._reached(robot_free & ~footprint) | footprint) & robot_free
+        row, col = np.rint(np.argwhere(footprint).mean(0)).astype(int)  # the lattice's centre
+        self.origin = (int(row) - reach, int(col) - reach)  # image pixel of lattice [., 0, 0]
+        padded = np.pad(
+            np.stack([pusher, self._reached(robot_free)]), ((0, 0), (reach, reach), (reach, reach))
+        )
+        window = padded[:, row : row + 2 * reach + 1, col : col + 2 * reach + 1]
+        self.yaws = self.box[4] + np.arange(len(feet)) * np.pi / ROT_STEPS
+        slide_ok, turn_ok = pushable_moves(
+            self.yaws,
+            (self.box[2], self.box[3]),
+            self.basis,
+            self.contact,
+            window[0],
+            pusher_after=window[1],
+            left=~shift_overlaps(footprint, feet, reach),
+        )
+        self.dist, self.pred = pushing_distances(
+            fits, turns, slide_ok, turn_ok, self.cell, turn_cost, limit, (0, reach, reach)
+        )
+
+    def _reached(self, cells: np.ndarray) -> np.ndarray:
+        labels, _ = ndimage.label(cells, structure=_EIGHT)
+        mine = labels[self.start]
+        return labels == mine if mine else np.zeros_like(cells)
+
+    def path(self, node: tuple[int, int, int]) -> list[tuple[int, int, int]]:
+        """The lattice nodes ``(k, row, col)`` of the shortest push to ``node``, from the start."""
+        flat = int(np.ravel_multi_index(node, self.dist.shape))
+        nodes = []
+        while flat >= 0:
+            nodes.append(tuple(int(v) for v in np.unravel_index(flat, self.dist.shape)))
+            flat = int(self.pred.flat[flat])
+        return nodes[::-1]
+
+    def _spots(self, node: tuple[int, int, int], move: tuple) -> list[tuple[int, int]]:
+        """Image pixels a lattice step behind where the robot pushes the box at ``node`` for
+        ``move`` (``("slide", m)`` or ``("turn", sign)``)."""
+        k, a, b = node
+        shape = np.array([0.0, 0.0, self.box[2], self.box[3], self.yaws[k]])
+        if move[0] == "slide":
+            d = self.basis.T @ np.array(MOVES[move[1]], dtype=np.float64)
+            d /= np.hypot(*d)
+            pairs = [(-contact_distance(shape, d, self.contact) * d, d)]
+        else:
+            pairs = turn_spots(shape, move[1], self.contact, TURN_LEVER)
+        out = []
+        for spot, push in pairs:
+            da, db = np.rint(self.inverse @ (spot - self.cell * push)).astype(int)
+            out.append((self.origin[0] + a + int(da), self.origin[1] + b + int(db)))
+        return out
+
+    def pushes_along(self, node: tuple[int, int, int]) -> bool:
+        """Can the robot push the box along :meth:`path` to ``node``, getting to the side it
+        pushes from at every change of side (a turn, or a slide more than 45 degrees off the
+        last) with the box where it stands then (a flood fill of ``robot_free`` less the box
+        grown by the robot's radius)? Between changes it follows the box."""
+        if not np.isfinite(self.dist[node]):
+            return False
+        nodes, size = self.path(node), self.robot_free.shape[0]
+        position, last = self.start, None
+        for here, there in itertools.pairwise(nodes):
+            step = (there[1] - here[1], there[2] - here[2])
+            if step == (0, 0):
+                turn = (there[0] - here[0]) % len(self.yaws)
+                move = ("turn", 1.0 if turn == 1 else -1.0)
+            else:
+                move = ("slide", MOVES.index(step))
+            same = last == move or (
+                last is not None and last[0] == move[0] == "slide" and _within_45(last[1], move[1])
+            )
+            if not same:
+                k, a, b = here
+                box = shifted(self.feet[k], -(a - self.reach), -(b - self.reach))
+                labels, _ = ndimage.label(
+                    self.robot_free & ~geo.inflate(box, self.body_px), structure=_EIGHT
+                )
+                r0, c0 = position
+                around = labels[max(r0 - 2, 0) : r0 + 3, max(c0 - 2, 0) : c0 + 3]
+                mine = set(around[around > 0].tolist())
+                spots = [
+                    (r, c) for r, c in self._spots(here, move) if 0 <= r < size and 0 <= c < size
+                ]
+                spots = [p for p in spots if labels[p] in mine]
+                if not spots:
+                    return False
+                position = spots[0]
+            elif move[0] == "slide":
+                position = self._spots(there, move)[0]
+            last = move
+        return True
+
+
+def _within_45(m: int, n: int) -> bool:
+    """Are slides ``MOVES[m]`` and ``MOVES[n]`` at most 45 degrees apart?"""
+    u, v = np.array(MOVES[m], dtype=float), np.array(MOVES[n], dtype=float)
+    return float(u @ v) / (np.hypot(*u) * np.hypot(*v)) > np.cos(np.pi / 4) - 1e-9
+
+
 def solve(problem: Problem, search: Search) -> Result | None:
     """All feasible poses of ``problem``'s box (see the module docstring), or None if none."""
     frame, box = problem.frame, np.asarray(problem.box, dtype=np.float64)
@@ -308,7 +470,24 @@ def solve(problem: Problem, search: Search) -> Result | None:
     if not free[0, reach, reach]:
         return None  # the box stands in an obstacle: no search
     turn_cost = np.hypot(box[2], box[3]) / 2 * np.pi / ROT_STEPS
-    dist = push_distances(free, ~hits[ROT_STEPS:], mpp, turn_cost, search.field_reach)
+    pushes = None
+    if problem.robot_radius is None:
+        dist = push_distances(free, ~hits[ROT_STEPS:], mpp, turn_cost, search.field_reach)
+    else:
+        pushes = PushLattice(
+            box,
+            feet,
+            free,
+            ~hits[ROT_STEPS:],
+            reach,
+            np.array([frame.shift_to_world(1, 0), frame.shift_to_world(0, 1)]),
+            problem.robot_free,
+            problem.start,
+            problem.robot_radius,
+            turn_cost,
+            search.field_reach,
+        )
+        dist = pushes.dist
     step = max(1, int(round(search.candidate_step / mpp)))
     lattice = (dr % step == 0) & (dc % step == 0)
     ok = (dist <= search.max_push) & ~placed & lattice
@@ -338,6 +517,8 @@ def solve(problem: Problem, search: Search) -> Result | None:
         field_step=mpp,
         lattice_step=step * mpp,
         candidates=len(order),
+        lattice=pushes,
+        reach=reach,
     )
 
 

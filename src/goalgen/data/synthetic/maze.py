@@ -60,7 +60,7 @@ from goalgen.data.scenes import SCENE_KEYS
 from goalgen.data.synthetic import feasible, grid
 from goalgen.data.synthetic.grid import BOX_EXTENT, CELL, WALL
 
-VERSION = 1
+VERSION = 2  # 2: goals pushed, not pulled
 IMAGE_CONVENTION = 1  # goalgen.data.geometry.NamoFrame; 0 = goalgen.data.geometry's own
 ROBOT_RADIUS, GOAL_RADIUS = 0.15, 0.3
 ROBOT_DRAWN, GOAL_DRAWN = 0.2, 0.25
@@ -70,6 +70,7 @@ DECOY_PASSAGE = 0.5  # share of decoys placed across passages
 MAX_PUSH = 1.5  # m, push search radius
 NEAR_SLACK = 0.05  # share of the world side added to the push field's reach
 CANDIDATE_STEP = 0.1  # m
+PUSH_CHECKS = 40  # nearest feasible poses whose push is checked step by step for the goal
 MAX_ATTEMPTS = 300
 REASONS = ("cut", "placement", "not_blocked", "not_opened", "unreachable", "no_goal")
 LIMITS = {"grid_size": (3, 30), "boxes": (1, 40)}
@@ -200,7 +201,7 @@ def _attempt(rng: np.random.Generator, size: int, options: MazeOptions) -> dict 
     keep_out = (clearance <= max(MARGIN / mpp, 1.5)) | near
     search = feasible.Search(MAX_PUSH, MAX_PUSH + NEAR_SLACK * frame.side, CANDIDATE_STEP)
     problem = feasible.Problem(
-        frame, boxes[0], obstacles, keep_out, ~fat_obstacles, fat, start, end
+        frame, boxes[0], obstacles, keep_out, ~fat_obstacles, fat, start, end, ROBOT_RADIUS
     )
     result = feasible.solve(problem, search)
     goal_box = None if result is None else _verified_goal(result, problem, boxes[0])
@@ -245,17 +246,20 @@ def _attempt(rng: np.random.Generator, size: int, options: MazeOptions) -> dict 
 
 
 def _verified_goal(
-    result: feasible.Result, problem: feasible.Problem, box: np.ndarray, tries: int = 5
+    result: feasible.Result, problem: feasible.Problem, box: np.ndarray, tries: int = PUSH_CHECKS
 ) -> np.ndarray | None:
-    """The nearest feasible pose as a box ``(5,)``, checked on its own rasterisation (shifted
-    masks equal it up to round-off); poses that fail are dropped from ``result``."""
+    """The nearest feasible pose as a box ``(5,)`` whose push holds step by step
+    (:meth:`.feasible.Result.pushed`) and that holds on its own rasterisation (shifted masks
+    equal it up to round-off); nearer poses that fail are dropped from ``result``."""
     frame = problem.frame
     for i in range(min(tries, len(result.push))):
         goal = np.array([*result.poses[i, :2], box[2], box[3], result.poses[i, 2]])
         mask = frame.box_mask(*goal)
         blocked = ~problem.robot_free | geo.inflate(mask, problem.robot_px)
-        if not (mask & problem.keep_out).any() and geo.cspace_connected(
-            blocked, problem.start, problem.goal
+        if (
+            result.pushed(i)
+            and not (mask & problem.keep_out).any()
+            and geo.cspace_connected(blocked, problem.start, problem.goal)
         ):
             if i:
                 for name in ("poses", "push", "modes", "shifts"):

@@ -7,19 +7,20 @@ The *selected* box stands in a doorway on the only route between them, leaving g
 than the robot; 2-7 other boxes stand elsewhere without closing the route.
 
 ``target_goal`` is the selected box moved, orientation kept, to the *nearest* translation on a
-``PUSH_STEP`` grid such that: the box gets there by sliding from where it stands without
-touching walls or other boxes; it keeps ``MARGIN`` from walls, boxes, robot and goal; it leaves
+``PUSH_STEP`` grid such that: the robot can push it there from where it stands, sliding it
+without touching walls or other boxes (:func:`.feasible.pushable_shifts`: from behind, on the
+line through its centre; never pulled); it keeps ``MARGIN`` from walls, boxes, robot and goal; it leaves
 the doorway and a robot diameter on both sides of it free; and the robot reaches its goal.
-Exact ties are broken at random. This is pushing through the doorway (or pulling back) and to
-one side: several modes per scene, picked by small differences in the layout.
+Exact ties are broken at random. This is pushing through the doorway and to one side: several
+modes per scene, picked by small differences in the layout. (Version 1 let the box slide either
+way: about a quarter of its goals were pulls back to the robot's side.)
 
 Reachability is checked on the rasterised masks with the robot ``DELTA`` metres thinner
 (blocked) and ``DELTA`` fatter (open) than it is, so both hold with the true radius and
 survive moderate down-sampling. Layouts are rejection-sampled until every check passes.
 
 Masks follow :mod:`goalgen.data.geometry`'s convention (row 0 = ``y_max``, pixel-centre
-sampling; ``image_convention`` 0, a key these files do not carry, so that they stay
-byte-identical to those of earlier versions).
+sampling; ``image_convention`` 0, a key these files do not carry).
 
 Files (``scene_00000.npz``, ...) hold the guide's six ``(size, size)`` uint8 0/255 masks plus
 the geometry (float64 unless noted): ``world_bounds`` (4,), ``robot_pose`` (2,),
@@ -37,13 +38,14 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import fft, ndimage
+from scipy import fft
 
 from goalgen.data import geometry as geo
 from goalgen.data.scenes import SCENE_KEYS
+from goalgen.data.synthetic import feasible
 from goalgen.data.synthetic.feasible import rejection_sample
 
-VERSION = 1  # bump when the scenes of a seed change
+VERSION = 2  # bump when the scenes of a seed change (2: goals pushed, not pulled)
 WORLD_BOUNDS = (0.0, 0.0, 5.0, 5.0)
 MIN_SIZE = 64  # below this, 10 cm walls may rasterise with holes
 
@@ -241,6 +243,7 @@ class _Scene:
     forbidden: np.ndarray  # where a moved box may not go: walls, boxes, robot, goal + MARGIN
     fat: np.ndarray  # walls and other boxes inflated by the fattened robot
     fat_px: float
+    radius: float  # the robot's, m
     start: tuple[int, int]  # robot and goal pixels
     end: tuple[int, int]
 
@@ -254,10 +257,11 @@ def _find_target_goal(
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Nearest goal pose ``(box (5,), mask)`` for the selected ``box`` in ``door``, or None.
 
-    Candidates are the box's translations on a ``PUSH_STEP`` grid that it reaches by sliding
-    from where it stands without touching walls or other boxes, that clear ``forbidden`` and
-    that leave the doorway and its approaches (a robot diameter on both sides) free for the
-    fattened robot. The nearest (ties in random order) that lets it reach its goal wins.
+    Candidates are the box's translations on a ``PUSH_STEP`` grid that the robot pushes it to
+    from where it stands without touching walls or other boxes (:class:`.feasible.PushLattice`,
+    the push checked step by step), that clear ``forbidden`` and that leave the doorway and its
+    approaches (a robot diameter on both sides) free for the fattened robot. The nearest (ties
+    in random order) that lets it reach its goal wins.
     """
     size = scene.static.shape[0]
     mpp = geo.metres_per_pixel(WORLD_BOUNDS, size)
@@ -267,9 +271,22 @@ def _find_target_goal(
     lane = _axis_box(door.axis, door.center[door.axis], lane_depth, lo, hi)
     lane = geo.box_mask(*lane, WORLD_BOUNDS, size) & ~scene.fat
     swollen = geo.inflate(scene.target, scene.fat_px)
-    slide = ~_shift_collisions(scene.static | scene.others, scene.target, reach, outside=True)
-    labels, _ = ndimage.label(slide)
-    ok = labels == labels[reach, reach]
+    feet = scene.target[None]
+    fits = ~feasible.shift_overlaps(scene.static | scene.others, feet, reach)
+    pushes = feasible.PushLattice(
+        box,
+        feet,
+        fits,
+        np.zeros_like(fits),
+        reach,
+        np.array([[0.0, -mpp], [mpp, 0.0]]),  # a row down is -y, a column right +x
+        ~scene.fat,
+        scene.start,
+        scene.radius,
+        0.0,
+        np.inf,
+    )
+    ok = np.isfinite(pushes.dist[0])
     ok &= ~_shift_collisions(scene.forbidden, scene.target, reach, outside=True)
     ok &= ~_shift_collisions(lane, swollen, reach, outside=False)
     dr, dc = np.mgrid[-reach : reach + 1, -reach : reach + 1]
@@ -279,6 +296,8 @@ def _find_target_goal(
     for flat in candidates[:MAX_PATH_CHECKS]:
         shift = int(dr.flat[flat]), int(dc.flat[flat])
         if not scene.opens_with(_shifted(swollen, *shift)):
+            continue
+        if not pushes.pushes_along((0, shift[0] + reach, shift[1] + reach)):
             continue
         # the shifted mask is the moved box's rasterisation up to round-off: check the latter
         moved = box + np.array([shift[1] * mpp, -shift[0] * mpp, 0, 0, 0])
@@ -330,7 +349,7 @@ def _attempt(rng: np.random.Generator, size: int) -> dict[str, np.ndarray] | str
         return "reachability"
     forbidden = (clearance <= MARGIN / mpp) | geo.inflate(robot, MARGIN / mpp)
     forbidden |= geo.inflate(goal, MARGIN / mpp)
-    scene = _Scene(static, others, target, forbidden, fat, fat_px, start, end)
+    scene = _Scene(static, others, target, forbidden, fat, fat_px, radius, start, end)
     found = _find_target_goal(rng, scene, target_box, door)
     if found is None:
         return "no_goal"
