@@ -12,7 +12,7 @@ TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench slurm-up slurm-down clean
+.PHONY: install demo test lint bench gpu-check slurm-up slurm-down clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,14 @@ test: install
 # the benchmark table of the README (minutes on a CPU); ARGS: sections, overrides, --run DIR
 bench: install
 	$(BIN)/goalgen-bench $(ARGS) --json bench.json
+
+# On a GPU node: fp16/bf16/compile/NCCL checks and the README's GPU rows (<= 5 min), into
+# gpu_check.json. The node's own torch is never touched; where no package registry is reachable
+# carry the other wheels in .whl/ (../shared/notes/stack.md), installed beside it in .gpu-site/.
+GPU_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY))
+gpu-check:
+	@if [ -d .whl ]; then $(GPU_PY) -m pip install -q --no-index --no-deps --target .gpu-site .whl/*.whl; fi
+	PYTHONPATH=src:.gpu-site $(GPU_PY) jobs/gpu_check.py $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -12,8 +12,9 @@ from omegaconf import OmegaConf
 
 from conftest import compose_config
 from goalgen.model.build import build_model
-from goalgen.train.entry import requested_devices, run_name_for
-from goalgen.train.precision import resolve_precision
+from goalgen.precision import resolve_precision
+from goalgen.train.entry import requested_devices
+from goalgen.train.run_name import run_name_for
 
 ROOT = Path(__file__).resolve().parents[1]
 FM, HF = "train_fb_flow_matching", "train_hf_diffusion"

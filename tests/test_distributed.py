@@ -192,9 +192,9 @@ def _fp16_nan_on_rank_1(rank: int, cfg_dict: dict, out: str) -> None:
 
     from goalgen.checkpoint import network_state
     from goalgen.model.generative import GenerativeModel
+    from goalgen.precision import Precision
     from goalgen.train import step as step_module
     from goalgen.train.distributed import DistContext
-    from goalgen.train.precision import Precision
 
     # a file store (no free-port race) and a short group timeout: a lost peer or a mismatched
     # collective fails this test within a minute instead of holding the suite for gloo's 30 min
@@ -231,7 +231,15 @@ def _fp16_nan_on_rank_1(rank: int, cfg_dict: dict, out: str) -> None:
         outcomes.append(learner.train_step(batch, 0).outcome)
     digest = sum(float(v.double().sum()) for v in network_state(learner.model.network).values())
     with open(f"{out}/rank{rank}.json", "w") as f:
-        json.dump({"outcomes": outcomes, "scale": learner.scaler.get_scale(), "w": digest}, f)
+        json.dump(
+            {
+                "outcomes": outcomes,
+                "scale": learner.scaler.get_scale(),
+                "w": digest,
+                "broadcast_buffers": learner.train_model.broadcast_buffers,
+            },
+            f,
+        )
     # tear down as entry.run does: the DDP model goes before its process group, with both ranks
     # there (freed after destroy_process_group, it hung one rank's exit in ~1 of 30 runs)
     del learner
@@ -258,6 +266,7 @@ def test_fp16_nonfinite_loss_on_one_rank_is_skipped_by_every_rank(tiny_cfg, tmp_
     for r in ranks:
         assert r["outcomes"] == ["applied", "nonfinite", "applied"], r
         assert r["scale"] == 2.0**16 / 2  # one back-off, no growth
+        assert r["broadcast_buffers"] is False  # constant buffers: not sent every step
     assert ranks[0]["w"] == ranks[1]["w"]
 
 

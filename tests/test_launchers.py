@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from conftest import TINY
 from goalgen import launch
 from goalgen.config import compose
-from goalgen.train.entry import run_name_for
+from goalgen.train.run_name import run_name_for
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

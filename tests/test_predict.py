@@ -47,6 +47,24 @@ def test_from_run_loads_the_best_checkpoint_with_ema_weights(run_dir, predictor)
     assert predictor.family == "flow" and predictor.method == "midpoint"
 
 
+@pytest.mark.parametrize("precision", [None, "bf16-mixed"])
+def test_sampling_runs_in_the_chosen_precision(run_dir, precision):
+    """fp32 by default on a CPU; bf16-mixed autocasts the network's matmuls; masks come back
+    as float32 either way."""
+    predictor = GoalPredictor.from_run(run_dir, device="cpu", precision=precision)
+    dtypes = set()
+    linear = next(m for m in predictor.model.network.modules() if isinstance(m, torch.nn.Linear))
+    hook = linear.register_forward_hook(lambda m, i, out: dtypes.add(out.dtype))
+    try:
+        context = torch.zeros(1, 5, 16, 16) - 1
+        out = predictor.sample(context, 2, 2, generator=torch.Generator().manual_seed(0))
+    finally:
+        hook.remove()
+    assert out.dtype is torch.float32 and out.shape == (1, 2, 1, 16, 16)
+    assert dtypes == {torch.bfloat16 if precision else torch.float32}
+    assert predictor.precision.name == (precision or "32")
+
+
 # ----------------------------------------------------------------------------- predict
 def test_predict_shapes_poses_and_one_batched_call(predictor, synth_dir, monkeypatch):
     calls = []

@@ -24,8 +24,9 @@ from conftest import TINY
 from goalgen.checkpoint import rank_checkpoints
 from goalgen.sweep import main as sweep_main
 from goalgen.sweep import parse_sacct, read_sweep, rows, sort_rows
-from goalgen.train.entry import objective_direction, objective_value, run_name_for
+from goalgen.train.entry import objective_direction, objective_value
 from goalgen.train.logger import RunLogger
+from goalgen.train.run_name import run_name_for
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY = str(ROOT / "src" / "train_generative.py")

@@ -11,15 +11,17 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from goalgen import checkpoint as ckpt
-from goalgen.data.dataset import build_datasets
+from goalgen.data.dataset import build_datasets, collate_batch
 from goalgen.eval.validation import task_metrics
 from goalgen.model.build import build_model
 from goalgen.model.generative import GenerativeModel
+from goalgen.precision import Precision, inference_precision, resolve_precision, use_tf32
+from goalgen.train import loop as loop_module
 from goalgen.train import step as step_module
+from goalgen.train.distributed import DistContext
 from goalgen.train.loop import NonFiniteLossError, Trainer, train
-from goalgen.train.precision import Precision, resolve_precision
 from goalgen.train.state import lr_factor, make_ema
-from run_helpers import CPU, run_dir_of, scalars
+from run_helpers import CPU, assert_same_weights, run_dir_of, scalars
 
 
 def test_lr_schedule_values():
@@ -74,6 +76,62 @@ def test_bf16_on_a_gpu_needs_native_bf16(monkeypatch, capability):
     assert resolve_precision("16-mixed", cuda).use_scaler
 
 
+@pytest.mark.parametrize("capability", [(7, 5), (8, 0)])
+def test_inference_precision_autocasts_on_gpus_only(monkeypatch, capability):
+    """auto: fp32 on a CPU; bf16 autocast on a GPU with native bf16, fp16 before it (a
+    simulated device); never a grad scaler; explicit names as training reads them."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_: capability)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert inference_precision(None, cpu).dtype is None
+    assert inference_precision("auto", cpu).name == "32"
+    on_gpu = inference_precision(None, cuda)
+    assert on_gpu.dtype is (torch.bfloat16 if capability >= (8, 0) else torch.float16)
+    assert not on_gpu.use_scaler and not inference_precision("16-mixed", cuda).use_scaler
+    assert inference_precision("bf16-mixed", cpu).dtype is torch.bfloat16
+    with pytest.raises(ValueError, match="precision"):
+        inference_precision("fp8", cpu)
+
+
+def test_tf32_is_set_for_gpus_through_the_api_inductor_reads():
+    """use_tf32 leaves a CPU's matmuls alone and sets a GPU's through the global API: after
+    the per-backend one, torch.get_float32_matmul_precision() (read by inductor's cache key)
+    raises on the mix."""
+    assert torch.get_float32_matmul_precision() == "highest"
+    use_tf32(torch.device("cpu"))
+    assert torch.get_float32_matmul_precision() == "highest"
+    try:
+        use_tf32(torch.device("cuda", 0))  # a device object: nothing runs on it
+        assert torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+        use_tf32(torch.device("cuda", 0), enabled=False)
+        assert torch.get_float32_matmul_precision() == "highest"
+    finally:
+        torch.set_float32_matmul_precision("highest")
+
+
+def test_one_all_reduce_per_step_carries_the_stop_and_save_flags(tiny_cfg, monkeypatch):
+    """Each step's ranks agree on its non-finite checks and the loop's stop/save flags in one
+    all-reduce; a save due (every_minutes=0) saves after every step."""
+    calls = []
+    real = DistContext.all_reduce_max
+
+    def counting(self, values):
+        calls.append(values.numel())
+        return real(self, values)
+
+    monkeypatch.setattr(DistContext, "all_reduce_max", counting)
+    saves = []
+    real_save = Trainer.save_last
+    monkeypatch.setattr(
+        Trainer, "save_last", lambda self: (saves.append(self.step), real_save(self))
+    )
+    cfg = tiny_cfg("train_fb_flow_matching", "max_steps=3", "checkpoint.every_minutes=0")
+    result = train(cfg, run_dir_of(cfg), CPU)
+    assert result.step == 3
+    assert calls == [4, 4, 4]  # loss, gradient, stop, save: once per step
+    assert saves[:3] == [1, 2, 3]
+
+
 def test_an_fp16_run_resumes_a_checkpoint_written_without_a_grad_scaler(tiny_cfg, monkeypatch):
     """A bf16 (or fp32, or CPU) run's last.ckpt holds an empty scaler state; resumed with an
     enabled scaler (16-mixed on a GPU) it starts a fresh one instead of crashing."""
@@ -124,9 +182,15 @@ def test_train_run_leaves_the_guide_output_tree(tiny_cfg, config_name, precision
     assert state["config"]["model"]["network"]["dim"] == 32
 
 
-def test_loader_worker_processes(tiny_cfg):
-    cfg = tiny_cfg("train_fb_flow_matching", "max_epochs=1", "num_workers=2")
-    assert train(cfg, run_dir_of(cfg), CPU).step == 5
+def test_loader_workers_draw_the_noise_the_step_would(tiny_cfg, monkeypatch):
+    """Worker processes make the batches and draw their per-sample noise (NoisyBatches, off
+    the step's path): the run is bitwise the one whose step draws the noise itself."""
+    cfg = tiny_cfg("train_fb_flow_matching", "max_epochs=2", "num_workers=2", "run_name=w2")
+    assert train(cfg, run_dir_of(cfg), CPU).step == 10
+    monkeypatch.setattr(loop_module, "NoisyBatches", lambda *_: collate_batch)
+    plain = tiny_cfg("train_fb_flow_matching", "max_epochs=2", "run_name=plain")
+    assert train(plain, run_dir_of(plain), CPU).step == 10
+    assert_same_weights(*(run_dir_of(c) / "checkpoints" / "last.ckpt" for c in (cfg, plain)))
 
 
 def test_compiled_network_saves_plain_keys(tiny_cfg):

@@ -5,7 +5,7 @@
 
 The positional arguments are the same Hydra overrides as for ``src/train_generative.py``. The
 run name (hence the run directory ``output_dir/run_name``) is computed here, in the submitting
-process, from the config name and the overrides (:func:`goalgen.train.entry.run_name_for`, the
+process, from the config name and the overrides (:func:`goalgen.train.run_name.run_name_for`, the
 same function ``@hydra.main`` uses) and passed to the job explicitly, with an absolute
 ``output_dir``: every task and every requeue of the job trains in the same folder and resumes
 from its ``last.ckpt``.
@@ -214,7 +214,7 @@ def _override_value(overrides: list[str], key: str) -> str | None:
 
 def plan(args: argparse.Namespace) -> tuple[list[str], Path]:
     """(overrides for the job, run dir) — every task and requeue uses exactly these."""
-    from goalgen.train.entry import run_name_for
+    from goalgen.train.run_name import run_name_for
 
     overrides = [
         o

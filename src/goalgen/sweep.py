@@ -292,7 +292,7 @@ def _complete(point: Point, cfg: Any) -> bool:
 
 def read_sweep(sweep_dir: str | os.PathLike, use_sacct: bool = True) -> list[Point]:
     """One :class:`Point` per ``hydra.job.num`` of the sweep in ``sweep_dir``, in order."""
-    from goalgen.train.entry import defining_overrides
+    from goalgen.train.run_name import defining_overrides
 
     sweep_dir = _check_sweep_dir(Path(sweep_dir))
     subs = submissions(sweep_dir)

@@ -24,7 +24,7 @@ from goalgen.bench.train import bench_train
 from goalgen.checkpoint import run_checkpoint_dir
 from goalgen.cli import OneLineParser
 from goalgen.config import compose
-from goalgen.train.precision import resolve_precision
+from goalgen.precision import resolve_precision
 
 
 def _parser() -> OneLineParser:

@@ -25,7 +25,7 @@ from goalgen.model.build import build_model
 from goalgen.model.generative import GenerativeModel
 from goalgen.model.paths import FBFlowMatchingPath, HFDiffusionPath
 from goalgen.model.samplers import FBODESampler, HFDiffusionSampler
-from goalgen.train.precision import resolve_precision
+from goalgen.precision import inference_precision
 
 
 def sampling_model(b: Bench, network: nn.Module, method: str) -> nn.Module:
@@ -67,7 +67,7 @@ def measure_sampling(
     k, s = b.samples_per_scene, b.cfg.image_size
     counter = CountingNetwork(network)
     model = sampling_model(b, counter, method)
-    autocast = resolve_precision(b.precision, b.device).autocast
+    autocast = inference_precision(None, b.device).autocast  # what GoalPredictor runs
     context = torch.rand(1, 5, s, s, generator=torch.Generator().manual_seed(1)).gt(0.8)
     context = (context.float() * 2 - 1).to(b.device)
     gen = torch.Generator(device=b.device)
@@ -118,7 +118,7 @@ def bench_sample(b: Bench) -> dict[str, Any]:
     out: dict[str, Any] = {
         "load_avg": load_avg(),
         "samples_per_scene": b.samples_per_scene,
-        "precision": b.precision,
+        "precision": inference_precision(None, b.device).name,  # GoalPredictor's default
     }
     network, out["weights"] = sample_network(b)
     gflop = count_forward_gflop(b, network)

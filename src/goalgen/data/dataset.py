@@ -63,16 +63,26 @@ class PackedSceneDataset(Dataset):
             "index": torch.tensor(j, dtype=torch.int64),
         }
 
-    def __getitems__(self, items: Sequence[int]) -> dict[str, torch.Tensor]:
+    def __getitems__(
+        self, items: Sequence[int] | Sequence[tuple[int, int]]
+    ) -> dict[str, torch.Tensor]:
+        """The batch of ``items``; ``(epoch, item)`` pairs (a sampler with ``tag_epoch``) add
+        ``epoch`` ``(B,)`` int64, so that a worker can draw the epoch's per-sample noise."""
+        epochs = None
+        if len(items) and isinstance(items[0], tuple):
+            epochs, items = zip(*items, strict=True)
         rows = self.indices[np.asarray(items, dtype=np.int64)]
         order = np.argsort(rows, kind="stable")  # ascending reads: page-cache friendly
         u8 = np.empty((len(rows), *self.packed.masks.shape[1:]), np.uint8)
         u8[order] = self.packed.masks[rows[order]]
-        return {
+        batch = {
             "context": _to_model_range(u8[:, :_C]),
             "target": _to_model_range(u8[:, _C:]),
             "index": torch.from_numpy(rows),
         }
+        if epochs is not None:
+            batch["epoch"] = torch.tensor(epochs, dtype=torch.int64)
+        return batch
 
 
 def collate_batch(batch: Mapping | list) -> Mapping:
@@ -106,6 +116,8 @@ class ResumableDistributedSampler(Sampler[int]):
     ``num_replicas``; rank ``r`` takes ``order[r::num_replicas]``. ``set_start_index(k)`` skips
     the first ``k`` of this rank's samples in the current epoch (nothing is read for them): to
     resume after ``b`` batches of size ``B``, call ``set_epoch(e)`` then ``set_start_index(b * B)``.
+    ``tag_epoch``: yield ``(epoch, index)`` pairs, which :class:`PackedSceneDataset` batches
+    with an ``epoch`` entry (loader workers do not see ``set_epoch``).
     """
 
     def __init__(
@@ -116,6 +128,7 @@ class ResumableDistributedSampler(Sampler[int]):
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = True,
+        tag_epoch: bool = False,
     ) -> None:
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
@@ -126,6 +139,7 @@ class ResumableDistributedSampler(Sampler[int]):
             raise ValueError(f"{dataset_len} samples cannot feed {num_replicas} replicas")
         self.dataset_len, self.num_replicas, self.rank = dataset_len, num_replicas, rank
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.tag_epoch = tag_epoch
         self.num_samples = per_rank  # per rank and epoch, before set_start_index
         self.epoch = 0
         self.start_index = 0
@@ -152,8 +166,9 @@ class ResumableDistributedSampler(Sampler[int]):
         order = (order * math.ceil(total / n))[:total]
         return order[self.rank :: self.num_replicas]
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._rank_order()[self.start_index :])
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
+        order = self._rank_order()[self.start_index :]
+        return iter([(self.epoch, i) for i in order] if self.tag_epoch else order)
 
     def __len__(self) -> int:
         return self.num_samples - self.start_index

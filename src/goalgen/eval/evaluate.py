@@ -49,6 +49,7 @@ from goalgen.eval.scoring import aggregate_methods, read_arrays, score_scene
 from goalgen.infer import GoalPredictor, prepare_scene
 from goalgen.infer.proposals import CLEARANCE, proposals_of_samples
 from goalgen.model.samplers import ADAPTIVE_METHODS
+from goalgen.precision import PRECISIONS
 
 SPLITS = ("auto", "all", "val", "train")
 
@@ -114,6 +115,7 @@ def evaluate_run(
     near_slack: float = near.NEAR_SLACK,
     clearance: float = CLEARANCE,
     judge_clearance: float | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``run_dir``'s checkpoint on ``data`` (default: the run's own data, val split);
     returns the report (see the module docstring; JSON-ready). ``proposals``: also score the
@@ -121,9 +123,10 @@ def evaluate_run(
     ``near_slack``: how much longer than the nearest feasible one a near-optimal push may be,
     as a share of the world's width. ``clearance``: metres the proposals keep from walls,
     boxes and the robot; ``judge_clearance`` (None: ``clearance``): metres the world judge
-    demands (:func:`goalgen.eval.scoring.score_scene`)."""
+    demands (:func:`goalgen.eval.scoring.score_scene`). ``precision``: what sampling runs in
+    (:func:`goalgen.precision.inference_precision`; default fp32 on a CPU, autocast on a GPU)."""
     judge_clearance = clearance if judge_clearance is None else judge_clearance
-    predictor = GoalPredictor.from_run(run_dir, checkpoint, device)
+    predictor = GoalPredictor.from_run(run_dir, checkpoint, device, precision=precision)
     config = predictor.config
     data = _run_data(run_dir, config) if data is None else data
     files, split_used = choose_files(data, split, config)
@@ -172,6 +175,7 @@ def evaluate_run(
         "num_samples": num_samples,
         "seed": seed,
         "device": str(predictor.device),
+        "precision": predictor.precision.name,
         "data": str(data),
         "split": split_used,
         "num_scenes": len(scenes),
@@ -228,6 +232,13 @@ def _parser() -> OneLineParser:
     )
     add("--batch-size", type=int, help="scenes per sampling call")
     add("--device", help="cpu, cuda, ... (default: cuda if available)")
+    add(
+        "--precision",
+        choices=("auto", *PRECISIONS),
+        default="auto",
+        help="what sampling runs in (auto: fp32 on a CPU; bf16 autocast on a GPU that has it, "
+        "else fp16)",
+    )
     add(
         "--out",
         type=Path,
@@ -309,6 +320,7 @@ def _run_eval(args: argparse.Namespace, run_dir: str) -> dict[str, Any]:
             near_slack=args.near_slack,
             clearance=args.clearance,
             judge_clearance=args.judge_clearance,
+            precision=args.precision,
         )
 
 

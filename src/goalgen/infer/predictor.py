@@ -34,6 +34,7 @@ from goalgen.infer.scene_input import SceneInput, SceneLike, prepare_scene
 from goalgen.model.build import build_model
 from goalgen.model.generative import GenerativeModel
 from goalgen.model.samplers import FBODESampler, HFDiffusionSampler, sampler_methods
+from goalgen.precision import inference_precision, use_tf32
 
 THRESHOLD = 0.5  # on probabilities in [0, 1] (0 on the model's [-1, 1] scale)
 DEFAULT_ROWS = 512  # scenes x samples per batched sampling call, unless batch_size is given
@@ -138,8 +139,11 @@ class GoalPredictor:
         device: str | torch.device | None = None,
         checkpoint_path: Path | None = None,
         checkpoint_info: Mapping[str, Any] | None = None,
+        precision: str | None = None,
     ):
         self.device = torch.device(device) if device is not None else _default_device()
+        self.precision = inference_precision(precision, self.device)
+        use_tf32(self.device)
         self.model = model.to(self.device).eval()
         self.config = dict(config)
         self.image_size = int(config["image_size"])
@@ -155,9 +159,12 @@ class GoalPredictor:
         path: str | os.PathLike,
         device: str | torch.device | None = None,
         use_ema: bool = True,
+        precision: str | None = None,
     ) -> GoalPredictor:
         """Build the model from the checkpoint's ``config`` and load its (EMA) weights; ``path``
-        may also be a weights file (``goalgen-export``, loaded in the network's own dtype)."""
+        may also be a weights file (``goalgen-export``, loaded in the network's own dtype).
+        ``precision``: what sampling runs in (:func:`goalgen.precision.inference_precision`:
+        ``32``, ``bf16-mixed``, ``16-mixed``; default fp32 on a CPU, autocast on a GPU)."""
         path = Path(path)
         state = ckpt.load_inference(path)
         config = state["config"]
@@ -171,7 +178,7 @@ class GoalPredictor:
         ckpt.load_network(model.network, state, source, path)
         info = {k: state.get(k) for k in ("epoch", "step", "val_loss")}
         info["weights"] = state.get("weights", source) if exported else source
-        return cls(model, config, device, path, info)
+        return cls(model, config, device, path, info, precision)
 
     @classmethod
     def from_run(
@@ -180,10 +187,14 @@ class GoalPredictor:
         checkpoint: str | os.PathLike = "best",
         device: str | torch.device | None = None,
         use_ema: bool = True,
+        precision: str | None = None,
     ) -> GoalPredictor:
         """The run's ``checkpoint`` (``"best"``, ``"last"`` or a path; see
-        :func:`goalgen.checkpoint.select_checkpoint`) with EMA weights, on ``device`` (default: CUDA if any)."""
-        return cls.from_checkpoint(ckpt.select_checkpoint(run_dir, checkpoint), device, use_ema)
+        :func:`goalgen.checkpoint.select_checkpoint`) with EMA weights, on ``device`` (default:
+        CUDA if any), sampling in ``precision`` (see :meth:`from_checkpoint`)."""
+        return cls.from_checkpoint(
+            ckpt.select_checkpoint(run_dir, checkpoint), device, use_ema, precision
+        )
 
     # ---------------------------------------------------------------- sampling
     @property
@@ -259,7 +270,7 @@ class GoalPredictor:
                 trajectory.append(x.float().view(n, num_samples, 1, *x.shape[-2:]))
 
         start = time.perf_counter()
-        with self._sampler(method):
+        with self._sampler(method), self.precision.autocast():
             out = self.model.sample(rows, steps, generator, network=counter, record=record)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -27,6 +27,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from goalgen.io import atomic_write_text
+from goalgen.train.run_name import defining_overrides
 
 log = logging.getLogger("goalgen")
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
@@ -74,11 +75,9 @@ def _typed(value: str) -> Any:
 
 def run_hparams(run_dir: Path) -> dict[str, bool | int | float | str]:
     """The hyper-parameters that define the run in ``run_dir``: the overrides in
-    ``.hydra/overrides.yaml`` that its run name hashes (:func:`goalgen.train.entry.defining_overrides`),
+    ``.hydra/overrides.yaml`` that its run name hashes (:func:`goalgen.train.run_name.defining_overrides`),
     typed; lists and other values become text. {} when the run has no such file."""
     from omegaconf import OmegaConf
-
-    from goalgen.train.entry import defining_overrides
 
     path = Path(run_dir) / ".hydra" / "overrides.yaml"
     if not path.is_file():

@@ -32,7 +32,7 @@ from goalgen.train.distributed import DistContext
 from goalgen.train.logger import Progress, RunLogger
 from goalgen.train.preemption import StopFlag, ignore_stop_signals, requeue_job
 from goalgen.train.state import per_sample_noise, rng_state, set_rng_state
-from goalgen.train.step import Learner, resolve_compile
+from goalgen.train.step import Learner, NoisyBatches, StepResult, resolve_compile
 
 log = logging.getLogger("goalgen")
 
@@ -77,6 +77,7 @@ class Trainer:
             shuffle=True,
             seed=cfg.seed,
             drop_last=True,
+            tag_epoch=True,
         )
         self.batches_per_epoch = len(self.sampler) // cfg.batch_size
         if self.batches_per_epoch == 0:
@@ -217,13 +218,12 @@ class Trainer:
         self._last_save = time.monotonic()
         self.ctx.barrier()
 
-    def _agree_on_stop_and_save(self) -> tuple[bool, bool]:
-        """(stop requested, periodic save due) on any rank: one all-reduce per step, so every
-        rank reaches the save barrier together (a per-rank decision would deadlock it)."""
+    def _stop_and_save_flags(self) -> torch.Tensor:
+        """``(2,)``: stop requested, periodic save due, on this rank. The step agrees on them
+        over ranks in its one all-reduce, so every rank reaches the save barrier together (a
+        per-rank decision would deadlock it)."""
         due = time.monotonic() - self._last_save >= self.cfg.checkpoint.every_minutes * 60
-        flags = torch.tensor([float(self.stop_flag.requested), float(due)])
-        stop, due = (self.ctx.all_reduce_max(flags) > 0).tolist()
-        return stop, due
+        return torch.tensor([float(self.stop_flag.requested), float(due)])
 
     # ---------------------------------------------------------------- training
     @property
@@ -245,7 +245,7 @@ class Trainer:
             self.train_set,
             batch_size=cfg.batch_size,
             sampler=self.sampler,
-            collate_fn=collate_batch,
+            collate_fn=NoisyBatches(self.model.path, (1, cfg.image_size, cfg.image_size), cfg.seed),
             num_workers=cfg.num_workers,
             drop_last=True,
             worker_init_fn=ignore_stop_signals,
@@ -323,11 +323,10 @@ class Trainer:
                 cfg.max_steps > 0 and self.step >= cfg.max_steps
             ):
                 break
-            result = self.learner.train_step(batch, self.epoch)
+            result = self.learner.train_step(batch, self.epoch, self._stop_and_save_flags())
+            stop, due = result.flags
             self.batch_in_epoch += 1
             window_samples += len(batch["index"]) * ctx.world_size
-            if result.outcome == "overflow":  # fp16: the scaler skipped the step, backed off
-                continue
             if result.outcome == "nonfinite":
                 consecutive_bad += 1
                 self.nonfinite_total += 1
@@ -348,37 +347,40 @@ class Trainer:
                         "validates every file), or try trainer.precision=32. last.ckpt holds "
                         "the last good state."
                     )
-                continue
-            consecutive_bad = 0
-            self.step += 1
-            if self.step % tc.log_every_n_steps == 0:
-                elapsed = time.perf_counter() - window_t0
-                # mean over ranks (every rank takes part in the all-reduce)
-                losses, names = result.losses, sorted(result.losses)
-                means = (
-                    ctx.all_reduce_sum(
-                        torch.stack([losses[k].detach().float().cpu() for k in names])
-                    )
-                    / ctx.world_size
-                )
-                mean = dict(zip(names, means.tolist(), strict=True))
-                info = {
-                    "train_loss": mean["loss"],
-                    "lr": self.learner.lr_schedule.get_last_lr()[0],
-                    "grad_norm": result.grad_norm.item(),
-                    "samples_per_s": window_samples / elapsed,
-                }
-                extra = {f"train_{k}": v for k, v in mean.items() if k != "loss"}
-                self.logger.scalars({**info, **extra, "epoch": self.epoch}, self.step)
-                self.progress.update(self.batch_in_epoch, self.step, info)
-                window_t0, window_samples = time.perf_counter(), 0
-            stop, due = self._agree_on_stop_and_save()
+            elif result.outcome == "applied":  # overflow: fp16's scaler skipped it, backed off
+                consecutive_bad = 0
+                self.step += 1
+                if self.step % tc.log_every_n_steps == 0:
+                    window_t0, window_samples = self._log_window(result, window_t0, window_samples)
             if stop or due:
                 self.save_last()
             if stop:
                 self.stopped = True
                 break
         self.progress.end_epoch()
+
+    def _log_window(
+        self, result: StepResult, window_t0: float, window_samples: int
+    ) -> tuple[float, int]:
+        """Log the step's losses (mean over ranks) and the window's throughput; a new window."""
+        ctx = self.ctx
+        elapsed = time.perf_counter() - window_t0
+        losses, names = result.losses, sorted(result.losses)
+        means = (
+            ctx.all_reduce_sum(torch.stack([losses[k].detach().float().cpu() for k in names]))
+            / ctx.world_size
+        )
+        mean = dict(zip(names, means.tolist(), strict=True))
+        info = {
+            "train_loss": mean["loss"],
+            "lr": self.learner.lr_schedule.get_last_lr()[0],
+            "grad_norm": result.grad_norm.item(),
+            "samples_per_s": window_samples / elapsed,
+        }
+        extra = {f"train_{k}": v for k, v in mean.items() if k != "loss"}
+        self.logger.scalars({**info, **extra, "epoch": self.epoch}, self.step)
+        self.progress.update(self.batch_in_epoch, self.step, info)
+        return time.perf_counter(), 0
 
     # ---------------------------------------------------------------- validation
     @torch.no_grad()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -16,9 +16,10 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from goalgen.checkpoint import load_network, network_state
+from goalgen.data.dataset import collate_batch
 from goalgen.model.build import build_model
+from goalgen.precision import resolve_precision, use_tf32
 from goalgen.train.distributed import DistContext
-from goalgen.train.precision import resolve_precision
 from goalgen.train.state import lr_factor, make_ema, per_sample_noise
 
 # On the CPU compiling pays only for long runs: goalgen-bench (2 cores, default DiT, bf16)
@@ -57,6 +58,27 @@ class StepResult:
     losses: dict[str, Tensor]
     grad_norm: Tensor
     outcome: Outcome
+    flags: list[bool] = field(default_factory=list)  # the caller's flags, agreed over ranks
+
+
+class NoisyBatches:
+    """``collate_fn`` that draws each batch's per-sample noise and time
+    (:func:`goalgen.train.state.per_sample_noise`) where the batch is made: in the loader's
+    worker processes, beside the step, instead of in series with it. Needs batches from a
+    ``tag_epoch`` sampler (they carry the epoch); others pass through without noise.
+    ``shape``: one target's ``(1, S, S)``."""
+
+    def __init__(self, path: torch.nn.Module, shape: tuple[int, ...], seed: int):
+        self.path, self.shape, self.seed = path, tuple(shape), seed
+
+    def __call__(self, batch: Any) -> dict[str, Tensor]:
+        batch = dict(collate_batch(batch))
+        if "epoch" in batch:
+            epoch = int(batch.pop("epoch")[0])
+            batch["noise"], batch["t"] = per_sample_noise(
+                self.path, self.shape, batch["index"], self.seed, epoch
+            )
+        return batch
 
 
 class Learner:
@@ -80,6 +102,7 @@ class Learner:
         self.model = build_model(cfg).to(ctx.device)
         self.ema = make_ema(self.model, cfg.ema.decay, cfg.ema.warmup)
         self.precision = resolve_precision(tc.precision, ctx.device)
+        use_tf32(ctx.device, tc.get("tf32", True))
         self.scaler = self.precision.grad_scaler()
         self.compiled = compiled
         if compiled:
@@ -94,6 +117,9 @@ class Learner:
                 device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
                 static_graph=tc.static_graph,
                 find_unused_parameters=tc.find_unused_parameters,
+                # the network's buffers are constants (no batch norm statistics; SyncBatchNorm
+                # syncs its own): re-broadcasting them every step is wasted communication
+                broadcast_buffers=False,
             )
         self.lr = cfg.base_lr * (ctx.world_size if cfg.optim.scale_lr_with_world_size else 1)
         self.optimizer = torch.optim.AdamW(
@@ -109,25 +135,38 @@ class Learner:
             self.optimizer, lambda s: lr_factor(s, warmup, decay, end_ratio)
         )
 
-    def train_step(self, batch: dict[str, Tensor], epoch: int) -> StepResult:
+    def train_step(
+        self, batch: dict[str, Tensor], epoch: int, flags: Tensor | None = None
+    ) -> StepResult:
         """One optimizer step on ``batch`` (``context`` (B, 5, S, S), ``target`` (B, 1, S, S),
-        ``index`` (B,): the per-sample noise of ``epoch`` is drawn from it)."""
+        ``index`` (B,): the per-sample noise of ``epoch`` is drawn from it). ``flags`` ``(F,)``:
+        the caller's per-rank flags (e.g. stop, save), agreed on (max over ranks) in the same
+        all-reduce as the step's own: one all-reduce and one host sync per step."""
         device, tc = self.ctx.device, self.cfg.trainer
         context = batch["context"].to(device, non_blocking=True)
         x_1 = batch["target"].to(device, non_blocking=True)
-        noise, t = per_sample_noise(
-            self.model.path, x_1.shape[1:], batch["index"], self.cfg.seed, epoch
-        )
+        if "noise" in batch:  # drawn by the loader (NoisyBatches)
+            noise, t = batch["noise"], batch["t"]
+        else:
+            noise, t = per_sample_noise(
+                self.model.path, x_1.shape[1:], batch["index"], self.cfg.seed, epoch
+            )
         with self.precision.autocast():
-            losses = self.train_model(context, x_1, noise.to(device), t.to(device))
+            losses = self.train_model(
+                context, x_1, noise.to(device, non_blocking=True), t.to(device, non_blocking=True)
+            )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.gradient_clip_val)
         # the loss is per rank, the gradients all-reduced: agree so every rank takes one branch
-        loss_bad_here = (~torch.isfinite(losses["loss"].detach())).float().reshape(1).cpu()
-        bad_loss = bool(self.ctx.all_reduce_max(loss_bad_here).item())
-        bad_grad = not bool(torch.isfinite(grad_norm))
+        local = torch.stack(
+            [~torch.isfinite(losses["loss"].detach()), ~torch.isfinite(grad_norm)]
+        ).float()
+        if flags is not None:
+            local = torch.cat([local, flags.to(local.device, torch.float32)])
+        agreed = [v > 0 for v in self.ctx.all_reduce_max(local).tolist()]
+        bad_loss, bad_grad = agreed[:2]
         if bad_loss:
             outcome: Outcome = "nonfinite"
         elif bad_grad:
@@ -141,7 +180,7 @@ class Learner:
         if outcome == "applied":
             self.lr_schedule.step()
             self.ema.update_parameters(self.model)
-        return StepResult(losses, grad_norm, outcome)
+        return StepResult(losses, grad_norm, outcome, agreed[2:])
 
     def state_dict(self) -> dict[str, Any]:
         """Model, EMA, optimizer, LR schedule and grad scaler states (checkpoint keys)."""

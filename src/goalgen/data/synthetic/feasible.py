@@ -11,6 +11,15 @@ such path: metres travelled by the centre plus, per yaw step, the arc a corner t
 lattice; collisions of every shifted footprint with the obstacles from one FFT correlation
 per footprint (:func:`shift_overlaps`).
 
+Given the robot's radius (``Problem.robot_radius``, as the maze family does), a move counts
+only if the robot can *push* it (:class:`PushLattice`, :mod:`goalgen.data.pushing`): slides
+from behind the box on the line through its centre, turns from near an end of a side, the
+robot standing where it can get to (its own side of the box, where the box stood, and
+anywhere once the box has left its footprint); a pose reached only by pulling is not
+reachable. The ground truth's push is then checked step by step
+(:meth:`PushLattice.pushes_along`): at each change of side the robot must get to its new
+spot with the box where it stands.
+
 A pose is *feasible* if it is reachable with a push of at most ``max_push``, on the candidate
 lattice (centre shifts multiples of ``candidate_step``), clear of the ``keep_out`` mask (walls,
 boxes, robot and goal grown by a margin), and the robot then reaches its goal: its free
@@ -22,7 +31,8 @@ once, the inside of every candidate's tile in one stacked labelling, and the com
 joined across the tile border in one graph (:func:`opens_route`).
 
 The ground truth is the feasible pose with the smallest push distance, ties broken by the
-smallest turn, then the smallest ``dr``, then ``dc`` (deterministic). Feasible poses are split
+smallest turn, then the smallest ``dr``, then ``dc`` (deterministic), whose push holds step by
+step (:meth:`Result.pushed`; the callers skip those that do not). Feasible poses are split
 into *modes*: connected sets on the candidate lattice (neighbouring shifts or yaw steps).
 """
 

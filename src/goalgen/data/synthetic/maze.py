@@ -24,7 +24,9 @@ route through the selected box's passage, so that moving that box opens it. All 
 Checks, on the masks. A layout is kept if the robot, ``DELTA`` thinner than it is, cannot reach
 its goal; ``DELTA`` fatter, reaches it once the selected box is removed; reaches the selected
 box; and the box has a feasible goal pose (:mod:`.feasible`, the robot ``DELTA`` fatter, push
-distance up to ``MAX_PUSH``). Otherwise the layout is counted under ``REASONS`` and another is
+distance up to ``MAX_PUSH``, only moves the robot can push, the goal's push checked step by
+step). Version 1 let the box slide either way: its goals were mostly pulls back towards the
+robot, which a pushing robot cannot make. Otherwise the layout is counted under ``REASONS`` and another is
 drawn, up to ``MAX_ATTEMPTS``.
 
 Files use the planner's image convention (:class:`goalgen.data.geometry.NamoFrame`,
@@ -38,10 +40,11 @@ it is centred on, ``robot_pose`` / ``goal_pose`` (2,), ``robot_radius`` / ``goal
 int64 (), ``target_goal_box`` (5,), ``static_walls`` (K, 5), ``grid_size`` int64 (),
 ``cell_size`` (), ``wall_thickness`` (), ``deletion_rate`` (), ``feasible_poses`` (P, 3) every
 feasible pose, nearest first (row 0 is ``target_goal``), ``feasible_push`` (P,) their push
-distances in m, ``feasible_mode`` int64 (P,), ``num_modes`` int64 (), ``push_field`` uint16
-(12, F, F) push distance in cm to every reachable pose (65535: none; entry ``[k, a, b]`` is the
-selected box moved by ``((b - F // 2) * s, (a - F // 2) * s)`` m along world x, y and turned by
-``k * 15`` degrees, ``s`` = ``push_field_step`` ()), ``push_search_radius`` () = ``MAX_PUSH``,
+distances in m (the robot pushing), ``feasible_mode`` int64 (P,), ``num_modes`` int64 (),
+``push_field`` uint16 (12, F, F) push distance in cm to every pose the robot can push the box
+to (65535: none; entry ``[k, a, b]`` is the selected box moved by ``((b - F // 2) * s, (a - F
+// 2) * s)`` m along world x, y and turned by ``k * 15`` degrees, ``s`` =
+``push_field_step`` ()), ``push_search_radius`` () = ``MAX_PUSH``,
 ``feasible_lattice_step`` () the spacing of candidate centres, ``generator_version`` int64 (),
 ``seed`` int64 (), ``spawn_key`` int64 (k,). Scene ``i`` of a data set with seed ``s`` is
 ``generate_scene(np.random.SeedSequence(s, spawn_key=(i,)), size, options)``.

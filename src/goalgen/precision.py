@@ -1,4 +1,6 @@
-"""Mixed precision: map Lightning's precision names to an autocast dtype and a grad scaler."""
+"""Mixed precision: map Lightning's precision names to an autocast dtype and a grad scaler, for
+training (``trainer.precision``) and inference (:func:`inference_precision`); TF32 matmuls on
+GPUs (:func:`use_tf32`)."""
 
 from __future__ import annotations
 
@@ -67,3 +69,29 @@ def resolve_precision(name: str | int, device: torch.device) -> Precision:
         kind,
     )
     return Precision("bf16-mixed", kind, torch.bfloat16, False)
+
+
+def inference_precision(name: str | None, device: torch.device) -> Precision:
+    """What inference samples in: ``name`` as :func:`resolve_precision` reads it, or ``auto``
+    (None): fp32 on a CPU (bf16 autocast there is no faster for the DiT and changes samples);
+    on a GPU bf16 autocast where it is native (compute capability 8.0 and later), else fp16
+    autocast (no grad scaler is needed without gradients)."""
+    if name not in (None, "auto"):
+        precision = resolve_precision(name, device)
+        return Precision(precision.name, precision.device_type, precision.dtype, False)
+    if device.type != "cuda":
+        return Precision("32", device.type, None, False)
+    if torch.cuda.get_device_capability(device)[0] >= 8:
+        return Precision("bf16-mixed", "cuda", torch.bfloat16, False)
+    return Precision("16-mixed", "cuda", torch.float16, False)
+
+
+def use_tf32(device: torch.device, enabled: bool = True) -> None:
+    """On a GPU, let fp32 matmuls (fp32 training, the fp32 parts of mixed precision) use TF32
+    tensor cores (Ampere and later; ignored before) or not. Set through the global
+    ``torch.set_float32_matmul_precision``: after the per-backend
+    ``torch.backends.cuda.matmul.fp32_precision`` (torch >= 2.9) the global getter, which
+    inductor's cache key reads, raises on the mix. CPUs are left alone ("high" would let
+    oneDNN use bf16 there)."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high" if enabled else "highest")
