@@ -10,7 +10,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "goalgen"
 # lower layers first; a module may import its own layer and the layers before it, never after
 LAYERS = [
-    {"io", "cli", "config"},
+    {"io", "cli", "config", "precision"},
     {"data"},
     {"model"},
     {"checkpoint"},

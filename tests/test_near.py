@@ -311,3 +311,25 @@ def test_clearance_keeps_the_placed_box_from_walls():
     assert not near.world_valid(scene, touching)[0]
     turned = np.array([[1.78, 1.0, np.pi / 2]])  # a square box: the same footprint
     assert near.world_valid(scene, turned, clearance=0.01)[0]
+
+
+def test_a_judged_push_plan_counts_where_the_field_cannot_see_it(scenes):
+    """plan_length sums slides and turn arcs; success_near takes the shorter of the field's
+    push and the plan's (the field's robot keeps the generator's 5 cm from walls)."""
+    scene = scenes[0]
+    w, h = _box(scene)[2:4]
+    plan = [
+        {"kind": "slide", "box_start": [1.0, 2.0, 0.1], "box_end": [1.3, 2.4, 0.1]},
+        {"kind": "turn", "box_start": [1.3, 2.4, 0.1], "box_end": [1.3, 2.4, -0.4]},
+    ]
+    assert near.plan_length(scene, plan) == pytest.approx(0.5 + np.hypot(w, h) / 2 * 0.5)
+    assert near.plan_length(scene, []) == 0.0
+    limit = scene["feasible_push"][0] + near.NEAR_SLACK * near.world_side(scene)
+    far = scene["feasible_poses"][scene["feasible_push"] > limit + 0.05]
+    if not far:
+        pytest.skip("every feasible pose of this scene is near-optimal")
+    pose = far[:1]
+    mask = _draw(scene, pose)
+    assert not near.success_near(scene, mask, poses=pose)[0]
+    assert not near.success_near(scene, mask, poses=pose, planned=np.array([np.inf]))[0]
+    assert near.success_near(scene, mask, poses=pose, planned=np.array([limit - 0.01]))[0]

@@ -317,7 +317,7 @@ def test_short_training_learns(tiny_cfg, synth_dir, config_name, extra):
         f"data.val_dir=[{files}]",
         "image_size=32",
         "batch_size=16",
-        "max_epochs=300",
+        "max_epochs=400",
         "base_lr=1e-3",
         "model.network.dim=64",
         "model.network.depth=2",

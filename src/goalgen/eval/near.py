@@ -14,7 +14,9 @@ distance to each, and a push field: the push distance to any pose the box can sl
   (5 %; ``goalgen-eval --near-slack``) of the world's width. Its push distance
   is read from the push field at its pose (centre and yaw fitted to the mask; the least value
   within half a sample pixel of that centre, so coarse samples are not penalised for their
-  pixels); a pose the box cannot slide to has none (inf).
+  pixels); a pose the box cannot slide to has none (inf). A proposal whose own push plan the
+  judge accepts (:func:`push_plan_valid`) counts that plan's length where it is shorter
+  (:func:`plan_length`).
 - ``in_feasible``: a sample's pose lies within one sample pixel (or one feasible lattice step)
   and ``YAW_TOLERANCE`` (plus the angle one pixel subtends across the box) of a stored
   feasible pose; ``feasible_distance``: the distance from a pose to the nearest stored
@@ -600,6 +602,21 @@ def push_plan_valid(
     return np.array([r is None for r in push_plan_reasons(scene, poses, plans, clearance)], bool)
 
 
+def plan_length(scene: Scene, plan: Sequence[Mapping[str, Any]]) -> float:
+    """The push distance of a plan (segments as :func:`push_plan_reasons` reads them), in the
+    push field's units: metres the box's centre slides, plus, per turn, the arc a corner
+    travels (half the box's diagonal times the angle)."""
+    half_diagonal = float(np.hypot(*_box(scene)[2:4])) / 2
+    total = 0.0
+    for segment in plan:
+        a, b = np.asarray(segment["box_start"], float), np.asarray(segment["box_end"], float)
+        if segment["kind"] == "turn":
+            total += half_diagonal * abs(float(b[2] - a[2]))
+        else:
+            total += float(np.hypot(*(b[:2] - a[:2])))
+    return total
+
+
 def _poses_and_size(
     scene: Scene, samples: np.ndarray, poses: np.ndarray | None
 ) -> tuple[np.ndarray, int | None]:
@@ -620,6 +637,7 @@ def success_near(
     masks: SceneMasks | None = None,
     poses: np.ndarray | None = None,
     clearance: float = 0.0,
+    planned: np.ndarray | None = None,
 ) -> np.ndarray:
     """``(K,)`` bool: is each sample ``(K, S, S)`` valid at its resolution
     (:func:`goalgen.eval.metrics.invalid_reason`), does its pose open the route
@@ -632,14 +650,21 @@ def success_near(
     push read within half a pixel of the file rather than of the samples. ``clearance``:
     metres the robot keeps from walls and boxes on its route (:func:`opens_route`) and, with
     ``poses``, the placed box from walls and other boxes (:func:`world_valid`); 0 (default):
-    touching suffices."""
+    touching suffices. ``planned`` ``(K,)``: the length (:func:`plan_length`) of each
+    sample's own push plan that :func:`push_plan_valid` accepts (inf: none); the push is the
+    shorter of that and the file's field, whose robot keeps the generator's margin (5 cm in
+    mazes) from walls: a plan the judge accepts at a smaller clearance proves a push the
+    field cannot see."""
     _require(scene)
     samples = np.asarray(samples) != 0
     size = samples.shape[-1]
     limit = float(np.asarray(scene["feasible_push"])[0]) + slack * world_side(scene)
     exact = poses is not None
     poses, tolerance_size = _poses_and_size(scene, samples, poses)
-    near = push_distance(scene, poses, tolerance_size) <= limit + 1e-9
+    push = push_distance(scene, poses, tolerance_size)
+    if planned is not None:
+        push = np.minimum(push, np.asarray(planned, dtype=np.float64))
+    near = push <= limit + 1e-9
     if exact:
         valid = world_valid(scene, poses, clearance)
     else:

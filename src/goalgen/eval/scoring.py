@@ -112,10 +112,11 @@ def random_valid_placements(
 # ----------------------------------------------------------------------------- proposals
 def _plan_verdicts(
     world: Mapping[str, np.ndarray], proposals: Sequence[Any], poses: np.ndarray, clearance: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(has_plan, accepted)`` ``(P,)`` bool: which proposals carry a push plan to judge (the
-    pushable ones, and verified ones with ``segments``) and whether the judge accepts it
-    (:func:`goalgen.eval.near.push_plan_valid` at ``poses`` ``(P, 3)``), in one call."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(has_plan, accepted, length)`` ``(P,)``: which proposals carry a push plan to judge
+    (the pushable ones, and verified ones with ``segments``), whether the judge accepts it
+    (:func:`goalgen.eval.near.push_plan_valid` at ``poses`` ``(P, 3)``), in one call, and the
+    accepted plans' lengths (:func:`goalgen.eval.near.plan_length`; inf for the others)."""
     has_plan = np.array(
         [
             getattr(p, "segments", None) is not None
@@ -125,11 +126,15 @@ def _plan_verdicts(
         dtype=bool,
     )
     accepted = np.zeros(len(proposals), dtype=bool)
+    length = np.full(len(proposals), np.inf)
     planned = np.flatnonzero(has_plan)
     if len(planned):
         plans = [[s.to_dict() for s in proposals[i].segments] for i in planned]
         accepted[planned] = near.push_plan_valid(world, poses[planned], plans, clearance)
-    return has_plan, accepted
+        for i, plan in zip(planned, plans, strict=True):
+            if accepted[i]:
+                length[i] = near.plan_length(world, plan)
+    return has_plan, accepted, length
 
 
 def _judged(
@@ -179,6 +184,7 @@ def proposal_row(
     feet, poses = np.zeros((1, size, size), bool), np.full((1, 3), np.nan)
     row |= {"proposals_judged_share": np.nan, "proposals_unreachable_verified": 0.0}
     row |= {"pushed_success_at_1": 0.0, "pushed_success_at_k": 0.0}
+    planned = None
     if result.proposals:
         stack = np.stack([p.footprint for p in result.proposals]).astype(np.float32)
         feet = resize_masks(stack, size) >= THRESHOLD
@@ -191,13 +197,13 @@ def proposal_row(
             "success_at_1": float(success[0]),
             "success_at_k": float(success.any()),
         }
-        has_plan, accepted = _plan_verdicts(world, result.proposals, poses, clearance)
+        has_plan, accepted, planned = _plan_verdicts(world, result.proposals, poses, clearance)
         row |= _judged(result.proposals, success, has_plan, accepted)
         pushable = np.array([bool(getattr(p, "pushable", None)) for p in result.proposals])
         pushed = success & pushable & accepted
         row |= {"pushed_success_at_1": float(pushed[0]), "pushed_success_at_k": float(pushed.any())}
     if near.has_feasible_set(world):
-        near_ok = near.success_near(world, feet, slack, masks, poses, clearance)
+        near_ok = near.success_near(world, feet, slack, masks, poses, clearance, planned)
         row |= near.score_near(
             world, feet, slack, masks=masks, poses=poses, clearance=clearance, near_success=near_ok
         )

@@ -323,7 +323,7 @@ class Trainer:
                 cfg.max_steps > 0 and self.step >= cfg.max_steps
             ):
                 break
-            result = self.learner.train_step(batch, self.epoch, self._stop_and_save_flags())
+            result = self.learner.train_step(batch, self.epoch, self._stop_and_save_flags)
             stop, due = result.flags
             self.batch_in_epoch += 1
             window_samples += len(batch["index"]) * ctx.world_size

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -136,11 +137,15 @@ class Learner:
         )
 
     def train_step(
-        self, batch: dict[str, Tensor], epoch: int, flags: Tensor | None = None
+        self,
+        batch: dict[str, Tensor],
+        epoch: int,
+        flags: Callable[[], Tensor] | None = None,
     ) -> StepResult:
         """One optimizer step on ``batch`` (``context`` (B, 5, S, S), ``target`` (B, 1, S, S),
-        ``index`` (B,): the per-sample noise of ``epoch`` is drawn from it). ``flags`` ``(F,)``:
-        the caller's per-rank flags (e.g. stop, save), agreed on (max over ranks) in the same
+        ``index`` (B,): the per-sample noise of ``epoch`` is drawn from it). ``flags()``
+        ``(F,)``: the caller's per-rank flags (e.g. stop, save), read after the backward pass
+        (a signal that arrived during it counts) and agreed on (max over ranks) in the same
         all-reduce as the step's own: one all-reduce and one host sync per step."""
         device, tc = self.ctx.device, self.cfg.trainer
         context = batch["context"].to(device, non_blocking=True)
@@ -164,7 +169,7 @@ class Learner:
             [~torch.isfinite(losses["loss"].detach()), ~torch.isfinite(grad_norm)]
         ).float()
         if flags is not None:
-            local = torch.cat([local, flags.to(local.device, torch.float32)])
+            local = torch.cat([local, flags().to(local.device, torch.float32)])
         agreed = [v > 0 for v in self.ctx.all_reduce_max(local).tolist()]
         bad_loss, bad_grad = agreed[:2]
         if bad_loss:

@@ -358,10 +358,8 @@ class PushLattice:
         limit: float,
     ) -> None:
         self.box, self.feet, self.reach = np.asarray(box, dtype=np.float64), feet, reach
-        self.basis, self.inverse = (
-            np.asarray(basis, float),
-            np.linalg.inv(np.asarray(basis, float).T),
-        )
+        self.basis = np.asarray(basis, dtype=np.float64)
+        self.inverse = np.linalg.inv(self.basis.T)  # world offset -> lattice (rows, cols)
         self.cell = float(np.min(np.hypot(*self.basis.T)))
         self.robot_free, self.start = robot_free, (int(start[0]), int(start[1]))
         self.contact = robot_radius + CONTACT_GAP
