@@ -107,7 +107,11 @@ class Learner:
         self.scaler = self.precision.grad_scaler()
         self.compiled = compiled
         if compiled:
-            # compile the network, then wrap in DDP: torch.compile(DDP(m)) compiles nothing
+            # compile the network, then wrap in DDP. torch.compile(DDP(m)) compiles too here
+            # (torch 2.13, 2 gloo ranks: one graph, 3 breaks at DDP's own wrapper, the same
+            # loss), and its DDPOptimizer could split graphs at bucket boundaries to overlap
+            # the all-reduce with backward on GPUs (unmeasured); this order also compiles the
+            # network that validation and sampling use
             self.model.network = torch.compile(self.model.network, backend=compile_backend)
         self.train_model: torch.nn.Module = self.model
         if ctx.distributed:
