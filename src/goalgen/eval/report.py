@@ -21,7 +21,9 @@ from goalgen.cli import one_line
 from goalgen.eval.metrics import HIT_IOU
 from goalgen.io import atomic_write_text
 
-REPORT_VERSION = 3  # 3: world judge with a clearance (default 2.5 cm), pushed rows
+# 3: world judge with a clearance (default 2.5 cm), pushed rows; 4: success_near counts a
+# proposal's judged push plan (near.plan_length)
+REPORT_VERSION = 4
 DEFAULT_REPORT = Path("eval") / "report.json"  # inside the run dir
 REFERENCES = (  # reference rows, shown once per distinct evaluation setting
     "random_valid",
