@@ -28,9 +28,9 @@ World geometry (exact boxes known):
   within a yaw, and turns by one yaw step in place where the swept footprint is clear too, at
   the arc a corner travels. The box turns only where it fits while turning: a long box in a
   corridor does not turn for free. Given where the robot can stand (``pusher``), only moves
-  the robot can push count (:func:`pushing_distances`, a directed graph): a slide from behind
-  the box on the line through its centre (:func:`goalgen.data.pushing.contact_distance`), a turn from near an end
-  of a side (:func:`goalgen.data.pushing.turn_spots`); a pose reached only by pulling has no push distance.
+  the robot can push count (:mod:`goalgen.data.pushing`, a directed graph): a slide from
+  behind the box on the line through its centre (``contact_distance``), a turn from near an
+  end of a side (``turn_spots``); a pose reached only by pulling has no push distance.
 
 Masks only: the same push field on the mask pixels, and :class:`MaskReach`, the evaluation's
 rule (:func:`goalgen.data.geometry.path_open_after_move`): obstacles inflated by the robot's
