@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import datetime
 import json
-import math
 import sys
 import tempfile
 import time
@@ -279,18 +278,12 @@ def main(argv: list[str] | None = None) -> int:
             _timed("bench", bench_check, results)
             results["bench"] = bench
             results["readme_rows"] = readme_rows(bench)
-    args.out.write_text(json.dumps(results, indent=1, default=_plain))
+    args.out.write_text(json.dumps(results, indent=1, default=str))
     ok = all(c.get("ok") for c in results["checks"].values())
     for row in results.get("readme_rows", []):
         print(row)
     print(f"gpu-check: {'all checks passed' if ok else 'some checks FAILED'}; {args.out}")
     return 0 if ok else 1
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)
 
 
 if __name__ == "__main__":

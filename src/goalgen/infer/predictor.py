@@ -143,7 +143,7 @@ class GoalPredictor:
     ):
         self.device = torch.device(device) if device is not None else _default_device()
         self.precision = inference_precision(precision, self.device)
-        use_tf32(self.device)
+        use_tf32(self.device)  # the fp32 parts of sampling on TF32 cores (a GPU-wide setting)
         self.model = model.to(self.device).eval()
         self.config = dict(config)
         self.image_size = int(config["image_size"])

@@ -26,8 +26,8 @@ its goal; ``DELTA`` fatter, reaches it once the selected box is removed; reaches
 box; and the box has a feasible goal pose (:mod:`.feasible`, the robot ``DELTA`` fatter, push
 distance up to ``MAX_PUSH``, only moves the robot can push, the goal's push checked step by
 step). Version 1 let the box slide either way: its goals were mostly pulls back towards the
-robot, which a pushing robot cannot make. Otherwise the layout is counted under ``REASONS`` and another is
-drawn, up to ``MAX_ATTEMPTS``.
+robot, which a pushing robot cannot make. Otherwise the layout is counted under ``REASONS``
+and another is drawn, up to ``MAX_ATTEMPTS``.
 
 Files use the planner's image convention (:class:`goalgen.data.geometry.NamoFrame`,
 ``image_convention`` = 1; rooms files, without the key, are 0), so that masks rendered from a
@@ -260,8 +260,8 @@ def _verified_goal(
         mask = frame.box_mask(*goal)
         blocked = ~problem.robot_free | geo.inflate(mask, problem.robot_px)
         if (
-            result.pushed(i)
-            and not (mask & problem.keep_out).any()
+            not (mask & problem.keep_out).any()
+            and result.pushed(i)
             and geo.cspace_connected(blocked, problem.start, problem.goal)
         ):
             if i:

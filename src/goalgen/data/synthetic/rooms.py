@@ -8,9 +8,10 @@ than the robot; 2-7 other boxes stand elsewhere without closing the route.
 
 ``target_goal`` is the selected box moved, orientation kept, to the *nearest* translation on a
 ``PUSH_STEP`` grid such that: the robot can push it there from where it stands, sliding it
-without touching walls or other boxes (:func:`.feasible.pushable_shifts`: from behind, on the
-line through its centre; never pulled); it keeps ``MARGIN`` from walls, boxes, robot and goal; it leaves
-the doorway and a robot diameter on both sides of it free; and the robot reaches its goal.
+without touching walls or other boxes (:class:`.feasible.PushLattice`: from behind, on the
+line through its centre, never pulled, checked step by step); it keeps ``MARGIN`` from walls,
+boxes, robot and goal; it leaves the doorway and a robot diameter on both sides of it free;
+and the robot reaches its goal.
 Exact ties are broken at random. This is pushing through the doorway and to one side: several
 modes per scene, picked by small differences in the layout. (Version 1 let the box slide either
 way: about a quarter of its goals were pulls back to the robot's side.)
@@ -41,6 +42,7 @@ import numpy as np
 from scipy import fft
 
 from goalgen.data import geometry as geo
+from goalgen.data.pushing import shifted
 from goalgen.data.scenes import SCENE_KEYS
 from goalgen.data.synthetic import feasible
 from goalgen.data.synthetic.feasible import rejection_sample
@@ -223,16 +225,6 @@ def _shift_collisions(
     return overlap[: 2 * reach + 1, : 2 * reach + 1] > 0.5
 
 
-def _shifted(mask: np.ndarray, dr: int, dc: int) -> np.ndarray:
-    """``mask`` moved by ``(dr, dc)`` pixels (no wrap-around)."""
-    out = np.zeros_like(mask)
-    h, w = mask.shape
-    out[max(dr, 0) : h + min(dr, 0), max(dc, 0) : w + min(dc, 0)] = mask[
-        max(-dr, 0) : h + min(-dr, 0), max(-dc, 0) : w + min(-dc, 0)
-    ]
-    return out
-
-
 @dataclass
 class _Scene:
     """Masks ``(size, size)`` bool of one layout and what the goal search needs."""
@@ -271,13 +263,12 @@ def _find_target_goal(
     lane = _axis_box(door.axis, door.center[door.axis], lane_depth, lo, hi)
     lane = geo.box_mask(*lane, WORLD_BOUNDS, size) & ~scene.fat
     swollen = geo.inflate(scene.target, scene.fat_px)
-    feet = scene.target[None]
-    fits = ~feasible.shift_overlaps(scene.static | scene.others, feet, reach)
+    fits = ~_shift_collisions(scene.static | scene.others, scene.target, reach, outside=True)
     pushes = feasible.PushLattice(
         box,
-        feet,
-        fits,
-        np.zeros_like(fits),
+        scene.target[None],
+        fits[None],
+        np.zeros_like(fits[None]),
         reach,
         np.array([[0.0, -mpp], [mpp, 0.0]]),  # a row down is -y, a column right +x
         ~scene.fat,
@@ -295,7 +286,7 @@ def _find_target_goal(
     candidates = candidates[np.argsort(np.hypot(dr, dc).flat[candidates], kind="stable")]
     for flat in candidates[:MAX_PATH_CHECKS]:
         shift = int(dr.flat[flat]), int(dc.flat[flat])
-        if not scene.opens_with(_shifted(swollen, *shift)):
+        if not scene.opens_with(shifted(swollen, -shift[0], -shift[1])):
             continue
         if not pushes.pushes_along((0, shift[0] + reach, shift[1] + reach)):
             continue
