@@ -191,3 +191,15 @@ def test_multirun_with_the_basic_launcher_gives_each_point_its_own_run_dir(tmp_p
     assert out.returncode == 0, out.stderr[-2000:]
     lasts = sorted((tmp_path / "out").glob("*/*/checkpoints/last.ckpt"))
     assert len(lasts) == 2 and lasts[0].parent.parent != lasts[1].parent.parent
+
+
+def test_the_planner_student_is_the_planner_network_reflowed_from_its_run():
+    """The student keeps the teacher's network (it starts from its weights) and samples in
+    one euler step; its teacher and start are the planner recipe's run unless given."""
+    planner = compose_config(FM, ["experiment=planner", "run_name=x"])
+    student = compose_config(FM, ["experiment=planner_student", "run_name=x"])
+    assert student.model.network == planner.model.network and student.image_size == 64
+    assert (student.sampling_steps, student.model.sampler.method) == (1, "euler")
+    assert student.run_path == student.distill.teacher == "outputs/train_fb_flow_matching-planner"
+    given = compose_config(FM, ["experiment=planner_student", "distill.teacher=t.pt"])
+    assert given.run_path == "t.pt" and 0 < given.distill.t_zero < 1

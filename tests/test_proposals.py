@@ -26,16 +26,16 @@ from goalgen.eval.propose import score_proposals
 from goalgen.infer import verify
 from goalgen.infer.fit import cell_centres, fit_boxes, period_of, wrap
 from goalgen.infer.proposals import (
-    ROUTE_SNAP_STEP,
-    ROUTE_SNAP_YAWS,
     SNAP,
-    _moved,
+    SNAP_STEP,
+    SNAP_YAW,
+    SNAP_YAW_STEP,
+    SnapLattice,
     covered_core,
     propose,
-    snap_lattice,
-    time_propose,
+    snap_free,
 )
-from goalgen.infer.propose_scene import CLEARANCE, as_scene
+from goalgen.infer.propose_scene import CLEARANCE, Checker, as_scene
 from test_planner_scene import (
     MOVABLE,
     OBJECT,
@@ -259,19 +259,22 @@ def test_a_fit_a_pixel_into_a_wall_snaps_to_the_nearest_free_pose(room):
     box = (snapped.x, snapped.y, W, H, snapped.theta)
     others = world_boxes()
     assert not any(sat_overlap(box, o) for o in others)
-    # the least move that clears the wall by the clearance, to a lattice step (cell / 4)
+    # the least move that clears the wall by the clearance, to a lattice step in x and half
+    # of one in y (the lattice is the world's, not the fit's)
     fitted = np.array([off[0].x, off[0].y])
     moved = np.hypot(*(np.array(box[:2]) - fitted))
     assert snapped.snapped == pytest.approx(moved, abs=1e-9)
     need = (off[0].x + W / 2) - (1.95 - CLEARANCE)  # right edge past the wall's left face
-    assert need <= moved + 1e-9 <= need + cell / 4 + 1e-9 and moved <= cell + 1e-9
+    step = SNAP_STEP * cell
+    assert need <= moved + 1e-9 <= np.hypot(need + step, step / 2) + 1e-9
+    assert moved <= SNAP * cell + 1e-9
     assert snapped.to_dict()["snapped"] == pytest.approx(moved, abs=1e-6)
 
 
 def test_a_fit_that_blocks_the_door_by_a_few_cm_snaps_to_a_pose_that_opens_it(room):
     """The door (x = 0, y 0.2 .. 0.9) is the only way through; a box just right of it leaves
     the robot (radius 0.15) a gap of x - 0.2 m. Fits at x 0.46 and 0.48 close it (the
-    independent fine grid finds no route), move less than a model cell to poses that verify
+    independent fine grid finds no route), move within the snap's reach to poses that verify
     and that the independent checks confirm; a fit 0.17 m short, beyond the snap's reach (two
     cells, 0.14 m), stays as it is. (No clearance: with it, the gap needs 5 cm more.)"""
     cell = room.frame.metres_per_pixel * room.size / 64
@@ -284,7 +287,7 @@ def test_a_fit_that_blocks_the_door_by_a_few_cm_snaps_to_a_pose_that_opens_it(ro
         box = (fitted.x, fitted.y, W, H, fitted.theta)
         assert fitted.collision_free and not fitted.verified
         assert _independent(box, fine, world_boxes()) == (True, False)
-        assert snapped.verified and 0 < snapped.snapped <= cell + 1e-9
+        assert snapped.verified and 0 < snapped.snapped <= SNAP * cell + 1e-9
         moved = (snapped.x, snapped.y, W, H, snapped.theta)
         assert np.hypot(snapped.x - fitted.x, snapped.y - fitted.y) == pytest.approx(
             snapped.snapped, abs=1e-9
@@ -295,25 +298,66 @@ def test_a_fit_that_blocks_the_door_by_a_few_cm_snaps_to_a_pose_that_opens_it(ro
 
 
 def test_every_snapped_box_covers_the_core_that_skips_the_route_search():
-    """If the core blocks the route, every box of the route lattice blocks it too: checked
-    as polygon containment (shapely) over random boxes, the lattice of a 64 px model."""
+    """If the core blocks the route, every pose of the route lattice blocks it too: checked
+    as polygon containment (shapely) over random boxes, the lattice of a 64 px model; and the
+    trials are lattice poses within reach, nearest first."""
     rng = np.random.default_rng(3)
     boxes = np.column_stack(
         [rng.uniform(-1, 1, (40, 2)), rng.uniform(0.25, 0.9, (40, 2)), rng.uniform(-3, 3, 40)]
     )
     checked = 0
     for box in boxes:
-        offsets = snap_lattice(
-            0.07, SNAP, float(np.hypot(*box[2:4])), ROUTE_SNAP_STEP, ROUTE_SNAP_YAWS
-        )
-        core = covered_core(box[None], offsets)[0]
-        if (core[2:4] <= 0).any():
-            continue
-        inner = shapely.Polygon(box_corners(*core)).buffer(-1e-9)
-        for moved in _moved(box[None], offsets)[0]:
-            assert shapely.Polygon(box_corners(*moved)).contains(inner)
-        checked += 1
-    assert checked >= 20
+        diagonal = float(np.hypot(*box[2:4]))
+        lattice = SnapLattice(None, 0.07, SNAP, diagonal, yaw0=0.3)
+        core = covered_core(box[None], lattice.reach, np.radians(SNAP_YAW))[0]
+        for coarse in (False, True):
+            keys, trials = lattice.trials(box, coarse)
+            dxy = np.hypot(trials[:, 0] - box[0], trials[:, 1] - box[1])
+            dyaw = np.abs(trials[:, 4] - box[4])
+            assert len(trials) > (20 if coarse else 300)
+            assert (dxy <= SNAP * 0.07 + 1e-9).all() and (dyaw <= np.radians(SNAP_YAW) + 1e-9).all()
+            assert (np.diff(dxy + diagonal / 2 * dyaw) >= -1e-12).all()
+            step = SNAP_STEP * 0.07
+            np.testing.assert_allclose(trials[:, :2], keys[:, :2] * step, atol=1e-12)
+            np.testing.assert_allclose(trials[:, 4], 0.3 + np.radians(keys[:, 2] * SNAP_YAW_STEP))
+            if (core[2:4] <= 0).any():
+                continue
+            inner = shapely.Polygon(box_corners(*core)).buffer(-1e-9)
+            for moved in trials:
+                assert shapely.Polygon(box_corners(*moved)).contains(inner)
+            checked += 1
+    assert checked >= 40
+
+
+def test_one_lattice_per_call_snaps_as_a_fresh_one_per_fit_with_fewer_checks(room):
+    """Fits of one mode (grazing wall_2, spread over a model cell) share their lattice poses:
+    snapping them with one lattice gives the boxes that a fresh lattice per fit gives, with
+    each pose checked once."""
+    checker = Checker(room, CLEARANCE)
+    _, _, cell = cell_centres(room.frame, 64)
+    rng = np.random.default_rng(0)
+    fits = np.column_stack(
+        [
+            1.83 + rng.uniform(-cell / 2, cell / 2, 6),
+            0.3 + rng.uniform(-cell, cell, 6),
+            np.full(6, W),
+            np.full(6, H),
+            rng.uniform(-0.05, 0.05, 6),
+        ]
+    )
+
+    def lattice() -> SnapLattice:
+        return SnapLattice(checker, cell, SNAP, float(np.hypot(W, H)), room.target[4])
+
+    shared = lattice()
+    together, moved = snap_free(shared, fits)
+    fresh = [lattice() for _ in fits]
+    alone = [snap_free(one, fit) for one, fit in zip(fresh, fits, strict=True)]
+    assert np.isfinite(moved).all() and checker.collision_free(together).all()
+    np.testing.assert_array_equal(together, np.concatenate([a[0] for a in alone]))
+    np.testing.assert_array_equal(moved, np.concatenate([a[1] for a in alone]))
+    checks = len(shared._usable) + len(shared._opens)
+    assert checks < 0.6 * sum(len(one._usable) + len(one._opens) for one in fresh)
 
 
 def test_the_push_field_turns_the_box_only_where_it_fits_while_turning():
@@ -448,8 +492,9 @@ def test_a_tiny_model_end_to_end(tiny_run, synth_dir, tmp_path, capsys):
         "baseline_verified_share",
         "proposals_verified_share",
     } <= set(scores)
-    timing = time_propose(predictor, npz, num_samples=8, repeats=1)
-    assert timing["sampling_ms"] > 0 and timing["post_ms"] > 0
+    parts = [result.seconds[p] for p in ("fit", "snap", "check", "rank")]
+    assert result.seconds["sampling"] > 0 and min(parts) >= 0 and parts[0] > 0
+    assert sum(parts) == pytest.approx(result.seconds["post"], rel=0.05)
     xml = write_scene(tmp_path)
     out = tmp_path / "out.json"
     png = tmp_path / "out.png"

@@ -146,12 +146,14 @@ def export_weights(
     source: str = "",
     method: str | None = None,
     steps: int | None = None,
+    cpu_precision: str | None = None,
 ) -> Path:
     """Write the inference part of checkpoint ``state`` to ``path`` (atomically): its EMA
     weights (else the raw model's) cast to ``dtype`` when floating, and what tools read.
     ``method``/``steps``: the sampler the file's users get by default (flow: an ODE method
     or ``ancestral``; diffusion: ``ddim``/``ddpm``), instead of the training run's validation
-    sampler."""
+    sampler; ``cpu_precision``: what it samples in on a CPU by default (config
+    ``cpu_precision``; else fp32)."""
     config = copy.deepcopy(state["config"])
     if method is not None:
         sampler = config["model"]["sampler"]
@@ -164,6 +166,10 @@ def export_weights(
         if steps < 1:
             raise ValueError(f"sampling steps {steps}: give at least 1")
         config["sampling_steps"] = int(steps)
+    if cpu_precision is not None:
+        if cpu_precision not in ("32", "bf16-mixed"):
+            raise ValueError(f"cpu_precision {cpu_precision!r}: give 32 or bf16-mixed")
+        config["cpu_precision"] = cpu_precision
     weights = state.get("ema") or state["model"]
     out = {
         "format": WEIGHTS_FORMAT,
@@ -365,14 +371,15 @@ def resume_source(
 def finetune_source(run_path: str | os.PathLike, ckpt_dir: Path) -> tuple[str, dict[str, Any]]:
     """The checkpoint a fine-tuning run (``run_path=``) takes its weights from: the best one
     of the run dir ``run_path`` (lowest recorded val_loss), or ``run_path`` itself when it is
-    a file. It must not be a file of the new run's own ``ckpt_dir``."""
+    a file (a weights file too: its EMA weights). It must not be a file of the new run's own
+    ``ckpt_dir``."""
     path = select_checkpoint(run_path, "best")
     if Path(path).resolve().parent == Path(ckpt_dir).resolve():
         raise CheckpointError(
             f"run_path={run_path} is this run's own folder; give the fine-tuning run its own "
             "run_name (or resume it with resume=true and no run_path)"
         )
-    return str(path), load_checkpoint(path)
+    return str(path), load_inference(path)
 
 
 # ----------------------------------------------------------------------------- weights

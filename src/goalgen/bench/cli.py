@@ -96,6 +96,16 @@ def _parser() -> OneLineParser:
         help="propose: samples (proposals) per scene (default 32; quick 4); weights from --ckpt "
         "or --run, else untrained",
     )
+    p.add_argument(
+        "--propose-scenes",
+        type=int,
+        help="propose: scenes per family, one call each (default 10; quick 1)",
+    )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="propose: also time these weights (e.g. the previous planner.pt) on the same scenes",
+    )
     return p
 
 
@@ -146,6 +156,8 @@ def build_bench(args: argparse.Namespace, overrides: list[str]) -> Bench:
         precision=precision,
         synth_scenes=args.synth_scenes or (2 if args.quick else 20),
         propose_samples=args.propose_samples or (4 if args.quick else 32),
+        propose_scenes=args.propose_scenes or (1 if args.quick else 10),
+        baseline=args.baseline,
     )
 
 
@@ -190,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         "quality_scenes",
         "synth_scenes",
         "propose_samples",
+        "propose_scenes",
     ):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")

@@ -92,4 +92,6 @@ class Bench:
     precision: str  # trainer.precision as the loop resolves it here (16-mixed -> bf16 on CPU)
     synth_scenes: int = 20  # synth: scenes per family
     propose_samples: int = 32  # propose: samples (proposals) per scene
+    propose_scenes: int = 10  # propose: scenes per family (one call each)
+    baseline: Path | None = None  # propose: the previous weights, timed on the same scenes
     shared: dict[str, Any] = field(default_factory=dict)  # figures one section hands another

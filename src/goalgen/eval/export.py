@@ -34,12 +34,23 @@ def main(argv: list[str] | None = None) -> int:
         "--method", help="default sampler of the file (flow: euler, midpoint, ...; ddim/ddpm)"
     )
     parser.add_argument("--steps", type=int, help="default sampling steps of the file")
+    parser.add_argument(
+        "--cpu-precision",
+        choices=("32", "bf16-mixed"),
+        help="what the file samples in on a CPU by default (else fp32)",
+    )
     args = parser.parse_args(argv)
     try:
         source = ckpt.select_checkpoint(args.run_dir, args.checkpoint)
         state = ckpt.load_checkpoint(source)
         ckpt.export_weights(
-            state, args.out, DTYPES[args.dtype], str(source), args.method, args.steps
+            state,
+            args.out,
+            DTYPES[args.dtype],
+            str(source),
+            args.method,
+            args.steps,
+            args.cpu_precision,
         )
     except USER_ERRORS as error:
         print(f"goalgen-export: error: {one_line(error)}", file=sys.stderr)

@@ -142,6 +142,8 @@ class GoalPredictor:
         precision: str | None = None,
     ):
         self.device = torch.device(device) if device is not None else _default_device()
+        if precision is None and self.device.type == "cpu":  # the weights file's own default
+            precision = config.get("cpu_precision")
         self.precision = inference_precision(precision, self.device)
         use_tf32(self.device)  # the fp32 parts of sampling on TF32 cores (a GPU-wide setting)
         self.model = model.to(self.device).eval()
@@ -164,7 +166,8 @@ class GoalPredictor:
         """Build the model from the checkpoint's ``config`` and load its (EMA) weights; ``path``
         may also be a weights file (``goalgen-export``, loaded in the network's own dtype).
         ``precision``: what sampling runs in (:func:`goalgen.precision.inference_precision`:
-        ``32``, ``bf16-mixed``, ``16-mixed``; default fp32 on a CPU, autocast on a GPU)."""
+        ``32``, ``bf16-mixed``, ``16-mixed``; default fp32 on a CPU unless the weights file
+        says otherwise (``goalgen-export --cpu-precision``), autocast on a GPU)."""
         path = Path(path)
         state = ckpt.load_inference(path)
         config = state["config"]
@@ -248,12 +251,15 @@ class GoalPredictor:
         generator: torch.Generator | None = None,
         cost: SamplingCost | None = None,
         trajectory: list[Tensor] | None = None,
+        noise: Tensor | None = None,
     ) -> Tensor:
         """``num_samples`` goal masks per context row in ONE batched call.
 
         ``context`` ``(N, 5, S, S)`` in [-1, 1] -> ``(N, K, 1, S, S)`` in [-1, 1]. A
         ``trajectory`` list receives the sampler's ``steps + 1`` states, each ``(N, K, 1, S,
         S)`` on the model's scale (unclamped; the first is the noise, the last the sample).
+        ``noise`` ``(N * K, 1, S, S)`` (rows scene-major): the starting noise, instead of a
+        draw from ``generator``.
         """
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -271,7 +277,9 @@ class GoalPredictor:
 
         start = time.perf_counter()
         with self._sampler(method), self.precision.autocast():
-            out = self.model.sample(rows, steps, generator, network=counter, record=record)
+            out = self.model.sample(
+                rows, steps, generator, network=counter, record=record, noise=noise
+            )
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         if cost is not None:

@@ -39,7 +39,6 @@ radius in pixels, 8-connected, between the centroid pixels of the robot and goal
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -503,16 +502,19 @@ class PushField:
             np.floor(turns).astype(int) % self.yaw_steps,
             np.ceil(turns).astype(int) % self.yaw_steps,
         )
-        out = np.full(len(poses), np.inf)
-        best = np.zeros((len(poses), 3), dtype=int)
-        for k, dr, dc in itertools.product(yaws, (-1, 0, 1), (-1, 0, 1)):
-            r, c = rc[:, 0] + dr, rc[:, 1] + dc
-            ok = (r >= 0) & (r < self.shape[0]) & (c >= 0) & (c < self.shape[1])
-            vals = np.full(len(poses), np.inf)
-            vals[ok] = self.dist[k[ok], r[ok], c[ok]]
-            better = vals < out
-            out[better] = vals[better]
-            best[better] = np.stack([k, r, c], 1)[better]
+        # the 2 yaws x 3 x 3 cells, yaw outermost: argmin keeps the first of equal distances
+        dr, dc = (v.ravel() for v in np.mgrid[-1:2, -1:2])
+        k = np.repeat(np.stack(yaws), 9, axis=0)  # (18, K)
+        r = rc[None, :, 0] + np.tile(dr, 2)[:, None]
+        c = rc[None, :, 1] + np.tile(dc, 2)[:, None]
+        ok = (r >= 0) & (r < self.shape[0]) & (c >= 0) & (c < self.shape[1])
+        vals = np.full(k.shape, np.inf)
+        vals[ok] = self.dist[k[ok], r[ok], c[ok]]
+        pick = np.argmin(vals, axis=0)
+        cols = np.arange(len(poses))
+        out = vals[pick, cols]
+        best = np.stack([k[pick, cols], r[pick, cols], c[pick, cols]], 1)
+        best[~np.isfinite(out)] = 0
         return out, best
 
     def path(self, pose: np.ndarray) -> np.ndarray | None:

@@ -112,16 +112,23 @@ class GenerativeModel(nn.Module):
         generator: torch.Generator | None = None,
         network: nn.Module | None = None,
         record: Record | None = None,
+        noise: Tensor | None = None,
     ) -> Tensor:
         """Goal masks for each context row: (B, 1, S, S), values in [-1, 1] (clamped).
 
         ``network`` overrides the weights used (e.g. the EMA copy). To draw K samples per
         scene in one batched call, repeat the context rows (``context.repeat_interleave(K, 0)``).
         ``record`` receives the sampler's ``steps + 1`` states, unclamped (see
-        :mod:`goalgen.model.samplers`).
+        :mod:`goalgen.model.samplers`). ``noise`` (B, 1, S, S): the starting noise, instead
+        of a draw from ``generator``.
         """
         b, _, s, _ = context.shape
-        x_init = torch.randn((b, 1, s, s), generator=generator, device=context.device)
+        if noise is not None:
+            if noise.shape != (b, 1, s, s):
+                raise ValueError(f"noise of shape {tuple(noise.shape)}; expected {(b, 1, s, s)}")
+            x_init = noise.to(context.device, torch.float32)
+        else:
+            x_init = torch.randn((b, 1, s, s), generator=generator, device=context.device)
 
         def model_fn(x: Tensor, t: Tensor) -> Tensor:  # the raw output: samplers convert it
             return self.predict(x, t, context, network).float()

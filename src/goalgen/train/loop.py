@@ -142,7 +142,8 @@ class Trainer:
     def _start_source(self) -> tuple[str, dict[str, Any], bool] | None:
         """``(path, state, weights_only)`` to start from, or None (fresh weights). A run with
         a checkpoint of its own resumes it (a requeue of a fine-tuning run too); otherwise
-        ``run_path`` gives the weights (model and EMA) of another run's best checkpoint."""
+        ``run_path`` gives the weights (model and EMA) of another run's best checkpoint (or a
+        weights file's EMA weights)."""
         cfg = self.cfg
         if cfg.ckpt_path is not None and cfg.run_path is not None:
             raise ValueError(
@@ -172,7 +173,8 @@ class Trainer:
         if decision is None:
             return
         path, weights_only = decision
-        state = source[1] if source else ckpt.load_checkpoint(path)
+        load = ckpt.load_inference if weights_only else ckpt.load_checkpoint
+        state = source[1] if source else load(path)
         try:
             self.learner.load_state_dict(state, path, weights_only)
         except ckpt.CheckpointError as exc:

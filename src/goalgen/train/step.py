@@ -20,6 +20,7 @@ from goalgen.checkpoint import load_network, network_state
 from goalgen.data.dataset import collate_batch
 from goalgen.model.build import build_model
 from goalgen.precision import resolve_precision, use_tf32
+from goalgen.train.distill import Teacher, distill_times
 from goalgen.train.distributed import DistContext
 from goalgen.train.state import lr_factor, make_ema, per_sample_noise
 
@@ -133,6 +134,19 @@ class Learner:
             betas=tuple(cfg.optim.betas),
             weight_decay=cfg.optim.weight_decay,
         )
+        self.teacher: Teacher | None = None
+        distill = cfg.get("distill") or {}
+        if distill.get("teacher") is not None:
+            self.teacher = Teacher(
+                str(distill.teacher),
+                distill.steps,
+                distill.method,
+                ctx.device,
+                tc.precision,
+                self.model.family,
+                cfg.image_size,
+            )
+            use_tf32(ctx.device, tc.get("tf32", True))  # the predictor turned TF32 on
         warmup, decay = cfg.optim.warmup_steps, cfg.optim.decay_steps
         decay = max(0, total_steps - warmup) if decay is None else decay  # 0: no decay
         end_ratio = cfg.optim.end_lr / self.lr if self.lr > 0 else 0.0
@@ -160,10 +174,12 @@ class Learner:
             noise, t = per_sample_noise(
                 self.model.path, x_1.shape[1:], batch["index"], self.cfg.seed, epoch
             )
+        noise, t = noise.to(device, non_blocking=True), t.to(device, non_blocking=True)
+        if self.teacher is not None:  # reflow: the teacher's sample from this noise
+            x_1 = self.teacher.targets(context, noise)
+            t = distill_times(t, self.cfg.distill.t_zero, self.model.path.t_max)
         with self.precision.autocast():
-            losses = self.train_model(
-                context, x_1, noise.to(device, non_blocking=True), t.to(device, non_blocking=True)
-            )
+            losses = self.train_model(context, x_1, noise, t)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
         self.scaler.unscale_(self.optimizer)
@@ -205,7 +221,8 @@ class Learner:
     def load_state_dict(self, state: dict[str, Any], path: str, weights_only: bool = False) -> None:
         """Restore :meth:`state_dict` from checkpoint ``state`` (read from ``path``);
         ``weights_only``: model and EMA weights only (fine-tuning: fresh optimizer and LR)."""
-        load_network(self.model.network, state, "model", path)
+        # a weights file (goalgen-export) holds the EMA weights only: fine-tune from those
+        load_network(self.model.network, state, "model" if "model" in state else "ema", path)
         load_network(self.ema.module.network, state, "ema", path)
         self.ema.n_averaged.fill_(state.get("ema_n_averaged", 1))
         if weights_only:
