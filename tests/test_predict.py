@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from goalgen import checkpoint as ckpt
 from goalgen.data.synthetic import save_npz
 from goalgen.eval import predict as predict_mod
 from goalgen.eval.predict import main
@@ -63,6 +64,22 @@ def test_sampling_runs_in_the_chosen_precision(run_dir, precision):
     assert out.dtype is torch.float32 and out.shape == (1, 2, 1, 16, 16)
     assert dtypes == {torch.bfloat16 if precision else torch.float32}
     assert predictor.precision.name == (precision or "32")
+
+
+def test_a_weights_file_may_name_its_cpu_precision(run_dir, tmp_path):
+    """``goalgen-export --cpu-precision bf16-mixed``: the file samples in bf16 on a CPU unless
+    the caller names a precision; a file without it stays fp32."""
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    fast = ckpt.export_weights(state, tmp_path / "fast.pt", cpu_precision="bf16-mixed")
+    plain = ckpt.export_weights(state, tmp_path / "plain.pt")
+    for asked in (None, "auto"):
+        assert GoalPredictor.from_run(fast, device="cpu", precision=asked).precision.name == (
+            "bf16-mixed"
+        )
+        assert GoalPredictor.from_run(plain, device="cpu", precision=asked).precision.name == "32"
+    assert GoalPredictor.from_run(fast, device="cpu", precision="32").precision.name == "32"
+    with pytest.raises(ValueError, match="cpu_precision 'fp8'"):
+        ckpt.export_weights(state, tmp_path / "bad.pt", cpu_precision="fp8")
 
 
 # ----------------------------------------------------------------------------- predict

@@ -236,8 +236,8 @@ def _parser() -> OneLineParser:
         "--precision",
         choices=("auto", *PRECISIONS),
         default="auto",
-        help="what sampling runs in (auto: fp32 on a CPU; bf16 autocast on a GPU that has it, "
-        "else fp16)",
+        help="what sampling runs in (auto: on a CPU fp32 unless the weights file says "
+        "otherwise; bf16 autocast on a GPU that has it, else fp16)",
     )
     add(
         "--out",

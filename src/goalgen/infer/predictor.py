@@ -142,8 +142,8 @@ class GoalPredictor:
         precision: str | None = None,
     ):
         self.device = torch.device(device) if device is not None else _default_device()
-        if precision is None and self.device.type == "cpu":  # the weights file's own default
-            precision = config.get("cpu_precision")
+        if precision in (None, "auto") and self.device.type == "cpu":  # the file's default
+            precision = config.get("cpu_precision", precision)
         self.precision = inference_precision(precision, self.device)
         use_tf32(self.device)  # the fp32 parts of sampling on TF32 cores (a GPU-wide setting)
         self.model = model.to(self.device).eval()
