@@ -277,6 +277,15 @@ class SnapLattice:
         self._usable: dict[int, bool] = {}
         self._opens: dict[int, bool] = {}
 
+    @classmethod
+    def of(cls, checker: Checker, size: int, snap: float) -> SnapLattice:
+        """The lattice of ``checker``'s scene for samples at ``size`` px, ``snap`` model cells
+        of reach, around the selected box's current yaw."""
+        scene = checker.scene
+        _, _, w, h, yaw = (float(v) for v in scene.target)
+        _, _, cell = cell_centres(scene.frame, size)
+        return cls(checker, cell, snap, float(np.hypot(w, h)), yaw)
+
     def poses(self, keys: np.ndarray, box: np.ndarray) -> np.ndarray:
         """``(L, 5)`` world boxes of lattice ``keys`` ``(L, 3)`` with ``box``'s size."""
         out = np.empty((len(keys), 5))
@@ -330,15 +339,14 @@ class SnapLattice:
 
     def first_usable(self, keys: np.ndarray, poses: np.ndarray, chunk: int = 256) -> int | None:
         """Index of the first usable trial, ``chunk`` at a time, twice as many each time (a
-        stuck fit's nearest usable pose is near or nowhere); in each, push distances (a
-        look-up) before the collision checks of those with a push."""
+        stuck fit's nearest usable pose is near or nowhere)."""
         start = 0
         while start < len(keys):
-            part = np.arange(start, min(start + chunk, len(keys)))
-            part = part[np.isfinite(self.checker.push_distance(poses[part]))]
-            found = np.flatnonzero(self.usable(keys[part], poses[part]))
+            found = np.flatnonzero(
+                self.usable(keys[start : start + chunk], poses[start : start + chunk])
+            )
             if len(found):
-                return int(part[found[0]])
+                return start + int(found[0])
             start, chunk = start + chunk, 2 * chunk
         return None
 
@@ -356,15 +364,15 @@ def covered_core(boxes: np.ndarray, reach: float, yaw: float) -> np.ndarray:
 def snap_free(
     lattice: SnapLattice, boxes: np.ndarray, batch: int = 32
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each box ``(K, 5)`` moved to the nearest lattice pose (:class:`SnapLattice`) that is
-    collision-free with a push and opens the route -> ``(boxes (K, 5), moved (K,))``,
-    ``moved`` the world distance moved; boxes with no such pose stay as they are (``moved``
-    NaN).
+    """Each box ``(K, 5)``, one that does not work as fitted (it collides or blocks the
+    route), moved to the nearest lattice pose (:class:`SnapLattice`) that is collision-free
+    with a push and opens the route -> ``(boxes (K, 5), moved (K,))``, ``moved`` the world
+    distance moved; boxes with no such pose stay as they are (``moved`` NaN).
 
-    In order: the box itself or else the first pose of the fine lattice that is
-    collision-free with a finite push, if it also opens the route (or no route exists); else
-    the first pose of the coarse lattice that does all three (``batch`` route trials at a
-    time); else that first one.
+    In order: the first pose of the fine lattice that is collision-free with a finite push
+    (the box itself when it is: then it blocks the route), if it also opens the route (or no
+    route exists); else the first pose of the coarse lattice that does all three (``batch``
+    route trials at a time); else that first one.
     Every trial covers :func:`covered_core`, so where that core already blocks the route
     (on the same grid) none opens it: no route search."""
     checker = lattice.checker
@@ -377,11 +385,9 @@ def snap_free(
         solid = np.flatnonzero(~searchable)
         searchable[solid] = checker.opens(core[solid], exact=False)
     as_fitted = lattice.check_usable(boxes)
-    fit_opens = np.zeros(len(boxes), dtype=bool)
-    fit_opens[as_fitted] = checker.opens(boxes[as_fitted], exact=False)
     for i, box in enumerate(boxes):
-        if as_fitted[i]:
-            chosen, opening = box.copy(), fit_opens[i]
+        if as_fitted[i]:  # collision-free with a push, so it blocks the route
+            chosen, opening = box.copy(), False
         else:
             keys, poses = lattice.trials(box)
             first = lattice.first_usable(keys, poses)
@@ -437,7 +443,7 @@ def evaluate_samples(
         stuck = np.flatnonzero(~works & (fit.iou[live] >= min_fit_iou))
         if len(stuck):
             if lattice is None:
-                lattice = SnapLattice(checker, cell, snap, float(np.hypot(w, h)), yaw)
+                lattice = SnapLattice.of(checker, probs.shape[-1], snap)
             t0 = time.perf_counter()
             boxes[stuck], moved[stuck] = snap_free(lattice, boxes[stuck])
             snapping = time.perf_counter() - t0
@@ -619,9 +625,7 @@ def propose(
     else:
         generator.manual_seed(int(seed))
     merge = _merge_distance(prepared, merge_distance)
-    _, _, w, h, yaw = (float(v) for v in prepared.target)
-    _, _, cell = cell_centres(prepared.frame, size)
-    lattice = SnapLattice(checker, cell, snap, float(np.hypot(w, h)), yaw)
+    lattice = SnapLattice.of(checker, size, snap)
     seconds = {"setup": time.perf_counter() - start, "sampling": 0.0, "post": 0.0, "rank": 0.0}
     candidates: list[Proposal] = []
     rejected: dict[int, str] = {}
