@@ -81,6 +81,22 @@ def test_refine_head_starts_at_zero_and_reads_the_input_pixel_by_pixel():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = net(x, t).float()
     assert ((low - reference).norm() / reference.norm()).item() < 0.02
+    # the head's input, assembled channels-last, is the decoded patches next to the input
+    decoded = {}
+    net.refine.register_forward_pre_hook(lambda _, args: decoded.update(features=args[0]))
+    net(x, t)
+    features = decoded["features"]
+    assert features.shape == (2, 16, 32, 32)
+    assert features.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(features[:, 8:], x, rtol=0, atol=0)
+    tokens = net.embed_patches(x) + net.pos_embed
+    c = net.t_embed(t)
+    for block in net.blocks:
+        tokens = block(tokens, c)
+    shift, scale = net.final_ada_ln(c).unsqueeze(1).chunk(2, dim=-1)
+    out = net.final_linear(torch.addcmul(shift, net.final_norm(tokens), 1 + scale))
+    patches = out.view(2, 4, 4, 8, 8, 8)  # (B, grid, grid, p, p, channels)
+    torch.testing.assert_close(features[:, :8, 8:16, 16:24], patches[:, 1, 2].permute(0, 3, 1, 2))
 
 
 def test_dit_patches_are_position_aware():

@@ -404,6 +404,36 @@ def test_the_exact_route_check_finds_a_gap_a_few_mm_wider_than_the_robot(spare):
     assert not exact.opens(np.array([[1.0, 1.2, 0.3, 0.3, 0.0]]))[0]  # on the robot
 
 
+@pytest.mark.parametrize("family", ["maze", "rooms"])
+def test_the_route_checks_local_detour_is_sound_and_decides_many_poses(family):
+    """``ReachGrid.detours`` (a detour around the box inside a window) answers "open" only
+    where the polygon check (shapely, independent) finds a route too, decides a good share
+    of the open poses on its own, and ``opens`` (detours first) equals the region-wide
+    labelling on every pose (on 15 held-out scenes of each family it decides 45 % of the open
+    poses near the box in mazes, 58 % in rooms)."""
+    from goalgen.data.planner_scene import WorldScene
+    from goalgen.data.synthetic import generate_scene
+
+    arrays = generate_scene(np.random.SeedSequence(5, spawn_key=(1,)), 224, family=family)
+    world = WorldScene.from_arrays(arrays, family)
+    others = np.concatenate([world.static, world.others])
+    r = world.robot_radius + CLEARANCE
+    args = (world.frame.bounds, others, world.robot_xy, world.goal_xy, r)
+    grid = verify.ReachGrid(args[0], world.robot_radius / 3, *args[1:])
+    exact = verify.ExactReach(*args)
+    assert grid.base_connected and exact.base_connected
+    rng = np.random.default_rng(2)
+    w, h = world.target[2:4]
+    near = world.target[:2] + rng.normal(0.0, 0.5, (150, 2))
+    boxes = np.column_stack([near, np.full(150, w), np.full(150, h), rng.uniform(0, np.pi, 150)])
+    detour = grid.detours(boxes)
+    everywhere = grid._opens_globally(boxes)
+    assert detour.any() and everywhere.sum() > detour.sum()
+    assert not (detour & ~everywhere).any()
+    assert exact.opens(boxes[detour]).all()
+    np.testing.assert_array_equal(grid.opens(boxes), everywhere)
+
+
 def test_verified_proposals_on_a_maze_file_are_confirmed(tmp_path):
     from goalgen.data.synthetic import generate_scene, save_npz
 

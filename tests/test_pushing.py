@@ -1,11 +1,13 @@
 """Pushing, not pulling: the contact geometry against brute force, and the ground truth's search
 on a hand-built corridor whose only economical goal pose is reached by pulling."""
 
+import heapq
+
 import numpy as np
 import pytest
 
 from goalgen.data import geometry as geo
-from goalgen.data.pushing import contact_distance, turn_spots
+from goalgen.data.pushing import MOVES, contact_distance, pushing_distances, turn_spots
 from goalgen.data.synthetic import feasible
 from goalgen.infer.verify import point_box_distance
 
@@ -141,3 +143,55 @@ def test_a_push_that_needs_the_robot_to_pass_the_box_holds_only_where_it_can():
     assert lattice.pushes_along(node(0.45, 0.0))  # straight through the door
     assert lattice.pushes_along(node(1.2, 0.3))  # on, then a little aside
     assert not np.isfinite(lattice.dist[node(-0.5, 0.0)])  # never pulled back
+
+
+def _reference_pushing_distances(fits, turns, slide_ok, turn_ok, step, turn_cost, limit, source):
+    """The docstring's graph searched by a plain heap Dijkstra, node by node."""
+    r, h, w = fits.shape
+    dist = np.full(fits.shape, np.inf)
+    dist[source] = 0.0
+    heap, done = [(0.0, source)], set()
+    while heap:
+        d, (k, i, j) = heapq.heappop(heap)
+        if (k, i, j) in done:
+            continue
+        done.add((k, i, j))
+        moves = [
+            ((k, i + dr, j + dc), np.hypot(dr, dc) * step, slide_ok[k, m, i, j])
+            for m, (dr, dc) in enumerate(MOVES)
+        ]
+        up, down = (k + 1) % r, (k - 1) % r
+        moves.append(((up, i, j), turn_cost, turn_ok[k, 0, i, j] and turns[k, i, j]))
+        moves.append(((down, i, j), turn_cost, turn_ok[k, 1, i, j] and turns[down, i, j]))
+        for (kk, ii, jj), cost, allowed in moves:
+            if not (allowed and 0 <= ii < h and 0 <= jj < w and fits[k, i, j]):
+                continue
+            if fits[kk, ii, jj] and d + cost <= limit and d + cost < dist[kk, ii, jj]:
+                dist[kk, ii, jj] = d + cost
+                heapq.heappush(heap, (d + cost, (kk, ii, jj)))
+    return dist
+
+
+@pytest.mark.parametrize("limit", [np.inf, 0.25])
+def test_pushing_distances_match_a_plain_dijkstra_and_their_predecessors_chain(limit):
+    """The lattice search (CSR rows built directly, the lattice cropped to what ``limit``
+    reaches) against a heap Dijkstra on the docstring's graph, on random lattices; each
+    predecessor is one allowed move back."""
+    rng = np.random.default_rng(3)
+    for _ in range(6):
+        r, h, w = 6, *rng.integers(6, 16, 2)
+        fits, turns = rng.random((r, h, w)) < 0.8, rng.random((r, h, w)) < 0.7
+        slide_ok, turn_ok = rng.random((r, 8, h, w)) < 0.6, rng.random((r, 2, h, w)) < 0.5
+        source = (0, int(rng.integers(h)), int(rng.integers(w)))
+        fits[source] = True
+        args = (fits, turns, slide_ok, turn_ok, 0.02, 0.03, limit, source)
+        dist, pred = pushing_distances(*args)
+        reference = _reference_pushing_distances(*args)
+        assert np.isfinite(dist).sum() > 10
+        np.testing.assert_allclose(dist, reference, atol=1e-9)
+        for node in zip(*np.nonzero(np.isfinite(dist) & (pred >= 0)), strict=True):
+            back = np.unravel_index(pred[node], fits.shape)
+            step = dist[node] - dist[back]
+            assert step == pytest.approx(0.03) or step == pytest.approx(
+                0.02 * np.hypot(node[1] - back[1], node[2] - back[2])
+            )

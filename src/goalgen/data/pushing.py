@@ -14,7 +14,7 @@ and one lattice step behind it (where it closes in from). Pulling never counts.
 from __future__ import annotations
 
 import numpy as np
-from scipy import sparse
+from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
 CONTACT_GAP = 0.003  # m between the robot's disk and the box it is about to push
@@ -139,26 +139,94 @@ def pushing_distances(
     ``k + 1 -> k`` where ``turn_ok[k + 1, 1]``, both only where ``turns[k]`` (the area swept
     from ``k`` to ``k + 1`` is clear), at ``turn_cost``. Returns distances in m (inf beyond
     ``limit`` or unreachable) and predecessors (flat indices, negative: none) ``(R, H, W)``."""
+    rows, cols = _window(fits, step, limit, source)
+    part = (slice(None), rows, cols)
+    dist_in, pred_in = _lattice_dijkstra(
+        fits[part],
+        turns[part],
+        slide_ok[:, :, rows, cols],
+        turn_ok[:, :, rows, cols],
+        step,
+        turn_cost,
+        limit,
+        (source[0], source[1] - rows.start, source[2] - cols.start),
+    )
+    dist = np.full(fits.shape, np.inf)
+    dist[part] = dist_in
+    pred = np.full(fits.shape, -9999, dtype=pred_in.dtype)  # scipy's "none"
+    has = pred_in >= 0
+    k, r, c = np.unravel_index(pred_in[has], pred_in.shape)
+    pred[part][has] = np.ravel_multi_index((k, r + rows.start, c + cols.start), fits.shape)
+    return dist, pred
+
+
+def _window(
+    fits: np.ndarray, step: float, limit: float, source: tuple[int, int, int]
+) -> tuple[slice, slice]:
+    """The rows and columns a push from ``source`` can reach within ``limit``: a slide moves
+    the centre by its cost and a turn not at all, so only cells within ``limit`` of the
+    source's, in its 8-connected piece of the cells where the box fits at some yaw."""
     _, h, w = fits.shape
-    index = np.arange(fits.size).reshape(fits.shape)
-    heads, tails, costs = [], [], []
+    labels, _ = ndimage.label(fits.any(0), structure=np.ones((3, 3), dtype=bool))
+    mine = labels[source[1:]]
+    keep = labels == mine if mine else np.zeros((h, w), dtype=bool)
+    keep[source[1:]] = True
+    if np.isfinite(limit):
+        r, c = np.ogrid[:h, :w]
+        keep &= np.hypot(r - source[1], c - source[2]) * step <= limit + step
+    rows, cols = np.flatnonzero(keep.any(1)), np.flatnonzero(keep.any(0))
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
+def _lattice_dijkstra(
+    fits: np.ndarray,
+    turns: np.ndarray,
+    slide_ok: np.ndarray,
+    turn_ok: np.ndarray,
+    step: float,
+    turn_cost: float,
+    limit: float,
+    source: tuple[int, int, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`pushing_distances` on the whole lattice given."""
+    r, h, w = fits.shape
+    plane = h * w
+    # The CSR rows directly (no COO sort over millions of edges). Each row lists its targets in
+    # ascending order, as a sorted COO conversion leaves them (Dijkstra's ties fall the same
+    # way): the edge slots of a pose at yaw k, by target, are the turn to k - 1, the slides by
+    # row then column, the turn to k + 1, but for the wrap-around at the first and last yaw.
+    shift = np.array(
+        [
+            [dr * w + dc for dr, dc in MOVES]
+            + [((k + 1) % r - k) * plane, ((k - 1) % r - k) * plane]
+            for k in range(r)
+        ]
+    )
+    order = np.argsort(shift, axis=1, kind="stable")  # (R, slots): move of each slot
+    usual = order[r // 2]
+    slot = np.argsort(usual)  # slot of each move in the usual order
+    ok = np.zeros((*fits.shape, len(usual)), dtype=bool)
     for m, (dr, dc) in enumerate(MOVES):
         a = (slice(None), slice(max(0, -dr), h - max(0, dr)), slice(max(0, -dc), w - max(0, dc)))
         b = (slice(None), slice(max(0, dr), h - max(0, -dr)), slice(max(0, dc), w - max(0, -dc)))
-        ok = fits[a] & fits[b] & slide_ok[:, m][a]
-        heads.append(index[a][ok])
-        tails.append(index[b][ok])
-        costs.append(np.full(ok.sum(), np.hypot(dr, dc) * step))
+        ok[(*a, slot[m])] = fits[a] & fits[b] & slide_ok[:, m][a]
     turnable = fits & np.roll(fits, -1, axis=0) & turns  # k <-> k + 1 (cyclic)
-    up, down = turnable & turn_ok[:, 0], turnable & np.roll(turn_ok[:, 1], -1, axis=0)
-    after = np.roll(index, -1, axis=0)
-    heads += [index[up], after[down]]
-    tails += [after[up], index[down]]
-    costs += [np.full(up.sum(), turn_cost), np.full(down.sum(), turn_cost)]
+    ok[..., slot[-2]] = turnable & turn_ok[:, 0]
+    ok[..., slot[-1]] = np.roll(turnable & np.roll(turn_ok[:, 1], -1, axis=0), 1, axis=0)
+    for k in np.flatnonzero((order != usual).any(1)):
+        ok[k] = ok[k][..., slot[order[k]]]
+    rows, slots = np.nonzero(ok.reshape(-1, len(usual)))
+    at = rows // plane * len(usual) + slots
+    costs = np.array([np.hypot(dr, dc) * step for dr, dc in MOVES] + [turn_cost] * 2)
     graph = sparse.csr_matrix(
-        (np.concatenate(costs), (np.concatenate(heads), np.concatenate(tails))),
+        (
+            costs[order].ravel()[at],
+            (rows + np.take_along_axis(shift, order, axis=1).ravel()[at]).astype(np.int32),
+            np.concatenate([[0], np.cumsum(ok.sum(-1).ravel())]),
+        ),
         shape=(fits.size, fits.size),
     )
+    index = np.arange(fits.size).reshape(fits.shape)
     dist, pred = csgraph.dijkstra(
         graph, directed=True, indices=int(index[source]), limit=limit, return_predecessors=True
     )

@@ -50,7 +50,9 @@ from goalgen.data.pushing import TURN_LEVER, pushable_moves, pushing_distances
 from goalgen.data.synthetic.feasible import TURN_SAMPLES, push_distances
 
 ARC_SEGMENTS = 16  # polygon edges per quarter circle of a grown obstacle (ExactReach)
+DETOUR_MARGIN = 3  # cells around those a placed box blocks where ReachGrid.detours looks
 YAW_STEPS = 12  # yaws over the box's symmetry period in the push field
+FFT_WORKERS = 2  # threads of the push field's FFTs (a planner's 2 cores)
 _TURN_FRACTIONS = np.linspace(0.0, 1.0, TURN_SAMPLES)  # footprints swept by one yaw step
 _PLANE4 = np.zeros((3, 3, 3), dtype=bool)
 _PLANE4[1] = ndimage.generate_binary_structure(2, 1)
@@ -288,11 +290,66 @@ class ReachGrid:
         return test
 
     def opens(self, boxes: np.ndarray) -> np.ndarray:
-        """``(K,)`` bool: is there a route with the selected box placed at each of ``boxes``?"""
+        """``(K,)`` bool: is there a route with the selected box placed at each of ``boxes``?
+        Boxes with a detour around them (:meth:`detours`) do; the rest are labelled over the
+        whole region."""
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 5)
+        if not self.base_connected or len(boxes) == 0:
+            return np.zeros(len(boxes), dtype=bool)
+        out = self.detours(boxes)
+        out[~out] = self._opens_globally(boxes[~out])
+        return out
+
+    def detours(self, boxes: np.ndarray) -> np.ndarray:
+        """``(K,)`` bool, a sufficient test of :meth:`opens` that looks only near each box: in
+        the region's cells of a window around it (``DETOUR_MARGIN`` cells beyond those it
+        blocks), less those it blocks, every cell on the window's edge connects to every other
+        one, and no cell the start or goal joins lies in the window. A route then crosses the
+        window from edge to edge and has a detour inside it. False: not known."""
+        (rs, cs), (h, w) = self.crop, self.region.shape
         k = len(boxes)
-        if not self.base_connected or k == 0:
-            return np.zeros(k, dtype=bool)
+        diagonal = np.hypot(boxes[:, 2], boxes[:, 3]) / 2
+        half = int(np.ceil((diagonal.max() + self.radius) / self.cell)) + 1 + DETOUR_MARGIN
+        size = 2 * half + 1
+        centre = np.floor((boxes[:, [1, 0]] - (self.y0, self.x0)) / self.cell).astype(int)
+        rows = centre[:, 0, None] + np.arange(-half, half + 1)  # (K, size) grid rows
+        cols = centre[:, 1, None] + np.arange(-half, half + 1)
+        inside_r = (rows >= rs.start) & (rows < rs.start + h)
+        inside_c = (cols >= cs.start) & (cols < cs.start + w)
+        rr = np.clip(rows - rs.start, 0, max(h - 1, 0))
+        cc = np.clip(cols - cs.start, 0, max(w - 1, 0))
+        free = (
+            self.region[rr[:, :, None], cc[:, None, :]]
+            if h and w
+            else np.zeros((k, size, size), bool)
+        )
+        free &= inside_r[:, :, None] & inside_c[:, None, :]
+        # the cells the box blocks: centres within radius + half a cell of it (as _clear_of)
+        xy = self.centres(rows[:, :, None], cols[:, None, :])  # (K, size, size, 2)
+        d = xy - boxes[:, None, None, :2]
+        c, s = np.cos(boxes[:, 4])[:, None, None], np.sin(boxes[:, 4])[:, None, None]
+        u = np.abs(d[..., 0] * c + d[..., 1] * s) - boxes[:, 2, None, None] / 2
+        v = np.abs(d[..., 1] * c - d[..., 0] * s) - boxes[:, 3, None, None] / 2
+        free &= np.hypot(np.maximum(u, 0), np.maximum(v, 0)) >= self.radius + self.cell / 2
+        labels, _ = ndimage.label(free, structure=_PLANE4)
+        edge = np.concatenate(
+            [labels[:, 0], labels[:, -1], labels[:, 1:-1, 0], labels[:, 1:-1, -1]], axis=1
+        )
+        on = edge > 0
+        low = np.where(on, edge, np.iinfo(edge.dtype).max).min(1)
+        one = on.any(1) & (low == np.where(on, edge, 0).max(1))
+        for ends in (self.start, self.goal):  # outside the window, none blocked (as globally)
+            er, ec = ends[:, 0].astype(int), ends[:, 1].astype(int)
+            near_r = np.abs(er[None, :] - centre[:, 0, None]) <= half
+            near_c = np.abs(ec[None, :] - centre[:, 1, None]) <= half
+            clear = point_box_distance(self.centres(er, ec), boxes).T - ends[:, 2][None, :]
+            one &= ~(near_r & near_c).any(1) & (clear >= self.end_radius).all(1)
+        return one
+
+    def _opens_globally(self, boxes: np.ndarray) -> np.ndarray:
+        k = len(boxes)
+        if k == 0:
+            return np.zeros(0, dtype=bool)
         (rs, cs), (h, w) = self.crop, self.region.shape
         stack = np.repeat(self.region[None], k, axis=0)
         for i, box in enumerate(boxes):  # windows of ~(box + 2 radius)^2 cells each
@@ -440,27 +497,29 @@ class PushField:
         reach = int(np.ceil(np.hypot(w, h) / 2 / cell)) + 1
         dx, dy = offset(*np.mgrid[-reach : reach + 1, -reach : reach + 1])
         padded = np.pad(occupied.astype(np.float32), reach, constant_values=1.0)
-        spectrum = fft.rfft2(padded)
-
-        def clear(kernel: np.ndarray, spectrum: np.ndarray = spectrum) -> np.ndarray:
-            """``(H, W)`` bool: ``kernel`` centred on each cell touches no occupied cell."""
-            spec = fft.rfft2(kernel[::-1, ::-1].astype(np.float32), padded.shape)
-            hits = fft.irfft2(spectrum * spec, padded.shape)
-            # full correlation: entry [i + 2 reach, j + 2 reach] is the kernel centred on (i, j)
-            return hits[2 * reach :, 2 * reach :][: self.shape[0], : self.shape[1]] < 0.5
+        # the FFT's size: at least the padded grid (the entries kept never wrap), a fast one
+        size = tuple(fft.next_fast_len(n, real=True) for n in padded.shape)
 
         def kernel(yaw: float) -> np.ndarray:
             c, s = np.cos(yaw), np.sin(yaw)
             return (np.abs(dx * c + dy * s) <= w / 2) & (np.abs(dy * c - dx * s) <= h / 2)
 
+        def clear(grid: np.ndarray, kernels: np.ndarray) -> np.ndarray:
+            """``(n, H, W)`` bool: ``kernels[i]`` centred on each cell touches no cell set in
+            ``grid`` (padded), for all kernels in one batched FFT."""
+            grid = fft.rfft2(grid, size, workers=FFT_WORKERS)
+            hits = fft.irfft2(grid * kernels, size, workers=FFT_WORKERS)
+            # full correlation: entry [i + 2 reach, j + 2 reach] is the kernel centred on (i, j)
+            window = (slice(2 * reach, 2 * reach + self.shape[0]), slice(2 * reach, None))
+            return hits[(slice(None), *window)][..., : self.shape[1]] < 0.5
+
         yaws = self.yaw0 + np.arange(yaw_steps) * self.yaw_step
-        fits = np.array([clear(kernel(yaw)) for yaw in yaws])
-        turns = np.array(
-            [
-                clear(np.any([kernel(yaw + f * self.yaw_step) for f in _TURN_FRACTIONS], 0))
-                for yaw in yaws
-            ]
-        )
+        swept = [
+            np.any([kernel(yaw + f * self.yaw_step) for f in _TURN_FRACTIONS], 0) for yaw in yaws
+        ]
+        footprints = np.array([kernel(yaw) for yaw in yaws] + swept, dtype=np.float32)
+        spectra = fft.rfft2(footprints[:, ::-1, ::-1], size, workers=FFT_WORKERS)
+        fits, turns = np.split(clear(padded, spectra), 2)
         start = np.clip(
             np.rint(to_cell(np.asarray(box[:2]))).astype(int), 0, np.array(self.shape) - 1
         )
@@ -478,8 +537,7 @@ class PushField:
         )
         left = None
         if pusher_after is not None:  # poses where the box has left the cells it covered
-            away = fft.rfft2(np.pad(vacated.astype(np.float32), reach))
-            left = np.array([clear(kernel(yaw), away) for yaw in yaws])
+            left = clear(np.pad(vacated.astype(np.float32), reach), spectra[:yaw_steps])
         slide_ok, turn_ok = pushable_moves(
             yaws, (w, h), basis, contact, pusher, lever, pusher_after, left
         )
