@@ -249,6 +249,35 @@ class ProposalSet:
 _KEY_BASE = np.array([1, 2**21, 2**42], dtype=np.int64)
 
 
+class _Memo:
+    """A pure check of lattice poses, each pose checked once: its keys sorted, and verdicts."""
+
+    def __init__(self) -> None:
+        self.keys = np.empty(0, dtype=np.int64)
+        self.values = np.empty(0, dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __call__(self, names: np.ndarray, poses: np.ndarray, check) -> np.ndarray:
+        """``(L,)`` verdicts of poses ``(L, 5)`` named ``names`` ``(L,)`` int64; ``check``
+        runs once on the unknown ones (each once)."""
+        out = np.zeros(len(names), dtype=bool)
+        at = np.searchsorted(self.keys, names)
+        known = at < len(self.keys)
+        known[known] = self.keys[at[known]] == names[known]
+        out[known] = self.values[at[known]]
+        todo = np.flatnonzero(~known)
+        if len(todo):
+            new, first, back = np.unique(names[todo], return_index=True, return_inverse=True)
+            values = np.asarray(check(poses[todo[first]]), dtype=bool)
+            out[todo] = values[back]
+            keys = np.concatenate([self.keys, new])
+            order = np.argsort(keys, kind="stable")
+            self.keys, self.values = keys[order], np.concatenate([self.values, values])[order]
+        return out
+
+
 class SnapLattice:
     """The poses a stuck fit may snap to, and their checks, memoised over one call.
 
@@ -274,8 +303,7 @@ class SnapLattice:
         self.coarse_every = np.array(
             [round(ROUTE_SNAP_STEP / SNAP_STEP)] * 2 + [round(ROUTE_SNAP_YAW_STEP / SNAP_YAW_STEP)]
         )
-        self._usable: dict[int, bool] = {}
-        self._opens: dict[int, bool] = {}
+        self._usable, self._opens = _Memo(), _Memo()
 
     @classmethod
     def of(cls, checker: Checker, size: int, snap: float) -> SnapLattice:
@@ -286,39 +314,41 @@ class SnapLattice:
         _, _, cell = cell_centres(scene.frame, size)
         return cls(checker, cell, snap, float(np.hypot(w, h)), yaw)
 
-    def poses(self, keys: np.ndarray, box: np.ndarray) -> np.ndarray:
-        """``(L, 5)`` world boxes of lattice ``keys`` ``(L, 3)`` with ``box``'s size."""
-        out = np.empty((len(keys), 5))
-        out[:, :2] = keys[:, :2] * self.step
-        out[:, 2:4] = box[2:4]
-        out[:, 4] = self.yaw0 + keys[:, 2] * self.yaw_step
+    def poses(self, keys: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """``(..., 5)`` world boxes of lattice ``keys`` ``(..., 3)`` with the sizes of
+        ``boxes`` ``(..., 5)`` (broadcast)."""
+        out = np.empty((*keys.shape[:-1], 5))
+        out[..., :2] = keys[..., :2] * self.step
+        out[..., 2:4] = boxes[..., 2:4]
+        out[..., 4] = self.yaw0 + keys[..., 2] * self.yaw_step
         return out
+
+    def trials_of(
+        self, boxes: np.ndarray, coarse: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Lattice keys ``(K, L, 3)`` and boxes ``(K, L, 5)`` fits ``boxes`` ``(K, 5)`` may
+        snap to, nearest first (ties in a fixed order), and ``(K, L)`` which are within reach
+        (those come first in each row)."""
+        steps = [boxes[:, 0] / self.step, boxes[:, 1] / self.step]
+        anchor = np.round(np.stack([*steps, (boxes[:, 4] - self.yaw0) / self.yaw_step], -1))
+        keys = anchor.astype(np.int64)[:, None] + self.around[None]
+        poses = self.poses(keys, boxes[:, None])
+        dxy = np.hypot(poses[..., 0] - boxes[:, 0, None], poses[..., 1] - boxes[:, 1, None])
+        dyaw = np.abs(poses[..., 4] - boxes[:, 4, None])
+        valid = (dxy <= self.reach + 1e-12) & (dyaw <= np.radians(SNAP_YAW) + 1e-12)
+        if coarse:
+            valid &= (keys % self.coarse_every == 0).all(-1)
+        cost = np.where(valid, dxy + self.diagonal / 2 * dyaw, np.inf)
+        order = np.argsort(cost, axis=1, kind="stable")[:, : valid.sum(1).max(initial=0)]
+        rows = np.arange(len(boxes))[:, None]
+        keys = keys[rows, order]
+        return keys, self.poses(keys, boxes[:, None]), valid[rows, order]
 
     def trials(self, box: np.ndarray, coarse: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Lattice keys ``(L, 3)`` and boxes ``(L, 5)`` a fit ``box`` ``(5,)`` may snap to,
         nearest first (ties in a fixed order)."""
-        anchor = np.round(
-            [box[0] / self.step, box[1] / self.step, (box[4] - self.yaw0) / self.yaw_step]
-        )
-        keys = anchor.astype(np.int64) + self.around
-        if coarse:
-            keys = keys[(keys % self.coarse_every == 0).all(1)]
-        poses = self.poses(keys, box)
-        dxy = np.hypot(poses[:, 0] - box[0], poses[:, 1] - box[1])
-        dyaw = np.abs(poses[:, 4] - box[4])
-        keep = (dxy <= self.reach + 1e-12) & (dyaw <= np.radians(SNAP_YAW) + 1e-12)
-        keys, poses = keys[keep], poses[keep]
-        order = np.argsort(dxy[keep] + self.diagonal / 2 * dyaw[keep], kind="stable")
-        return keys[order], poses[order]
-
-    def _memo(self, memo: dict, keys: np.ndarray, poses: np.ndarray, check) -> np.ndarray:
-        names = (keys @ _KEY_BASE).tolist()  # one int per pose (|steps| < 2**20 on each axis)
-        out = np.array([memo.get(k, False) for k in names], dtype=bool)
-        todo = [i for i, k in enumerate(names) if k not in memo]
-        if todo:
-            out[todo] = check(poses[todo])
-            memo.update(zip((names[i] for i in todo), out[todo].tolist(), strict=True))
-        return out
+        keys, poses, valid = self.trials_of(np.asarray(box, dtype=np.float64)[None], coarse)
+        return keys[0][valid[0]], poses[0][valid[0]]
 
     def check_usable(self, boxes: np.ndarray) -> np.ndarray:
         """``(K,)``: boxes ``(K, 5)`` with a finite push and no collision (the cheap check
@@ -329,26 +359,44 @@ class SnapLattice:
 
     def usable(self, keys: np.ndarray, poses: np.ndarray) -> np.ndarray:
         """``(L,)``: :meth:`check_usable` of lattice poses, memoised."""
-        return self._memo(self._usable, keys, poses, self.check_usable)
+        return self._usable(keys @ _KEY_BASE, poses, self.check_usable)
 
     def opens(self, keys: np.ndarray, poses: np.ndarray) -> np.ndarray:
         """``(L,)``: the route is open on the grid (:meth:`Checker.opens`, ``exact=False``)."""
-        return self._memo(
-            self._opens, keys, poses, lambda boxes: self.checker.opens(boxes, exact=False)
+        return self._opens(
+            keys @ _KEY_BASE, poses, lambda boxes: self.checker.opens(boxes, exact=False)
         )
 
-    def first_usable(self, keys: np.ndarray, poses: np.ndarray, chunk: int = 256) -> int | None:
-        """Index of the first usable trial, ``chunk`` at a time, twice as many each time (a
-        stuck fit's nearest usable pose is near or nowhere)."""
+    @staticmethod
+    def first(
+        check,
+        keys: np.ndarray,
+        poses: np.ndarray,
+        valid: np.ndarray,
+        chunk: int = 256,
+        grow: int = 2,
+    ) -> np.ndarray:
+        """``(K,)`` the index of each row's first trial (of ``keys`` ``(K, L, 3)``, ``poses``
+        ``(K, L, 5)``, ``valid`` ``(K, L)``, valid ones first in each row) that passes
+        ``check`` (:meth:`usable` or :meth:`opens`), -1 if none: ``chunk`` columns at a time,
+        ``grow`` times as many each time (a stuck fit's nearest usable pose is near or
+        nowhere), every row's in one call."""
+        found = np.full(len(keys), -1)
         start = 0
-        while start < len(keys):
-            found = np.flatnonzero(
-                self.usable(keys[start : start + chunk], poses[start : start + chunk])
+        while start < keys.shape[1]:
+            rows = np.flatnonzero((found < 0) & valid[:, start : start + 1].any(1))
+            if not len(rows):
+                break
+            part = np.zeros((len(rows), min(chunk, keys.shape[1] - start)), dtype=bool)
+            live = valid[rows, start : start + part.shape[1]]
+            part[live] = check(
+                keys[rows, start : start + part.shape[1]][live],
+                poses[rows, start : start + part.shape[1]][live],
             )
-            if len(found):
-                return start + int(found[0])
-            start, chunk = start + chunk, 2 * chunk
-        return None
+            hit = part.any(1)
+            found[rows[hit]] = start + part[hit].argmax(1)
+            start, chunk = start + part.shape[1], grow * chunk
+        return found
 
 
 def covered_core(boxes: np.ndarray, reach: float, yaw: float) -> np.ndarray:
@@ -372,39 +420,49 @@ def snap_free(
     In order: the first pose of the fine lattice that is collision-free with a finite push
     (the box itself when it is: then it blocks the route), if it also opens the route (or no
     route exists); else the first pose of the coarse lattice that does all three (``batch``
-    route trials at a time); else that first one.
+    route trials at a time); else that first one. All boxes search together, so a draw's
+    near-identical fits share their checks.
     Every trial covers :func:`covered_core`, so where that core already blocks the route
     (on the same grid) none opens it: no route search."""
     checker = lattice.checker
     boxes = np.array(boxes, dtype=np.float64).reshape(-1, 5)
-    moved = np.full(len(boxes), np.nan)
-    searchable = np.zeros(len(boxes), dtype=bool)
-    if checker.route_exists and len(boxes):
+    k = len(boxes)
+    moved = np.full(k, np.nan)
+    if k == 0:
+        return boxes, moved
+    searchable = np.zeros(k, dtype=bool)
+    if checker.route_exists:
         core = covered_core(boxes, lattice.reach, np.radians(SNAP_YAW))
         searchable = (core[:, 2:4] <= 0).any(1)
         solid = np.flatnonzero(~searchable)
         searchable[solid] = checker.opens(core[solid], exact=False)
-    as_fitted = lattice.check_usable(boxes)
-    for i, box in enumerate(boxes):
-        if as_fitted[i]:  # collision-free with a push, so it blocks the route
-            chosen, opening = box.copy(), False
-        else:
-            keys, poses = lattice.trials(box)
-            first = lattice.first_usable(keys, poses)
-            chosen = None if first is None else poses[first]
-            opening = first is not None and lattice.opens(keys[first : first + 1], chosen[None])[0]
-        if searchable[i] and not opening:
-            keys, poses = lattice.trials(box, coarse=True)
-            free = np.flatnonzero(lattice.usable(keys, poses))
-            for start in range(0, len(free), batch):
-                part = free[start : start + batch]
-                opening = lattice.opens(keys[part], poses[part])
-                if opening.any():
-                    chosen = poses[part[int(np.argmax(opening))]]
-                    break
-        if chosen is not None:
-            moved[i] = float(np.hypot(chosen[0] - box[0], chosen[1] - box[1]))
-            boxes[i] = chosen
+    chosen = np.full((k, 5), np.nan)
+    opening = np.zeros(k, dtype=bool)
+    as_fitted = lattice.check_usable(boxes)  # collision-free with a push: it blocks the route
+    chosen[as_fitted] = boxes[as_fitted]
+    stuck = np.flatnonzero(~as_fitted)
+    if len(stuck):
+        keys, poses, valid = lattice.trials_of(boxes[stuck])
+        first = lattice.first(lattice.usable, keys, poses, valid)
+        hit = np.flatnonzero(first >= 0)
+        rows = stuck[hit]
+        chosen[rows] = poses[hit, first[hit]]
+        opening[rows] = lattice.opens(keys[hit, first[hit]], chosen[rows])
+    search = np.flatnonzero(searchable & ~opening)
+    if len(search):
+        keys, poses, valid = lattice.trials_of(boxes[search], coarse=True)
+        valid[valid] = lattice.usable(keys[valid], poses[valid])
+        # each row's usable trials first, in order, then its route search batch by batch
+        order = np.argsort(~valid, axis=1, kind="stable")
+        keys = np.take_along_axis(keys, order[..., None], 1)
+        poses = np.take_along_axis(poses, order[..., None], 1)
+        valid = np.take_along_axis(valid, order, 1)
+        first = lattice.first(lattice.opens, keys, poses, valid, chunk=batch, grow=1)
+        hit = np.flatnonzero(first >= 0)
+        chosen[search[hit]] = poses[hit, first[hit]]
+    done = np.flatnonzero(np.isfinite(chosen[:, 0]))
+    moved[done] = np.hypot(*(chosen[done, :2] - boxes[done, :2]).T)
+    boxes[done] = chosen[done]
     return boxes, moved
 
 

@@ -79,24 +79,31 @@ def boxes_overlap(a: np.ndarray, b: np.ndarray, margin: float = 0.0) -> np.ndarr
 
     On a unit axis ``n`` a box of centre ``c``, half sizes ``(hw, hh)`` and edge normals
     ``(u, v)`` spans ``c.n +- (hw |u.n| + hh |v.n|)``, so the gap between two boxes on ``n`` is
-    ``|(c_b - c_a).n|`` less both spans' half lengths: no corners needed."""
+    ``|(c_b - c_a).n|`` less both spans' half lengths: no corners needed. Only pairs whose
+    centres are close enough for both of ``a``'s axes to overlap are tested."""
     a, b = np.asarray(a, float).reshape(-1, 5), np.asarray(b, float).reshape(-1, 5)
+    out = np.zeros((len(a), len(b)), dtype=bool)
     if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)), dtype=bool)
-    na, nb = _normals(a), _normals(b)  # (K, 2, 2), (B, 2, 2): rows are the axes
+        return out
+    # on a's axes the gaps are below max(margin, 0) only if |d.u| < hw_a + r_b + m and
+    # |d.v| < hh_a + r_b + m (r_b: b's half diagonal bounds its span on any axis)
+    m = max(margin, 0.0)
+    r_b = np.hypot(b[:, 2], b[:, 3])[None] / 2
+    bound = (a[:, 2:3] / 2 + r_b + m) ** 2 + (a[:, 3:4] / 2 + r_b + m) ** 2
+    d2 = ((b[None, :, :2] - a[:, None, :2]) ** 2).sum(-1)
+    i, j = np.nonzero(d2 <= bound * (1 + 1e-9) + 1e-12)
+    if len(i) == 0:
+        return out
+    a, b = a[i], b[j]
+    na, nb = _normals(a), _normals(b)  # (P, 2, 2): rows are the axes
     ha, hb = a[:, 2:4] / 2, b[:, 2:4] / 2  # half sizes along each box's own axes
-    cos = np.abs(np.einsum("kic,bjc->kbij", na, nb))  # (K, B, 2, 2): |a axis i . b axis j|
-    d = b[None, :, :2] - a[:, None, :2]  # (K, B, 2)
-    on_a = (
-        np.abs(np.einsum("kbc,kic->kbi", d, na))
-        - ha[:, None]
-        - (cos * hb[None, :, None, :]).sum(-1)
-    )
-    on_b = (
-        np.abs(np.einsum("kbc,bjc->kbj", d, nb)) - hb[None] - (cos * ha[:, None, :, None]).sum(-2)
-    )
-    gap = np.concatenate([on_a, on_b], -1)  # (K, B, 4)
-    return (gap < margin).all(-1) if margin > 0 else (gap <= 0).all(-1)
+    cos = np.abs(np.einsum("pic,pjc->pij", na, nb))  # (P, 2, 2): |a axis i . b axis j|
+    d = b[:, :2] - a[:, :2]  # (P, 2)
+    on_a = np.abs(np.einsum("pc,pic->pi", d, na)) - ha - (cos * hb[:, None, :]).sum(-1)
+    on_b = np.abs(np.einsum("pc,pjc->pj", d, nb)) - hb - (cos * ha[:, :, None]).sum(-2)
+    gap = np.concatenate([on_a, on_b], -1)  # (P, 4)
+    out[i, j] = (gap < margin).all(-1) if margin > 0 else (gap <= 0).all(-1)
+    return out
 
 
 def _normals(boxes: np.ndarray) -> np.ndarray:
