@@ -294,16 +294,27 @@ class SnapLattice:
         self.checker, self.reach, self.diagonal, self.yaw0 = checker, reach * cell, diagonal, yaw0
         self.step = SNAP_STEP * cell
         self.yaw_step = np.radians(SNAP_YAW_STEP)
+        # lattice steps from a fit's nearest lattice pose (at most half a step off each axis)
+        # to every pose within reach of it, in a fixed (meshgrid) order: (L, 3)
         n = int(np.ceil(reach / SNAP_STEP)) + 1
-        m = int(np.ceil(SNAP_YAW / SNAP_YAW_STEP)) + 1
-        grid = np.meshgrid(np.arange(-n, n + 1), np.arange(-n, n + 1), np.arange(-m, m + 1))
-        around = np.column_stack([g.ravel() for g in grid])  # (L, 3) int lattice steps
-        # within reach of a fit at most half a step off each axis from its nearest lattice pose
-        self.around = around[np.hypot(*around[:, :2].T) <= reach / SNAP_STEP + 1]
+        m = int(np.floor(SNAP_YAW / SNAP_YAW_STEP + 0.5))
+        self.around = self._offsets((1, 1, 1), n, m, reach / SNAP_STEP + 1)
         self.coarse_every = np.array(
             [round(ROUTE_SNAP_STEP / SNAP_STEP)] * 2 + [round(ROUTE_SNAP_YAW_STEP / SNAP_YAW_STEP)]
         )
+        # the same from the coarse lattice pose below the nearest pose, coarse steps only
+        every = self.coarse_every
+        self.around_coarse = self._offsets(every, n + every[0], m + every[2], n + 2 * every[0])
         self._usable, self._opens = _Memo(), _Memo()
+
+    @staticmethod
+    def _offsets(every, n: int, m: int, radius: float) -> np.ndarray:
+        """``(L, 3)`` multiples of ``every`` within ``n`` steps each way and ``radius`` in
+        position, ``m`` in yaw, in meshgrid order."""
+        side = [np.arange(-(n // e) * e, n + 1, e) for e in every[:2]]
+        grid = np.meshgrid(*side, np.arange(-(m // every[2]) * every[2], m + 1, every[2]))
+        offsets = np.column_stack([g.ravel() for g in grid])
+        return offsets[np.hypot(*offsets[:, :2].T) <= radius]
 
     @classmethod
     def of(cls, checker: Checker, size: int, snap: float) -> SnapLattice:
@@ -331,13 +342,16 @@ class SnapLattice:
         (those come first in each row)."""
         steps = [boxes[:, 0] / self.step, boxes[:, 1] / self.step]
         anchor = np.round(np.stack([*steps, (boxes[:, 4] - self.yaw0) / self.yaw_step], -1))
-        keys = anchor.astype(np.int64)[:, None] + self.around[None]
-        poses = self.poses(keys, boxes[:, None])
-        dxy = np.hypot(poses[..., 0] - boxes[:, 0, None], poses[..., 1] - boxes[:, 1, None])
-        dyaw = np.abs(poses[..., 4] - boxes[:, 4, None])
-        valid = (dxy <= self.reach + 1e-12) & (dyaw <= np.radians(SNAP_YAW) + 1e-12)
+        anchor = anchor.astype(np.int64)
         if coarse:
-            valid &= (keys % self.coarse_every == 0).all(-1)
+            anchor = anchor // self.coarse_every * self.coarse_every
+        keys = anchor[:, None] + (self.around_coarse if coarse else self.around)[None]
+        dxy = np.hypot(
+            keys[..., 0] * self.step - boxes[:, 0, None],
+            keys[..., 1] * self.step - boxes[:, 1, None],
+        )
+        dyaw = np.abs(self.yaw0 + keys[..., 2] * self.yaw_step - boxes[:, 4, None])
+        valid = (dxy <= self.reach + 1e-12) & (dyaw <= np.radians(SNAP_YAW) + 1e-12)
         cost = np.where(valid, dxy + self.diagonal / 2 * dyaw, np.inf)
         order = np.argsort(cost, axis=1, kind="stable")[:, : valid.sum(1).max(initial=0)]
         rows = np.arange(len(boxes))[:, None]
