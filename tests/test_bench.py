@@ -19,6 +19,7 @@ from data_helpers import write_scenes
 from goalgen.bench import cli, measure, settings
 from goalgen.bench.data import benchmark_loader
 from goalgen.bench.train import train_precisions
+from goalgen.infer.proposals import DRAWS
 
 NFE_PER_STEP = {"euler": 1, "midpoint": 2, "rk4": 4, "ddim": 1, "ddpm": 1}
 
@@ -198,7 +199,7 @@ def test_quick_synth_and_propose_figures_agree(quick_results):
         assert s["post_ms"] >= s["setup_ms"] > 0 and s["fit_ms"] > 0
         # one call: its whole time is its parts (and the call's own bookkeeping)
         assert s["post_ms"] + s["sampling_ms"] <= s["call_ms_p50"] == s["call_ms_p95"]
-        assert s["samples_drawn_for_top"] <= 4 * p["num_samples"]
+        assert s["samples_drawn_for_top"] <= DRAWS * p["num_samples"] == p["max_samples"]
         assert close(s["oversampling"], s["samples_drawn_for_top"] / p["num_samples"])
         assert close(s["redraws"], s["oversampling"] - 1)
     by_name = {row["target"]: row for row in quick_results["targets"]}

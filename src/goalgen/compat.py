@@ -52,7 +52,7 @@ class GoalInferenceModel:
             ``ddim``/``ddpm`` (diffusion); None: the run's.
         num_steps: sampling steps; None: the run's ``sampling_steps``.
         top: return at most this many proposals, drawing more samples while fewer verify
-            (up to ``max_samples``, default 4 x samples); None: one draw, all verified ones.
+            (up to ``max_samples``, default 2 x samples); None: one draw, all verified ones.
         include_unverified: also return proposals that failed a check (after the verified).
         clearance: metres the robot keeps from walls and boxes on its route and the placed
             box from walls, boxes and the robot (default: half a 5 cm planner cell).

@@ -1,5 +1,5 @@
 """``propose`` section: the planner's call, ``propose(weights, scene, 32, top=8)`` (draw
-again while fewer than 8 distinct proposals verify, up to ``BUDGET`` draws), on ``scenes``
+again while fewer than 8 distinct proposals verify, up to ``DRAWS`` draws), on ``scenes``
 fresh synthetic scenes per family: ms per call (p50 / p95) and its split, means over the
 calls: setup, sampling, fit, snap, check (:func:`goalgen.infer.proposals.evaluate_samples`),
 rank (with the push plans) and redraws (:func:`goalgen.infer.proposals.propose`: the real
@@ -27,12 +27,11 @@ from goalgen.bench.settings import Bench
 from goalgen.data.pack import resize_masks
 from goalgen.data.synthetic import generate_scene, save_npz
 from goalgen.infer.predictor import GoalPredictor
-from goalgen.infer.proposals import proposals_of_samples, propose
+from goalgen.infer.proposals import DRAWS, proposals_of_samples, propose
 from goalgen.infer.propose_scene import as_scene
 from goalgen.model.build import build_model
 
 TOP = 8  # proposals a planner asks for
-BUDGET = 4  # max_samples = BUDGET x samples
 FAMILIES = ("maze", "rooms")
 PARTS = ("setup", "sampling", "fit", "snap", "check", "rank")
 
@@ -65,11 +64,11 @@ def time_calls(predictor: GoalPredictor, paths: list[Path], k: int, warmup: int)
     """The planner's call on each scene of ``paths``: ms per call (p50, p95), the mean split
     (ms, :data:`PARTS`), ``post / sampling``, draws and distinct verified proposals."""
     for _ in range(warmup):
-        propose(predictor, paths[0], k, TOP, max_samples=BUDGET * k, seed=0)
+        propose(predictor, paths[0], k, TOP, max_samples=DRAWS * k, seed=0)
     calls, parts, drawn, verified = [], {p: [] for p in PARTS}, [], []
     for path in paths:
         start = time.perf_counter()
-        result = propose(predictor, path, k, TOP, max_samples=BUDGET * k, seed=0)
+        result = propose(predictor, path, k, TOP, max_samples=DRAWS * k, seed=0)
         calls.append(time.perf_counter() - start)
         for part in PARTS:
             parts[part].append(result.seconds.get(part, 0.0))
@@ -107,7 +106,7 @@ def bench_propose(b: Bench) -> dict[str, Any]:
         "steps": predictor.sampling_steps,
         "precision": predictor.precision.name,
         "top": TOP,
-        "max_samples": BUDGET * k,
+        "max_samples": DRAWS * k,
         "scenes_per_family": b.propose_scenes,
     }
     scenes = {}

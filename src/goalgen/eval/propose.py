@@ -138,7 +138,7 @@ def _parser() -> OneLineParser:
     parser.add_argument("--object", help="selected movable object's name (with --xml)")
     parser.add_argument("--samples", type=int, default=32, help="samples per draw (32)")
     parser.add_argument("--top", type=int, help="return at most K; draw more while fewer verify")
-    parser.add_argument("--max-samples", type=int, help="sample budget with --top (4 x samples)")
+    parser.add_argument("--max-samples", type=int, help="sample budget with --top (2 x samples)")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the run's)")
     parser.add_argument("--method", help=METHOD_HELP)
     parser.add_argument("--checkpoint", default="best", help="best (default), last or a path")
