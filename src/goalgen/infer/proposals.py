@@ -515,10 +515,11 @@ def evaluate_samples(
     )
     moved = np.zeros(len(live))
     footprints = checker.footprints(boxes)
-    opens = checker.opens(boxes, footprints)
     if snap > 0 and scene.world is not None and len(live):
-        works = opens & checker.collision_free(boxes)
-        stuck = np.flatnonzero(~works & (fit.iou[live] >= min_fit_iou))
+        # a good fit that collides snaps whatever its route: no polygon route check for it
+        free = checker.collision_free(boxes)
+        opens = checker.opens(boxes, footprints, exact=free | (fit.iou[live] < min_fit_iou))
+        stuck = np.flatnonzero(~(opens & free) & (fit.iou[live] >= min_fit_iou))
         if len(stuck):
             if lattice is None:
                 lattice = SnapLattice.of(checker, probs.shape[-1], snap)
@@ -528,6 +529,8 @@ def evaluate_samples(
             moved = np.nan_to_num(moved, nan=0.0)
             footprints[stuck] = checker.footprints(boxes[stuck])
             opens[stuck] = checker.opens(boxes[stuck], footprints[stuck])
+    else:
+        opens = checker.opens(boxes, footprints)
     collisions = checker.collisions(boxes, footprints)
     push = checker.push_distance(boxes)
     out = []

@@ -407,12 +407,16 @@ class Checker:
         return out
 
     def opens(
-        self, boxes: np.ndarray, footprints: np.ndarray | None = None, exact: bool = True
+        self,
+        boxes: np.ndarray,
+        footprints: np.ndarray | None = None,
+        exact: bool | np.ndarray = True,
     ) -> np.ndarray:
         """``(K,)`` bool: does the robot reach its goal with the box placed there? With world
         geometry, boxes the grid finds blocked are checked again on polygons
         (:class:`goalgen.infer.verify.ExactReach`: sound as the grid, and it finds the routes
-        that squeeze through with less than half a cell to spare; ``exact=False`` skips it).
+        that squeeze through with less than half a cell to spare; ``exact=False`` skips it, a
+        ``(K,)`` bool ``exact`` asks it for those boxes only).
         ``footprints`` are needed without world geometry only. The box keeps the robot's
         radius plus the clearance from its goal too (the robot may start and end closer than
         that to walls and other boxes, not to the box we place)."""
@@ -422,9 +426,9 @@ class Checker:
         world = self.scene.world
         found = verify.point_box_distance(world.goal_xy, boxes) >= self.reach.radius
         found[found] = self.reach.opens(boxes[found])
-        again = np.flatnonzero(~found)
+        again = np.flatnonzero(~found & np.broadcast_to(exact, found.shape))
         again = again[verify.point_box_distance(world.goal_xy, boxes[again]) >= self.reach.radius]
-        if exact and len(again) and self.exact_reach.base_connected:
+        if len(again) and self.exact_reach.base_connected:
             found[again] = self.exact_reach.opens(boxes[again])
         return found
 
