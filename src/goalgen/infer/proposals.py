@@ -77,7 +77,7 @@ MIN_FIT_IOU = 0.3
 # mazes and 50 rooms the shipped one-step weights with K = 32 score the same success_near @1
 # and @8 with 2 draws as with 4; draws 3 and 4 gave one scene per family its only verified
 # proposal (pushed@1 mazes 0.90 -> 0.92, rooms 0.98 -> 1.00) at ~1 s per such call, and the
-# planner's call p95 went 0.45 -> 0.84 s (mazes), 0.43 -> 0.57 s (rooms)
+# planner's call p95 is 0.45 s against 0.73 s (mazes), 0.40 s against 0.63 s (rooms)
 DRAWS = 2
 MERGE_ANGLE = 30.0  # degrees
 # Ranking among verified proposals: push distance plus ROOM_WEIGHT times the room missing to

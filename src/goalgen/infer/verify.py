@@ -115,10 +115,15 @@ def point_box_distance(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """``(..., B)``: distance from points ``(..., 2)`` to boxes ``(B, 5)`` (0 inside)."""
     p = np.asarray(points, dtype=np.float64)[..., None, :]
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 5)
-    d = p - boxes[:, :2]
-    c, s = np.cos(boxes[:, 4]), np.sin(boxes[:, 4])
-    u = np.abs(d[..., 0] * c + d[..., 1] * s) - boxes[:, 2] / 2
-    v = np.abs(d[..., 1] * c - d[..., 0] * s) - boxes[:, 3] / 2
+    return _box_distance(p - boxes[:, :2], boxes)
+
+
+def _box_distance(d: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Distance to boxes ``(..., 5)`` of points at offsets ``d`` ``(..., 2)`` from their
+    centres (broadcast)."""
+    c, s = np.cos(boxes[..., 4]), np.sin(boxes[..., 4])
+    u = np.abs(d[..., 0] * c + d[..., 1] * s) - boxes[..., 2] / 2
+    v = np.abs(d[..., 1] * c - d[..., 0] * s) - boxes[..., 3] / 2
     return np.hypot(np.maximum(u, 0), np.maximum(v, 0))
 
 
@@ -333,11 +338,8 @@ class ReachGrid:
         free &= inside_r[:, :, None] & inside_c[:, None, :]
         # the cells the box blocks: centres within radius + half a cell of it (as _clear_of)
         xy = self.centres(rows[:, :, None], cols[:, None, :])  # (K, size, size, 2)
-        d = xy - boxes[:, None, None, :2]
-        c, s = np.cos(boxes[:, 4])[:, None, None], np.sin(boxes[:, 4])[:, None, None]
-        u = np.abs(d[..., 0] * c + d[..., 1] * s) - boxes[:, 2, None, None] / 2
-        v = np.abs(d[..., 1] * c - d[..., 0] * s) - boxes[:, 3, None, None] / 2
-        free &= np.hypot(np.maximum(u, 0), np.maximum(v, 0)) >= self.radius + self.cell / 2
+        mine = boxes[:, None, None, :]
+        free &= _box_distance(xy - mine[..., :2], mine) >= self.radius + self.cell / 2
         labels, _ = ndimage.label(free, structure=_PLANE4)
         edge = np.concatenate(
             [labels[:, 0], labels[:, -1], labels[:, 1:-1, 0], labels[:, 1:-1, -1]], axis=1
