@@ -30,7 +30,9 @@ from goalgen.infer.proposals import (
     SNAP_STEP,
     SNAP_YAW,
     SNAP_YAW_STEP,
+    Proposal,
     SnapLattice,
+    _modes_seen_twice,
     covered_core,
     propose,
     snap_free,
@@ -606,3 +608,22 @@ def test_the_shipped_planner_weights_propose_right_after_install(tmp_path, capsy
     truth = slice(panel * (1 + shown[0]), panel * (2 + shown[0]))
     assert (yellow[:panel, truth] & ~yellow[:panel, :panel]).sum() > 50  # beyond the goal disk
     assert (picture[panel:, panel * (1 + shown[1]) :] == 255).all()  # rooms: no truth panel
+
+
+def test_a_mode_drawn_once_asks_for_another_draw_but_a_chain_of_neighbours_does_not():
+    """The Good-Turing stop counts modes, not merged proposals: proposals chained within the
+    link distance (and yaw) pool their samples; an isolated proposal sampled once is a mode
+    drawn once."""
+
+    def proposal(x: float, theta: float = 0.0, merged: tuple[int, ...] = ()) -> Proposal:
+        return Proposal(
+            0, x, 0.0, theta, np.zeros((1, 1), bool), 0.1, True, True, 1.0, merged=list(merged)
+        )
+
+    angle, period = np.radians(30.0), np.pi
+    chain = [proposal(0.0), proposal(0.3), proposal(0.6)]  # links of 0.3 < 0.4
+    assert _modes_seen_twice(chain, 0.4, angle, period)
+    assert not _modes_seen_twice([*chain, proposal(2.0)], 0.4, angle, period)
+    assert _modes_seen_twice([*chain, proposal(2.0, merged=(7,))], 0.4, angle, period)
+    assert not _modes_seen_twice([proposal(0.0), proposal(0.3, theta=1.0)], 0.4, angle, period)
+    assert not _modes_seen_twice([proposal(0.0), proposal(0.5)], 0.4, angle, period)
