@@ -313,7 +313,8 @@ def test_every_snapped_box_covers_the_core_that_skips_the_route_search():
         lattice = SnapLattice(None, 0.07, SNAP, diagonal, yaw0=0.3)
         core = covered_core(box[None], lattice.reach, np.radians(SNAP_YAW))[0]
         for coarse in (False, True):
-            keys, trials = lattice.trials(box, coarse)
+            keys, trials, valid = (a[0] for a in lattice.trials_of(box[None], coarse))
+            keys, trials = keys[valid], trials[valid]
             dxy = np.hypot(trials[:, 0] - box[0], trials[:, 1] - box[1])
             dyaw = np.abs(trials[:, 4] - box[4])
             assert len(trials) > (20 if coarse else 300)

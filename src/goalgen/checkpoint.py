@@ -111,7 +111,11 @@ def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and verify a checkpoint; raise CheckpointError naming the file and the problem."""
     path = Path(path)
-    state = _read(path, map_location)
+    return _training_state(_read(path, map_location), path)
+
+
+def _training_state(state: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``state`` read from ``path``, verified as a training checkpoint."""
     if state.get("format") == WEIGHTS_FORMAT:
         raise CheckpointError(
             f"checkpoint {path} is a weights file (goalgen-export): it holds no training state; "
@@ -132,7 +136,7 @@ def load_inference(path: Path | str, map_location: str | torch.device = "cpu") -
     path = Path(path)
     state = _read(path, map_location)
     if state.get("format") != WEIGHTS_FORMAT:
-        return load_checkpoint(path, map_location)
+        return _training_state(state, path)
     missing = [k for k in WEIGHTS_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"weights file {path} lacks keys {missing} (found {sorted(state)})")

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from goalgen.bench.propose import PARTS
+
 
 # ------------------------------------------------------------------------------ report
 def device_info(device: torch.device) -> dict[str, Any]:
@@ -149,10 +151,7 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
             f"{p['image_size']} px, {p['weights']} weights"
         )
         for family, s in p["scenes"].items():
-            split = " + ".join(
-                f"{part} {s[f'{part}_ms']:.0f}"
-                for part in ("setup", "sampling", "fit", "snap", "check", "rank")
-            )
+            split = " + ".join(f"{part} {s[f'{part}_ms']:.0f}" for part in PARTS)
             lines.append(
                 f"  {family:>6} call p50 {s['call_ms_p50']:7.1f} ms  p95 {s['call_ms_p95']:7.1f} ms"
                 f" (mean {split} ms; {s['redraws']:.1f} redraws, {s['verified_of_top']:.1f} "

@@ -368,12 +368,6 @@ class SnapLattice:
         keys = keys[rows, order]
         return keys, self.poses(keys, boxes[:, None]), valid[rows, order]
 
-    def trials(self, box: np.ndarray, coarse: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Lattice keys ``(L, 3)`` and boxes ``(L, 5)`` a fit ``box`` ``(5,)`` may snap to,
-        nearest first (ties in a fixed order)."""
-        keys, poses, valid = self.trials_of(np.asarray(box, dtype=np.float64)[None], coarse)
-        return keys[0][valid[0]], poses[0][valid[0]]
-
     def check_usable(self, boxes: np.ndarray) -> np.ndarray:
         """``(K,)``: boxes ``(K, 5)`` with a finite push and no collision (the cheap check
         first); not memoised."""
