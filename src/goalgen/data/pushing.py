@@ -141,21 +141,25 @@ def pushing_distances(
     ``limit`` or unreachable) and predecessors (flat indices, negative: none) ``(R, H, W)``."""
     rows, cols = _window(fits, step, limit, source)
     part = (slice(None), rows, cols)
-    dist_in, pred_in = _lattice_dijkstra(
+    shape = fits[part].shape
+    graph = _push_graph(
         fits[part],
         turns[part],
-        slide_ok[:, :, rows, cols],
-        turn_ok[:, :, rows, cols],
+        slide_ok[..., rows, cols],
+        turn_ok[..., rows, cols],
         step,
         turn_cost,
-        limit,
-        (source[0], source[1] - rows.start, source[2] - cols.start),
+    )
+    start = np.ravel_multi_index((source[0], source[1] - rows.start, source[2] - cols.start), shape)
+    dist_in, pred_in = csgraph.dijkstra(
+        graph, directed=True, indices=int(start), limit=limit, return_predecessors=True
     )
     dist = np.full(fits.shape, np.inf)
-    dist[part] = dist_in
+    dist[part] = dist_in.reshape(shape)
     pred = np.full(fits.shape, -9999, dtype=pred_in.dtype)  # scipy's "none"
+    pred_in = pred_in.reshape(shape)
     has = pred_in >= 0
-    k, r, c = np.unravel_index(pred_in[has], pred_in.shape)
+    k, r, c = np.unravel_index(pred_in[has], shape)
     pred[part][has] = np.ravel_multi_index((k, r + rows.start, c + cols.start), fits.shape)
     return dist, pred
 
@@ -178,17 +182,15 @@ def _window(
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
-def _lattice_dijkstra(
+def _push_graph(
     fits: np.ndarray,
     turns: np.ndarray,
     slide_ok: np.ndarray,
     turn_ok: np.ndarray,
     step: float,
     turn_cost: float,
-    limit: float,
-    source: tuple[int, int, int],
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`pushing_distances` on the whole lattice given."""
+) -> sparse.csr_matrix:
+    """The directed graph :func:`pushing_distances` searches, over the flat lattice poses."""
     r, h, w = fits.shape
     plane = h * w
     # The CSR rows directly (no COO sort over millions of edges). Each row lists its targets in
@@ -218,7 +220,7 @@ def _lattice_dijkstra(
     rows, slots = np.nonzero(ok.reshape(-1, len(usual)))
     at = rows // plane * len(usual) + slots
     costs = np.array([np.hypot(dr, dc) * step for dr, dc in MOVES] + [turn_cost] * 2)
-    graph = sparse.csr_matrix(
+    return sparse.csr_matrix(
         (
             costs[order].ravel()[at],
             (rows + np.take_along_axis(shift, order, axis=1).ravel()[at]).astype(np.int32),
@@ -226,8 +228,3 @@ def _lattice_dijkstra(
         ),
         shape=(fits.size, fits.size),
     )
-    index = np.arange(fits.size).reshape(fits.shape)
-    dist, pred = csgraph.dijkstra(
-        graph, directed=True, indices=int(index[source]), limit=limit, return_predecessors=True
-    )
-    return dist.reshape(fits.shape), pred.reshape(fits.shape)
