@@ -174,7 +174,7 @@ def test_quick_checkpoint_figures_agree(quick_results):
 @pytest.mark.slow
 def test_quick_synth_and_propose_figures_agree(quick_results):
     y = quick_results["synth"]
-    assert set(y["families"]) == {"rooms", "maze"} and y["scenes_per_family"] == 2
+    assert set(y["families"]) == {"rooms", "maze", "arena"} and y["scenes_per_family"] == 2
     for f in y["families"].values():
         assert f["scenes"] == 2 and f["layouts"] == 2 + sum(f["rejected"].values())
         assert close(f["scenes_per_s"], f["scenes"] / f["seconds"])
@@ -185,11 +185,7 @@ def test_quick_synth_and_propose_figures_agree(quick_results):
     assert (
         p["num_samples"] == 4
         and p["weights"] == "untrained"
-        and set(p["scenes"])
-        == {
-            "maze",
-            "rooms",
-        }
+        and set(p["scenes"]) == {"maze", "rooms", "arena"}
     )
     for s in p["scenes"].values():
         assert s["calls"] == p["scenes_per_family"] == 1

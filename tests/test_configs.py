@@ -203,3 +203,19 @@ def test_the_planner_student_is_the_planner_network_reflowed_from_its_run():
     assert student.run_path == student.distill.teacher == "outputs/train_fb_flow_matching-planner"
     given = compose_config(FM, ["experiment=planner_student", "distill.teacher=t.pt"])
     assert given.run_path == "t.pt" and 0 < given.distill.t_zero < 1
+
+
+def test_the_three_family_planner_is_the_planner_run_fine_tuned_then_reflowed():
+    """experiment=planner_mix fine-tunes the planner run on rooms, mazes and arenas (one
+    network); planner_mix_student reflows it, starting from the rooms + mazes student."""
+    planner = compose_config(FM, ["experiment=planner", "run_name=x"])
+    mix = compose_config(FM, ["experiment=planner_mix", "run_name=x"])
+    student = compose_config(FM, ["experiment=planner_mix_student", "run_name=x"])
+    assert mix.model.network == student.model.network == planner.model.network
+    assert mix.run_path == "outputs/train_fb_flow_matching-planner" and mix.distill.teacher is None
+    synth = mix.data.synthetic
+    assert synth.family == "mixed" and synth.arena_share > 0 and synth.maze_share > 0
+    assert student.data == mix.data
+    assert student.distill.teacher == "outputs/train_fb_flow_matching-planner_mix"
+    assert student.run_path == "outputs/train_fb_flow_matching-planner_student"
+    assert (student.sampling_steps, student.model.sampler.method) == (1, "euler")

@@ -11,10 +11,11 @@ from scipy import ndimage
 from goalgen.data import geometry as geo
 from goalgen.data import synthetic as synth
 from goalgen.data.scenes import SCENE_KEYS, load_scene
-from goalgen.data.synthetic import feasible, maze
+from goalgen.data.synthetic import arena, feasible, maze
 
 SMALL = maze.MazeOptions(grid_size=5)
 SMALL_SIZE = 112
+ARENA_SIZE = 128
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,12 @@ def scenes() -> list[dict[str, np.ndarray]]:
 def full() -> dict[str, np.ndarray]:
     """One scene of the default 11 x 11 maze at the planner's 224 px."""
     return maze.generate_scene(np.random.SeedSequence(3, spawn_key=(0,)), 224)
+
+
+@pytest.fixture(scope="module")
+def arenas() -> list[dict[str, np.ndarray]]:
+    seqs = [np.random.SeedSequence(23, spawn_key=(i,)) for i in range(5)]
+    return [arena.generate_scene(s, ARENA_SIZE) for s in seqs]
 
 
 # ------------------------------------------------------------------ independent reference
@@ -148,8 +155,15 @@ def test_masks_follow_the_planners_convention_at_224(full):
 
 
 # ------------------------------------------------------------------ invariants
-def test_route_is_blocked_and_moving_the_box_to_its_goal_opens_it(scenes, full):
-    for scene in [*scenes, full]:
+def _real_robot(scene) -> np.ndarray:
+    """The robot's disk at its real radius (the drawn one is larger in arenas)."""
+    return _spec_disk(scene, scene["robot_pose"], float(scene["robot_radius"]))
+
+
+@pytest.mark.parametrize("family", ["maze", "arena"])
+def test_route_is_blocked_and_moving_the_box_to_its_goal_opens_it(family, request):
+    sets = [*request.getfixturevalue("scenes"), request.getfixturevalue("full")]
+    for scene in sets if family == "maze" else request.getfixturevalue("arenas"):
         m, others = _parts(scene)
         walls = m["static_objects_image"]
         radius = float(scene["robot_radius"])
@@ -157,19 +171,23 @@ def test_route_is_blocked_and_moving_the_box_to_its_goal_opens_it(scenes, full):
         assert _reaches(scene, walls | others, radius)
         assert _reaches(scene, walls | others, radius, target=m["target_object"])
         moved = m["target_goal"]
-        for key in ("static_objects_image", "robot_image", "goal_image"):
-            assert not (moved & m[key]).any(), key
+        goal_disk = _spec_disk(scene, scene["goal_pose"], float(scene["goal_radius"]))
+        robot = m["robot_image"] if family == "maze" else _real_robot(scene)
+        goal = m["goal_image"] if family == "maze" else goal_disk
+        assert not (moved & (robot | goal | m["static_objects_image"])).any()
         assert not (moved & others).any() and moved.sum() > 0
         assert _reaches(scene, walls | others | moved, radius)
         assert not _reaches(scene, walls | others | m["target_object"], radius)
 
 
-def test_every_stored_feasible_pose_opens_the_route_without_collision(scenes):
-    for scene in scenes[:3]:
+@pytest.mark.parametrize("family", ["maze", "arena"])
+def test_every_stored_feasible_pose_opens_the_route_without_collision(family, request):
+    for scene in request.getfixturevalue("scenes" if family == "maze" else "arenas")[:3]:
         m, others = _parts(scene)
         w, h = scene["movable_boxes"][int(scene["target_index"])][2:4]
         goal_disk = _spec_disk(scene, scene["goal_pose"], float(scene["goal_radius"]))
-        keep_out = m["static_objects_image"] | others | m["robot_image"] | goal_disk
+        robot = m["robot_image"] if family == "maze" else _real_robot(scene)
+        keep_out = m["static_objects_image"] | others | robot | goal_disk
         for x, y, theta in scene["feasible_poses"]:
             mask = _spec_box(scene, (x, y, w, h, theta))
             assert mask.any() and not (mask & keep_out).any()
@@ -177,8 +195,9 @@ def test_every_stored_feasible_pose_opens_the_route_without_collision(scenes):
             assert _reaches(scene, obstacles, float(scene["robot_radius"]))
 
 
-def test_feasible_set_is_ordered_and_consistent(scenes):
-    for scene in scenes:
+@pytest.mark.parametrize("family", ["maze", "arena"])
+def test_feasible_set_is_ordered_and_consistent(family, request):
+    for scene in request.getfixturevalue("scenes" if family == "maze" else "arenas"):
         poses, push = scene["feasible_poses"], scene["feasible_push"]
         box = scene["movable_boxes"][int(scene["target_index"])]
         assert poses.shape == (len(push), 3) and len(push) >= 1
@@ -218,6 +237,35 @@ def test_scene_is_a_function_of_seed_size_and_options(scenes):
         np.testing.assert_array_equal(again[key], value, err_msg=key)
     other = maze.generate_scene(np.random.SeedSequence(22, spawn_key=(2,)), SMALL_SIZE, SMALL)
     assert not np.array_equal(other["static_objects_image"], again["static_objects_image"])
+
+
+def test_arenas_scale_with_their_cell_and_robot_and_are_drawn_the_planners_way(arenas):
+    for scene in arenas:
+        side, n, cell = (
+            float(scene["arena_side"]),
+            int(scene["grid_size"]),
+            float(scene["cell_size"]),
+        )
+        radius = float(scene["robot_radius"])
+        assert arena.SIDE[0] <= side <= arena.SIDE[1] and 2 <= n <= 5
+        assert cell == pytest.approx(side / n) and 0.4 - 1e-9 <= cell <= 0.75 + 1e-9
+        assert 0.03 <= radius <= 0.1 and 2 <= len(scene["movable_boxes"]) <= 5
+        assert float(scene["push_search_radius"]) == pytest.approx(1.5 * cell)
+        sides = scene["movable_boxes"][:, 2:4]
+        assert sides.min() >= 0.25 * cell - 1e-9 and sides.max() <= 0.94 * cell + 1e-9
+        walls = np.sort(scene["static_walls"][:, 2:4], axis=1)[:, 0]  # thickness
+        assert np.all((walls >= 0.06 * cell - 1e-9) & (walls <= 0.10 * cell + 1e-9))
+        assert float(scene["wall_thickness"]) == pytest.approx(walls[0])
+        # whatever the robot's size, the planners' 0.2 m robot and 0.25 m goal disks
+        np.testing.assert_array_equal(
+            scene["robot_image"] > 0, _spec_disk(scene, scene["robot_pose"], 0.2)
+        )
+        np.testing.assert_array_equal(
+            scene["goal_image"] > 0, _spec_disk(scene, scene["goal_pose"], 0.25)
+        )
+        assert int(scene["image_convention"]) == 1 and int(scene["generator_version"]) == 1
+    radii = [float(s["robot_radius"]) for s in arenas]
+    assert len(set(radii)) == len(arenas)  # drawn per scene
 
 
 # ------------------------------------------------------------------ search internals
@@ -261,17 +309,22 @@ def test_shift_overlaps_and_opens_route_match_brute_force():
         (maze.MazeOptions(boxes=(0, 5)), 224, "box counts"),
         (maze.MazeOptions(boxes=(9, 4)), 224, "box counts"),
         (maze.MazeOptions(), 128, "too small"),
+        (arena.ArenaOptions(side=(0.5, 2.0)), 224, "arena sides"),
+        (arena.ArenaOptions(robot_radius=(0.05, 0.2)), 224, "robot radii"),
+        (arena.ArenaOptions(boxes=(0, 3)), 224, "box counts"),
+        (arena.ArenaOptions(), 64, "too small"),
     ],
 )
 def test_bad_options_give_one_line_reasons(options, size, message):
     reason = options.problem(size)
     assert reason is not None and message in reason and "\n" not in reason
+    module = arena if isinstance(options, arena.ArenaOptions) else maze
     with pytest.raises(ValueError, match=message):
-        maze.generate_scene(0, size, options)
+        module.generate_scene(0, size, options)
 
 
 def test_attempt_budget_names_the_failing_check(monkeypatch):
-    monkeypatch.setattr(maze, "_attempt", lambda rng, size, options: "not_blocked")
+    monkeypatch.setattr(maze, "attempt", lambda rng, size, options, sizes=None: "not_blocked")
     with pytest.raises(RuntimeError, match=f"after {maze.MAX_ATTEMPTS} layouts.*'not_blocked'"):
         maze.generate_scene(0, SMALL_SIZE, SMALL)
 
@@ -287,6 +340,8 @@ def test_cli_rejects_bad_maze_options_in_one_line(tmp_path, capsys):
         ["--size", "128"],
         ["--family", "cubes"],
         ["--family", "mixed", "--maze-share", "1.5"],
+        ["--family", "mixed", "--maze-share", "0.6", "--arena-share", "0.6"],
+        ["--family", "arena", "--size", "64"],
     ):
         with pytest.raises(SystemExit) as exit_info:
             synth.main(base + extra)
@@ -309,11 +364,31 @@ def test_mixed_sets_share_files_with_the_single_family_sets(tmp_path):
     stamp = json.loads((tmp_path / "mixed" / synth.STAMP_NAME).read_text())
     assert stamp["family"] == "mixed" and stamp["maze_share"] == 0.5
     assert stamp["maze"] == {"grid_size": 5, "deletion": [0.5, 0.9], "boxes": [3, 17]}
+    assert "arena_share" not in stamp and "arena_version" not in stamp
     rooms_stamp = json.loads((tmp_path / "one0" / synth.STAMP_NAME).read_text())
     if families[0] == "rooms":
         assert set(rooms_stamp) == {"num_scenes", "seed", "size", "version"}
     with zipfile.ZipFile(mixed[0]) as archive:
         assert {info.date_time for info in archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+
+
+def test_mixed_sets_with_arenas_share_files_with_the_arena_sets(tmp_path):
+    args = {"seed": 5, "size": ARENA_SIZE, "maze_opts": {"grid_size": 5}}
+    shares = {"maze_share": 0.2, "arena_share": 0.6}
+    mixed = synth.generate_dataset(tmp_path / "mixed", 6, family="mixed", **args, **shares)
+    seqs = [np.random.SeedSequence(5, spawn_key=(i,)) for i in range(6)]
+    families = [synth.family_of(s, "mixed", 0.2, 0.6) for s in seqs]
+    assert "arena" in families
+    # arena_share 0 leaves the families a mixed set had before arenas
+    assert [synth.family_of(s, "mixed", 0.2) for s in seqs] == [
+        "maze" if f == "maze" else "rooms" for f in families
+    ]
+    i = families.index("arena")
+    one = synth.generate_dataset(tmp_path / "arena", i + 1, family="arena", **args)[-1]
+    assert one.read_bytes() == mixed[i].read_bytes()
+    stamp = json.loads((tmp_path / "mixed" / synth.STAMP_NAME).read_text())
+    assert stamp["arena_share"] == 0.6 and stamp["arena_version"] == arena.VERSION
+    assert json.loads((tmp_path / "arena" / synth.STAMP_NAME).read_text())["family"] == "arena"
 
 
 def test_benchmark_reports_speed_rejections_and_modes():

@@ -93,6 +93,30 @@ def test_validity_cases():
     assert invalid_reason(np.zeros((S, S)), scene) == "empty"
 
 
+def test_a_robot_drawn_larger_than_it_is_collides_at_its_real_size():
+    """The planners draw a 0.2 m robot and a 0.25 m goal whatever the robot's size: with the
+    world known, a box beside the drawn disk but clear of the real robot is valid."""
+    sc = corridor_scene()
+    rows, cols = np.mgrid[:S, :S]
+    drawn_robot = (rows - 15) ** 2 + (cols - 6) ** 2 <= 3.5**2  # the real robot: 1 px
+    drawn_goal = (rows - 15) ** 2 + (cols - 26) ** 2 <= 3.5**2
+    context = np.stack([drawn_robot, drawn_goal, sc["movable"], sc["static"], sc["target_object"]])
+    small = {"world_bounds": (0.0, 0.0, 3.2, 3.2), "robot_radius": 0.1, "goal_radius": 0.1}
+    real = SceneMasks.from_soft(context.astype(np.float32), None, small)
+    drawn = SceneMasks.from_soft(context.astype(np.float32), None, None)
+    beside_robot, beside_goal, on_robot = box(12, 20, 8, 12), box(14, 20, 20, 25), box(12, 20, 5, 9)
+    assert invalid_reason(beside_robot, real) is None
+    assert invalid_reason(beside_goal, real) is None
+    assert invalid_reason(beside_robot, drawn) == "collision with robot"
+    assert invalid_reason(beside_goal, drawn) == "collision with goal"
+    assert invalid_reason(on_robot, real) == "collision with robot"
+    assert real.robot.sum() == 5 and real.robot[15, 6]  # the 1 px disk around the centre
+    without_goal = SceneMasks.from_soft(
+        context.astype(np.float32), None, {k: small[k] for k in ("world_bounds", "robot_radius")}
+    )
+    assert invalid_reason(beside_goal, without_goal) == "collision with goal"
+
+
 def test_outside_map_when_walls_are_inset():
     static = box(4, 28, 4, 28) & ~box(5, 27, 5, 27)  # a 1-px ring: the map is inside it
     assert map_interior(static)[10, 10] and not map_interior(static)[2, 2]

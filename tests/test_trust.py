@@ -156,6 +156,25 @@ def test_every_verified_proposal_passes_the_independent_judge(tmp_path, clearanc
     assert all(np.isfinite(c.push_distance) and c.segments for c in verified)
     assert _judge(maze, verified, clearance).all()
 
+    # a small arena: a robot of a few centimetres, drawn as the planners' 0.2 m disk
+    arrays = generate_scene(np.random.SeedSequence(12, spawn_key=(1,)), 224, family="arena")
+    save_npz(tmp_path / "arena.npz", arrays)
+    arena = as_scene(tmp_path / "arena.npz")
+    radius = float(arrays["robot_radius"])
+    assert radius < 0.1 and arena.robot_radius == radius
+    w, h = arena.target[2:4]
+    lo, hi = np.array(arena.target[:2]) - 0.6, np.array(arena.target[:2]) + 0.6
+    randoms = np.column_stack([rng.uniform(lo, hi, (60, 2)), rng.uniform(0, np.pi, 60)])
+    poses = np.concatenate([arrays["feasible_poses"][:40], randoms])
+    oracle = Oracle(arena.frame, [tuple(p) for p in poses], (w, h))
+    result = propose(oracle, arena, len(poses), clearance=clearance)
+    verified = [c for c in result.candidates if c.verified]
+    assert len(verified) >= 3 and all(np.isfinite(c.push_distance) for c in verified)
+    assert _judge(arena, verified, clearance).all()
+    # the ranking asks a small robot for room in proportion to it (mazes: 5 cm beyond)
+    assert Checker(arena, clearance).room_wanted == pytest.approx(clearance + radius / 3)
+    assert Checker(maze, clearance).room_wanted == pytest.approx(clearance + 0.05)
+
 
 def test_a_scene_without_a_walls_body_warns_once_naming_its_bodies(tmp_path):
     xml = write_scene(tmp_path)

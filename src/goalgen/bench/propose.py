@@ -32,7 +32,7 @@ from goalgen.infer.propose_scene import as_scene
 from goalgen.model.build import build_model
 
 TOP = 8  # proposals a planner asks for
-FAMILIES = ("maze", "rooms")
+FAMILIES = ("maze", "rooms", "arena")
 PARTS = ("setup", "sampling", "fit", "snap", "check", "rank")
 
 

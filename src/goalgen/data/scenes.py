@@ -207,7 +207,8 @@ GEOMETRY_KEYS = ("world_bounds", "robot_radius")
 
 def read_geometry(path: str | os.PathLike) -> dict[str, Any] | None:
     """``world_bounds``, ``robot_radius``, ``image_convention`` (0 when not stored: the rooms
-    family's) and ``image_size`` (the file's mask side) of a scene file, or None."""
+    family's), ``image_size`` (the file's mask side) and, when stored, ``goal_radius`` of a
+    scene file, or None."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             if not all(k in npz.files for k in GEOMETRY_KEYS):
@@ -223,6 +224,7 @@ def read_geometry(path: str | os.PathLike) -> dict[str, Any] | None:
                 else LEGACY_ALIASES.get("target_object")
             )
             size = int(npz[stored].shape[-1]) if stored in npz.files else None
+            goal = float(np.asarray(npz["goal_radius"])) if "goal_radius" in npz.files else None
     except (OSError, ValueError, TypeError):
         return None
     if bounds.shape != (4,):
@@ -231,6 +233,8 @@ def read_geometry(path: str | os.PathLike) -> dict[str, Any] | None:
     geometry["image_convention"] = convention
     if size is not None:
         geometry["image_size"] = size
+    if goal is not None:
+        geometry["goal_radius"] = goal
     return geometry
 
 

@@ -8,8 +8,8 @@ ceiling. Scenes that store a feasible set (``maze`` files) also get the near met
 :mod:`goalgen.eval.near` in every row (``success_near@1/@K``, ``in_feasible@K``, the best
 sample's distance to a feasible pose in metres and box half-widths, modes covered). The report
 (:mod:`goalgen.eval.report`) has every metric over all scenes (``methods``) and per scene
-family (``families``: ``maze``, ``rooms``, ``planner``, ``no_geometry``, read from each file,
-:func:`goalgen.eval.near.scene_family`).
+family (``families``: ``arena``, ``maze``, ``rooms``, ``planner``, ``no_geometry``, read from
+each file, :func:`goalgen.eval.near.scene_family`).
 
 ``--clearance`` (default :data:`goalgen.infer.proposals.CLEARANCE`) is the metres a planner
 needs between the robot, the placed box and the walls and other boxes: the proposals keep it

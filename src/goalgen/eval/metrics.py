@@ -141,7 +141,12 @@ class SceneMasks:
     ) -> SceneMasks:
         """``context`` ``(5, S, S)`` soft masks in [0, 1] (robot, goal, movable, static,
         target_object), ``truth`` ``(S, S)`` or None, ``geometry`` with ``world_bounds`` and
-        ``robot_radius`` (metres) if known."""
+        ``robot_radius`` (metres) if known, and ``goal_radius`` if stored.
+
+        With the world known, a robot (goal) drawn larger than it is, as the planners draw it (a
+        0.2 m disk, a 0.25 m goal, whatever the world's size), is replaced by the disk of its
+        real radius around the drawn one's centroid: a box beside a small robot in a small
+        arena does not collide with it."""
         context = np.asarray(context, dtype=np.float32)
         robot_s, goal_s, movable_s, static_s, target_s = context
         size = context.shape[-1]
@@ -153,9 +158,15 @@ class SceneMasks:
             radius, source = float(np.sqrt(robot_s.sum() / np.pi)), "mask"
         static = _binary(static_s, STATIC_THRESHOLD)
         target = _binary(target_s, THRESHOLD, fallback=True)
+        robot = _binary(robot_s, THRESHOLD, fallback=True)
+        goal = _binary(goal_s, THRESHOLD, fallback=True)
+        if mpp is not None:
+            robot = _real_disk(robot, radius)
+            if "goal_radius" in geometry:
+                goal = _real_disk(goal, float(geometry["goal_radius"]) / mpp)
         return cls(
-            robot=_binary(robot_s, THRESHOLD, fallback=True),
-            goal=_binary(goal_s, THRESHOLD, fallback=True),
+            robot=robot,
+            goal=goal,
             movable=_binary(movable_s, THRESHOLD) | target,
             static=static,
             target_object=target,
@@ -167,6 +178,16 @@ class SceneMasks:
             truth=None if truth is None else _binary(np.asarray(truth), THRESHOLD, fallback=True),
             metres_per_pixel=mpp,
         )
+
+
+def _real_disk(drawn: np.ndarray, radius_px: float) -> np.ndarray:
+    """``drawn`` or, where it is more than a pixel wider than ``radius_px``, the disk of that
+    radius around its centroid pixel."""
+    if not drawn.any() or geo.equivalent_radius_px(drawn) <= radius_px + 1:
+        return drawn
+    disk = np.zeros_like(drawn)
+    disk[geo.mask_centroid(drawn)] = True
+    return geo.inflate(disk, radius_px)
 
 
 # ----------------------------------------------------------------------------- checks

@@ -232,9 +232,12 @@ def half_width(scene: Scene) -> float:
 
 
 def scene_family(scene: Scene) -> str:
-    """The family of a scene file's arrays: ``maze`` (grid maze with a feasible set), ``rooms``
-    (world geometry in :mod:`goalgen.data.geometry`'s convention), ``planner`` (geometry in the
-    planner's convention, e.g. ``goalgen-render``), or ``no_geometry`` (masks only)."""
+    """The family of a scene file's arrays: ``arena`` (a small grid world, ``arena_side``),
+    ``maze`` (grid maze with a feasible set), ``rooms`` (world geometry in
+    :mod:`goalgen.data.geometry`'s convention), ``planner`` (geometry in the planner's
+    convention, e.g. ``goalgen-render``), or ``no_geometry`` (masks only)."""
+    if "arena_side" in scene:
+        return "arena"
     if "grid_size" in scene or "deletion_rate" in scene:
         return "maze"
     if "movable_boxes" in scene and "world_bounds" in scene:

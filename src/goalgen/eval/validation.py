@@ -97,7 +97,7 @@ def task_metrics(
     for i in range(n):
         arrays, geom = scene_arrays(files[i]), geoms[i]
         if geom is None and arrays is not None and all(k in arrays for k in GEOMETRY):
-            geom = {k: arrays[k] for k in GEOMETRY}
+            geom = {k: arrays[k] for k in (*GEOMETRY, "goal_radius") if k in arrays}
         scene = SceneMasks.from_soft(ctx[i], None if gt is None else gt[i], geom)
         row = score_samples(samp[i], scene)
         if arrays is not None and near.has_feasible_set(arrays):

@@ -28,8 +28,9 @@ fitted); ``snap=0`` turns it off.
 Verified = collision-free and route open with the clearance, and pushable (``pushable``, its
 ``segments``); ``room`` is what it leaves to spare (:meth:`Checker.room`, at least the
 clearance). Ranking: verified first, by push distance plus ``ROOM_WEIGHT`` times the room
-missing to ``clearance + max(ROOM_LEVELS)`` (chosen on 50 dev rooms: the top proposal passes a
-5 cm judge in 72.5 % of them against 70 % by push distance alone, for 1 mm more push), then
+missing to ``clearance + max(room_levels(robot_radius))`` (5 cm for robots of 0.15 m or more,
+a third of the radius for smaller ones; chosen on 50 dev rooms: the top proposal passes a 5 cm
+judge in 72.5 % of them against 70 % by push distance alone, for 1 mm more push), then
 the rest by push distance (inf last), then fit IoU. Push plans are made lazily in that order
 (see :func:`rank`). Near-duplicates (centres within ``merge_distance``, default the box's
 short side, yaws within ``merge_angle`` modulo the box's symmetry, same verdict) are merged
@@ -85,7 +86,7 @@ MIN_FIT_IOU = 0.3
 DRAWS = 2
 MERGE_ANGLE = 30.0  # degrees
 # Ranking among verified proposals: push distance plus ROOM_WEIGHT times the room missing to
-# clearance + max(ROOM_LEVELS): a pose that leaves the robot 5 cm less room must save 10 cm of
+# clearance + max(room levels): a pose that leaves the robot 5 cm less room must save 10 cm of
 # push to rank first (weights 0 / 2 / 5 on 50 dev rooms: top proposal passing a 5 cm judge
 # 70 / 72.5 / 72.5 %; on dev mazes no difference).
 ROOM_WEIGHT = 2.0
@@ -150,10 +151,10 @@ class Proposal:
             return "push not checked"
         return "; ".join(self.reasons) or None
 
-    def rank_cost(self, clearance: float) -> float:
-        """Push distance plus ``ROOM_WEIGHT`` times the room missing to ``clearance +
-        max(ROOM_LEVELS)`` (the ranking's key among verified proposals)."""
-        want = clearance + max(ROOM_LEVELS)
+    def rank_cost(self, want: float) -> float:
+        """Push distance plus ``ROOM_WEIGHT`` times the room missing to ``want`` (the
+        clearance plus the largest room level, :attr:`Checker.room_wanted`): the ranking's key
+        among verified proposals."""
         room = self.room if np.isfinite(self.room) else want
         return self.push_distance + ROOM_WEIGHT * max(0.0, want - room)
 
@@ -598,7 +599,7 @@ def rank(
     least the push distance).
     Verified first, by :meth:`Proposal.rank_cost` (push distance, room missing), then the
     rest by push distance, fit IoU, index."""
-    clearance = checker.clearance if checker is not None else 0.0
+    want = checker.room_wanted if checker is not None else max(ROOM_LEVELS)
     order = sorted(
         candidates, key=lambda p: (not p.passes_placement, p.push_distance, -p.fit_iou, p.index)
     )
@@ -619,7 +620,7 @@ def rank(
                 if q is not None:
                     q.merged.append(p.index)
                     continue
-                costs = sorted(q.rank_cost(clearance) for q in kept if q.verified)
+                costs = sorted(q.rank_cost(want) for q in kept if q.verified)
                 if len(costs) >= top and p.push_distance >= costs[top - 1]:
                     continue
             check_push(checker, p)
@@ -641,7 +642,7 @@ def rank(
         kept,
         key=lambda p: (
             not p.verified,
-            p.rank_cost(clearance) if p.verified else p.push_distance,
+            p.rank_cost(want) if p.verified else p.push_distance,
             -p.fit_iou,
             p.index,
         ),

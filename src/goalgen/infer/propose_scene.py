@@ -48,7 +48,17 @@ THRESHOLD = 0.5
 # 5 cm cell along it however the grid falls).
 CLEARANCE = 0.025
 MAX_PUSH = 2.0  # m: the push search radius (maze files search feasible goals within 1.5 m)
-ROOM_LEVELS = (0.025, 0.05)  # m of room beyond the clearance the route is checked for (ranking)
+# Room beyond the clearance the route is checked for (ranking): these metres for a robot of
+# radius 0.15 m or more (mazes, rooms), these shares of its radius for a smaller one (arenas:
+# 5 cm more room is a third of a 0.15 m robot and more than a 0.03 m robot's whole radius).
+ROOM_LEVELS = (0.025, 0.05)
+ROOM_SHARES = (1 / 6, 1 / 3)
+
+
+def room_levels(robot_radius: float) -> tuple[float, ...]:
+    """Metres of room beyond the clearance the ranking asks of the route of a robot of
+    ``robot_radius`` m (:data:`ROOM_LEVELS`, scaled down for robots under 0.15 m)."""
+    return tuple(min(m, s * robot_radius) for m, s in zip(ROOM_LEVELS, ROOM_SHARES, strict=True))
 
 
 @dataclass
@@ -231,6 +241,7 @@ class Checker:
         self._rooms: dict[float, verify.ReachGrid] = {}
         frame, world, box = scene.frame, scene.world, scene.target
         limit = float(max_push) if scene.units == "m" else np.inf
+        self.room_levels = ROOM_LEVELS if world is None else room_levels(world.robot_radius)
         if world is not None:
             self.obstacles = np.concatenate([world.static, world.others]).reshape(-1, 5)
             self.cell = cell or min(frame.metres_per_pixel, world.robot_radius / 3)
@@ -242,7 +253,7 @@ class Checker:
                 world.goal_xy,
                 world.robot_radius + self.clearance,
                 end_radius=world.robot_radius,
-                headroom=max(ROOM_LEVELS),
+                headroom=max(self.room_levels),
             )
             grid = self.reach
 
@@ -482,17 +493,22 @@ class Checker:
             )
         return self._planner.check(pose)
 
+    @property
+    def room_wanted(self) -> float:
+        """World units of room the ranking asks for: the clearance plus the largest level."""
+        return self.clearance + max(self.room_levels)
+
     def room(self, boxes: np.ndarray) -> np.ndarray:
         """``(K,)`` world units to spare for boxes ``(K, 5)`` that verify: the least of the
         box's exact distance to walls, other boxes and the robot's disk, and the room the
-        robot's route keeps (the clearance, or the largest of ``clearance + ROOM_LEVELS`` the
+        robot's route keeps (the clearance, or the largest of ``clearance + room_levels`` the
         route grid still finds open). NaN without world geometry."""
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 5)
         if self.scene.world is None or not len(boxes):
             return np.full(len(boxes), np.nan)
         world = self.scene.world
-        near = _nearby(self.obstacles, boxes, max(ROOM_LEVELS) + self.clearance)
-        gap = np.full(len(boxes), max(ROOM_LEVELS) + self.clearance)
+        near = _nearby(self.obstacles, boxes, self.room_wanted)
+        gap = np.full(len(boxes), self.room_wanted)
         if len(near):
             # convex boxes apart: the closest points include a corner of one of them
             one = verify.point_box_distance(verify.box_corners(boxes), near).min((1, 2))
@@ -500,7 +516,7 @@ class Checker:
             gap = np.minimum(gap, np.minimum(one, two))
         robot = verify.point_box_distance(world.robot_xy, boxes) - world.robot_radius
         route = np.full(len(boxes), self.clearance)
-        for extra in ROOM_LEVELS:
+        for extra in self.room_levels:
             if extra not in self._rooms:
                 self._rooms[extra] = self.reach.grown(extra)
             route[self._rooms[extra].opens(boxes)] = self.clearance + extra

@@ -118,6 +118,8 @@ def _generate_if_ours(out: Path, synth: DictConfig) -> None:
         seed=int(synth.seed),
         workers=max(1, min(4, os.cpu_count() or 1)),
         family=str(synth.get("family", "rooms")),
+        maze_share=float(synth.get("maze_share", 0.5)),
+        arena_share=float(synth.get("arena_share", 0.0)),
     )
 
 

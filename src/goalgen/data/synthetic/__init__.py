@@ -8,7 +8,10 @@ Families (``goalgen-synth --family``, ``data.synthetic.family``):
   boxes, some closing the route at narrow places; masks in the planner's convention
   (:class:`goalgen.data.geometry.NamoFrame`, key ``image_convention`` = 1); every feasible goal
   pose, its push distance and mode (:mod:`.feasible`) stored with the scene.
-- ``mixed``: a share of each (:mod:`.build`).
+- ``arena`` (:mod:`.arena`): a 1-3 m walled square split into a 2-5 cell maze (U, S and comb
+  shapes), a 0.03-0.1 m robot drawn the planners' way (a 0.2 m disk), 2-5 boxes; the maze
+  family's machinery and ground truth with its lengths scaled to the cell and the robot.
+- ``mixed``: a share of each (:mod:`.build`; arenas only when ``arena_share`` > 0).
 
 Every file holds the guide's six ``(size, size)`` uint8 0/255 masks (:data:`SCENE_KEYS`) plus
 plain numeric arrays of world geometry; scene ``i`` of a data set with seed ``s`` is a function
@@ -16,7 +19,8 @@ of ``(s, i, size, family options)`` only.
 """
 
 from goalgen.data.scenes import SCENE_KEYS
-from goalgen.data.synthetic import build, feasible, maze, rooms
+from goalgen.data.synthetic import arena, build, feasible, maze, rooms
+from goalgen.data.synthetic.arena import ArenaOptions
 from goalgen.data.synthetic.build import (
     FAMILIES,
     STAMP_NAME,
@@ -43,6 +47,7 @@ from goalgen.data.synthetic.rooms import (
 GENERATOR_VERSION = rooms.VERSION  # the rooms family's; mazes record maze.VERSION
 
 __all__ = [
+    "arena",
     "DELTA",
     "FAMILIES",
     "GENERATOR_VERSION",
@@ -55,6 +60,7 @@ __all__ = [
     "SCENE_KEYS",
     "STAMP_NAME",
     "WORLD_BOUNDS",
+    "ArenaOptions",
     "MazeOptions",
     "benchmark",
     "build",

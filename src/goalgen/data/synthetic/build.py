@@ -4,8 +4,9 @@ the generator's speed.
 Scene ``i`` of a data set with seed ``s`` is generated from
 ``np.random.SeedSequence(s, spawn_key=(i,))`` by its family's ``generate_scene``, whatever the
 number of scenes or workers; in a ``mixed`` set scene ``i`` is a maze with probability
-``maze_share``, drawn from ``SeedSequence(s, spawn_key=(i, MIX_KEY))``, so its file is the one
-a ``rooms`` or ``maze`` set of the same seed has at ``i``.
+``maze_share``, an arena with probability ``arena_share`` (default 0) and otherwise rooms,
+drawn from one uniform of ``SeedSequence(s, spawn_key=(i, MIX_KEY))``, so its file is the one
+a ``rooms``, ``maze`` or ``arena`` set of the same seed has at ``i``.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ from numpy.lib import format as npy_format
 from rich.progress import track
 
 from goalgen.cli import OneLineParser, one_line
-from goalgen.data.synthetic import maze, rooms
+from goalgen.data.synthetic import arena, maze, rooms
 from goalgen.data.synthetic.maze import MazeOptions
 from goalgen.io import atomic_write, atomic_write_text
 
-FAMILIES = ("rooms", "maze", "mixed")
+FAMILIES = ("rooms", "maze", "arena", "mixed")
 STAMP_NAME = ".goalgen_synth.json"
 MIX_KEY = 1  # spawn_key (i, MIX_KEY) draws scene i's family in a mixed set
 _SCENE_NAME = re.compile(r"\.?scene_\d+\.npz(\.tmp)?")  # with the temporary names
@@ -50,25 +51,39 @@ def maze_options(maze_opts: MazeOptions | Mapping[str, Any] | None) -> MazeOptio
     return MazeOptions(**fields)
 
 
-def family_of(seq: np.random.SeedSequence, family: str, maze_share: float) -> str:
-    """``rooms`` or ``maze``: the family of the scene ``seq`` in a set of ``family``."""
+def family_of(
+    seq: np.random.SeedSequence, family: str, maze_share: float, arena_share: float = 0.0
+) -> str:
+    """``rooms``, ``maze`` or ``arena``: the family of the scene ``seq`` in a set of ``family``."""
     if family != "mixed":
         return family
     draw = np.random.SeedSequence(seq.entropy, spawn_key=(*seq.spawn_key, MIX_KEY))
-    return "maze" if np.random.default_rng(draw).random() < maze_share else "rooms"
+    u = np.random.default_rng(draw).random()
+    return "maze" if u < maze_share else "arena" if u < maze_share + arena_share else "rooms"
 
 
 def check_options(
-    family: str, size: int, maze_share: float = 0.5, maze_opts: MazeOptions | None = None
+    family: str,
+    size: int,
+    maze_share: float = 0.5,
+    maze_opts: MazeOptions | None = None,
+    arena_share: float = 0.0,
 ) -> str | None:
     """A one-line reason why these options cannot work, or None."""
     if family not in FAMILIES:
         return f"family must be one of {', '.join(FAMILIES)}, got {family!r}"
-    if family == "mixed" and not 0.0 <= maze_share <= 1.0:
-        return f"maze share must be in [0, 1], got {maze_share}"
-    if family != "maze" and size < rooms.MIN_SIZE:
+    mixed = family == "mixed"
+    if mixed and not (min(maze_share, arena_share) >= 0 and maze_share + arena_share <= 1):
+        return (
+            f"maze and arena shares must be >= 0 and sum to <= 1, got {maze_share}, {arena_share}"
+        )
+    if family in ("rooms", "mixed") and size < rooms.MIN_SIZE:
         return f"size must be >= {rooms.MIN_SIZE}, got {size}"
-    if family != "rooms":
+    if family == "arena" or (mixed and arena_share > 0):
+        problem = arena.ArenaOptions().problem(size)
+        if problem is not None:
+            return problem
+    if family in ("maze", "mixed"):
         return maze_options(maze_opts).problem(size)
     return None
 
@@ -79,11 +94,16 @@ def generate_scene(
     family: str = "rooms",
     maze_share: float = 0.5,
     maze_opts: MazeOptions | Mapping[str, Any] | None = None,
+    arena_share: float = 0.0,
 ) -> dict[str, np.ndarray]:
-    """One scene of ``family`` as ``{key: array}`` (keys in :mod:`.rooms` / :mod:`.maze`)."""
+    """One scene of ``family`` as ``{key: array}`` (keys in :mod:`.rooms`, :mod:`.maze`,
+    :mod:`.arena`)."""
     seq = maze.seed_sequence(seed)
-    if family_of(seq, family, maze_share) == "rooms":
+    kind = family_of(seq, family, maze_share, arena_share)
+    if kind == "rooms":
         return rooms.generate_scene(seq, size)
+    if kind == "arena":
+        return arena.generate_scene(seq, size)
     return maze.generate_scene(seq, size, maze_options(maze_opts))
 
 
@@ -106,23 +126,33 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _write_scene(task: tuple) -> str:
-    path, seed, index, size, family, share, opts = task
+    path, seed, index, size, family, shares, opts = task
     seq = np.random.SeedSequence(seed, spawn_key=(index,))
-    save_npz(Path(path), generate_scene(seq, size, family, share, opts))
+    save_npz(Path(path), generate_scene(seq, size, family, shares[0], opts, shares[1]))
     return path
 
 
 def _stamp(
-    num_scenes: int, seed: int, size: int, family: str, share: float, opts: MazeOptions
+    num_scenes: int,
+    seed: int,
+    size: int,
+    family: str,
+    shares: tuple[float, float],
+    opts: MazeOptions,
 ) -> dict[str, Any]:
-    """What a completed data set records; a rooms set's is that of earlier versions."""
+    """What a completed data set records; a rooms, maze or mixed set without arenas records
+    what earlier versions did."""
     stamp: dict[str, Any] = {"num_scenes": num_scenes, "seed": seed, "size": size}
     stamp["version"] = rooms.VERSION
     if family != "rooms":
         fields = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(opts).items()}
         stamp |= {"family": family, "maze_version": maze.VERSION, "maze": fields}
     if family == "mixed":
-        stamp["maze_share"] = share
+        stamp["maze_share"] = shares[0]
+    if family == "arena" or (family == "mixed" and shares[1] > 0):
+        stamp["arena_version"] = arena.VERSION
+        if family == "mixed":
+            stamp["arena_share"] = shares[1]
     return stamp
 
 
@@ -151,6 +181,7 @@ def _generate(
     family: str = "rooms",
     maze_share: float = 0.5,
     maze_opts: MazeOptions | Mapping[str, Any] | None = None,
+    arena_share: float = 0.0,
 ) -> tuple[list[Path], bool]:
     """Write the data set unless complete; returns its paths and whether it wrote them now."""
     if num_scenes < 1 or workers < 1 or not 0 <= seed < 2**63:
@@ -159,17 +190,18 @@ def _generate(
             f"{num_scenes}, {workers}, {seed}"
         )
     opts = maze_options(maze_opts)
-    problem = check_options(family, size, maze_share, opts)
+    problem = check_options(family, size, maze_share, opts, arena_share)
     if problem is not None:
         raise ValueError(problem)
     names = [f"scene_{i:05d}.npz" for i in range(num_scenes)]
     paths = [out / name for name in names]
-    stamp = _stamp(num_scenes, seed, size, family, maze_share, opts)
+    shares = (maze_share, arena_share)
+    stamp = _stamp(num_scenes, seed, size, family, shares, opts)
     if _is_complete(out, stamp, names):
         return paths, False
     out.mkdir(parents=True, exist_ok=True)
     (out / STAMP_NAME).unlink(missing_ok=True)
-    tasks = [(str(p), seed, i, size, family, maze_share, opts) for i, p in enumerate(paths)]
+    tasks = [(str(p), seed, i, size, family, shares, opts) for i, p in enumerate(paths)]
     show = {"total": num_scenes, "description": "scenes", "disable": not progress}
     if workers == 1:
         for _ in track(map(_write_scene, tasks), **show):
@@ -195,20 +227,19 @@ def generate_dataset(
     family: str = "rooms",
     maze_share: float = 0.5,
     maze_opts: MazeOptions | Mapping[str, Any] | None = None,
+    arena_share: float = 0.0,
 ) -> list[Path]:
     """Write ``out_dir/scene_00000.npz`` ... and return their paths, in order.
 
-    ``family`` is ``rooms``, ``maze`` or ``mixed`` (a share ``maze_share`` of mazes);
-    ``maze_opts`` a :class:`MazeOptions` or a mapping of its fields. Returns at once if
+    ``family`` is ``rooms``, ``maze``, ``arena`` or ``mixed`` (a share ``maze_share`` of
+    mazes, ``arena_share`` of arenas, the rest rooms); ``maze_opts`` a :class:`MazeOptions` or a mapping of its fields. Returns at once if
     ``out_dir`` holds a completed run with the same arguments and generator versions (recorded
     in ``out_dir/.goalgen_synth.json``, written last). Otherwise writes every scene and removes
     ``scene_*.npz`` files beyond ``num_scenes``. ``progress`` shows a progress bar on stderr.
     Raises ``ValueError`` for bad options.
     """
-    out = Path(out_dir)
-    return _generate(out, num_scenes, seed, workers, size, progress, family, maze_share, maze_opts)[
-        0
-    ]
+    out, shares = Path(out_dir), (maze_share, maze_opts, arena_share)
+    return _generate(out, num_scenes, seed, workers, size, progress, family, *shares)[0]
 
 
 def benchmark(
@@ -222,7 +253,7 @@ def benchmark(
 
     Returns ``{family: {"scenes", "seconds", "scenes_per_s", "layouts", "rejected":
     {reason: count}, "rejected_share", "feasible_poses_mean", "modes_mean"}}`` (the last two
-    for mazes only); scenes are those of a data set of ``seed`` (no files written).
+    for mazes and arenas); scenes are those of a data set of ``seed`` (no files written).
     """
     opts, out = maze_options(maze_opts), {}
     for family in families:
@@ -233,6 +264,10 @@ def benchmark(
             seq = np.random.SeedSequence(seed, spawn_key=(i,))
             if family == "rooms":
                 _, counts = rooms.generate_with_stats(seq, size)
+            elif family == "arena":
+                scene, counts = arena.generate_with_stats(seq, size)
+                poses.append(len(scene["feasible_push"]))
+                modes.append(int(scene["num_modes"]))
             else:
                 scene, counts = maze.generate_with_stats(seq, size, opts)
                 poses.append(len(scene["feasible_push"]))
@@ -269,6 +304,7 @@ def _parser() -> OneLineParser:
     add("--size", type=int, default=224, help="mask side in pixels (default 224)")
     add("--family", default="rooms", choices=FAMILIES, help="scene family (default rooms)")
     add("--maze-share", type=float, default=0.5, help="share of mazes in a mixed set (0.5)")
+    add("--arena-share", type=float, default=0.0, help="share of arenas in a mixed set (0)")
     default = MazeOptions()
     add("--grid-size", type=int, default=default.grid_size, help="maze cells per side (11)")
     add("--deletion-min", type=float, default=default.deletion[0], help="least wall deletion (0.5)")
@@ -290,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = MazeOptions(
         args.grid_size, (args.deletion_min, args.deletion_max), (args.boxes_min, args.boxes_max)
     )
-    problem = check_options(args.family, args.size, args.maze_share, opts)
+    problem = check_options(args.family, args.size, args.maze_share, opts, args.arena_share)
     if problem is not None:
         parser.error(problem)
     start = time.perf_counter()
@@ -305,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             args.family,
             args.maze_share,
             opts,
+            args.arena_share,
         )
     except (OSError, RuntimeError) as error:
         print(f"goalgen-synth: error: {one_line(error)}", file=sys.stderr)

@@ -1,8 +1,10 @@
 """Grid mazes for the ``maze`` family (:mod:`.maze`): carving, the cell graph, cuts, and the
 boxes that close a passage.
 
-Cells ``(i, j)`` of ``CELL`` metres have their lower-left corner at ``(i, j) * CELL`` (cell id
+Cells ``(i, j)`` of ``cell`` metres have their lower-left corner at ``(i, j) * cell`` (cell id
 ``i * n + j``); walls lie on the grid lines, ``t`` thick, and run ``t / 2`` past their ends.
+A family's lengths are a :class:`Lengths` (``MAZE``: the ``maze`` family's 1 m cells; the
+``arena`` family scales them to its cells and robot).
 """
 
 from __future__ import annotations
@@ -21,6 +23,21 @@ BOX_EXTENT = (0.5, 0.94)  # box sides, m
 END_GAP = (0.03, 0.08)  # passage box end to its anchor, m
 DEPTH = (0.5, 0.7)  # passage box side across the passage, m
 MAX_OFFSET = 0.1  # passage box centre off the edge line, m
+
+
+@dataclass(frozen=True)
+class Lengths:
+    """A grid family's lengths in metres (ranges are ``(low, high)``)."""
+
+    cell: float = CELL
+    wall: tuple[float, float] = WALL  # wall thickness
+    box_extent: tuple[float, float] = BOX_EXTENT  # box sides
+    end_gap: tuple[float, float] = END_GAP  # passage box end to its anchor
+    depth: tuple[float, float] = DEPTH  # passage box side across the passage
+    max_offset: float = MAX_OFFSET  # passage box centre off the edge line
+
+
+MAZE = Lengths()
 MAX_TILT = np.deg2rad(3.0)
 MAX_CUT = 10
 FAR = 0.6  # the goal's cell is at least this share of the way to the farthest cell
@@ -32,6 +49,7 @@ class Maze:
     t: float
     v: np.ndarray  # (n + 1, n) bool: wall on the line x = i, y in [j, j + 1]
     h: np.ndarray  # (n, n + 1) bool: wall on the line y = j, x in [i, i + 1]
+    cell: float = CELL
 
     def walls(self) -> np.ndarray:
         """Wall boxes ``(K, 5)``: one per run of walls on a grid line."""
@@ -42,11 +60,11 @@ class Maze:
                 for j0, j1 in zip(
                     np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True
                 ):
-                    mid, length = (j0 + j1) / 2 * CELL, (j1 - j0) * CELL + self.t
+                    mid, length = (j0 + j1) / 2 * self.cell, (j1 - j0) * self.cell + self.t
                     box = (
-                        (i * CELL, mid, self.t, length)
+                        (i * self.cell, mid, self.t, length)
                         if vertical
-                        else (mid, i * CELL, length, self.t)
+                        else (mid, i * self.cell, length, self.t)
                     )
                     out.append((*box, 0.0))
         return np.array(out, dtype=np.float64)
@@ -72,11 +90,12 @@ class Maze:
         return np.array(out, dtype=np.int64).reshape(-1, 5)
 
 
-def carve(rng: np.random.Generator, n: int, deletion: float) -> Maze:
+def carve(rng: np.random.Generator, n: int, deletion: float, lengths: Lengths = MAZE) -> Maze:
     """A maze with a share ``deletion`` of its ``2 n (n - 1)`` interior edges open: a perfect
     maze (randomised depth-first search) with more of its walls removed at random (none if
     ``deletion`` is below the perfect maze's own share of open edges)."""
-    maze = Maze(n, rng.uniform(*WALL), np.ones((n + 1, n), bool), np.ones((n, n + 1), bool))
+    t = rng.uniform(*lengths.wall)
+    maze = Maze(n, t, np.ones((n + 1, n), bool), np.ones((n, n + 1), bool), lengths.cell)
     seen = np.zeros((n, n), dtype=bool)
     stack = [(int(rng.integers(n)), int(rng.integers(n)))]
     seen[stack[0]] = True
@@ -148,18 +167,22 @@ def shortest_path(cells: sparse.csr_matrix, start: int, end: int) -> list[int] |
     return path[::-1]
 
 
-def passage_box(rng: np.random.Generator, maze: Maze, passage: np.ndarray) -> np.ndarray:
+def passage_box(
+    rng: np.random.Generator, maze: Maze, passage: np.ndarray, lengths: Lengths = MAZE
+) -> np.ndarray:
     """A box ``(5,)`` across ``passage``, leaving gaps narrower than the robot at both ends."""
     _, _, kind, i, j = (int(v) for v in passage)
     corners = ((i, j), (i, j + 1)) if kind == 0 else ((i, j), (i + 1, j))
-    ends = [maze.t / 2 * maze.anchored(*c) + rng.uniform(*END_GAP) for c in corners]
-    length = CELL - sum(ends)
-    if length > BOX_EXTENT[1]:
-        ends = [e + (length - BOX_EXTENT[1]) / 2 for e in ends]
-        length = BOX_EXTENT[1]
-    depth, offset = rng.uniform(*DEPTH), rng.uniform(-MAX_OFFSET, MAX_OFFSET)
-    along = (j if kind == 0 else i) * CELL + ends[0] + length / 2
-    across = (i if kind == 0 else j) * CELL + offset
+    ends = [maze.t / 2 * maze.anchored(*c) + rng.uniform(*lengths.end_gap) for c in corners]
+    longest = lengths.box_extent[1]
+    length = maze.cell - sum(ends)
+    if length > longest:
+        ends = [e + (length - longest) / 2 for e in ends]
+        length = longest
+    depth = rng.uniform(*lengths.depth)
+    offset = rng.uniform(-lengths.max_offset, lengths.max_offset)
+    along = (j if kind == 0 else i) * maze.cell + ends[0] + length / 2
+    across = (i if kind == 0 else j) * maze.cell + offset
     box = [across, along, depth, length] if kind == 0 else [along, across, length, depth]
     theta = rng.uniform(-MAX_TILT, MAX_TILT)
     if rng.random() < 0.5:  # the same box, described turned by a quarter
@@ -181,11 +204,15 @@ class Plan:
 
 
 def plan(
-    rng: np.random.Generator, n: int, deletion: tuple[float, float], max_boxes: int
+    rng: np.random.Generator,
+    n: int,
+    deletion: tuple[float, float],
+    max_boxes: int,
+    lengths: Lengths = MAZE,
 ) -> Plan | None:
     """Carve a maze and cut its robot -> goal routes (None: no usable cut)."""
     rate = rng.uniform(*deletion)
-    maze = carve(rng, n, rate)
+    maze = carve(rng, n, rate, lengths)
     passages = maze.passages()
     cells = graph(n, passages, np.ones(len(passages)))
     robot_cell = int(rng.integers(n * n))

@@ -53,7 +53,7 @@ to (65535: none; entry ``[k, a, b]`` is the selected box moved by ``((b - F // 2
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -61,7 +61,7 @@ from scipy import ndimage
 from goalgen.data import geometry as geo
 from goalgen.data.scenes import SCENE_KEYS
 from goalgen.data.synthetic import feasible, grid
-from goalgen.data.synthetic.grid import BOX_EXTENT, CELL, WALL
+from goalgen.data.synthetic.grid import CELL, WALL
 
 VERSION = 2  # 2: goals pushed, not pulled
 IMAGE_CONVENTION = 1  # goalgen.data.geometry.NamoFrame; 0 = goalgen.data.geometry's own
@@ -77,6 +77,26 @@ PUSH_CHECKS = 40  # nearest feasible poses whose push is checked step by step fo
 MAX_ATTEMPTS = 300
 REASONS = ("cut", "placement", "not_blocked", "not_opened", "unreachable", "no_goal")
 LIMITS = {"grid_size": (3, 30), "boxes": (1, 40)}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """A grid family's lengths in metres: the grid's, the robot's and the pose search's.
+
+    ``thin`` and ``fat`` are what the blocked and opened checks take off and add to the robot
+    radius; ``robot_keep`` is the radius around the robot that boxes keep ``margin`` from (the
+    drawn disk in mazes, so that no box hides under it; the real one in arenas, where the drawn
+    disk covers walls and boxes as it does in the planners' small scenes)."""
+
+    lengths: grid.Lengths = field(default_factory=grid.Lengths)
+    robot_radius: float = ROBOT_RADIUS
+    goal_radius: float = GOAL_RADIUS
+    robot_keep: float = ROBOT_DRAWN
+    thin: float = DELTA
+    fat: float = DELTA
+    margin: float = MARGIN
+    max_push: float = MAX_PUSH
+    candidate_step: float = CANDIDATE_STEP
 
 
 @dataclass(frozen=True)
@@ -117,8 +137,8 @@ def _grown(box: np.ndarray, by: float) -> np.ndarray:
     return box + np.array([0, 0, 2 * by, 2 * by, 0])
 
 
-def _cell_center(cell: int, n: int) -> np.ndarray:
-    return (np.array(divmod(cell, n), dtype=np.float64) + 0.5) * CELL
+def _cell_center(cell: int, n: int, side: float = CELL) -> np.ndarray:
+    return (np.array(divmod(cell, n), dtype=np.float64) + 0.5) * side
 
 
 def _place_boxes(
@@ -128,20 +148,22 @@ def _place_boxes(
     walls: np.ndarray,
     near: np.ndarray,
     options: MazeOptions,
+    sizes: Sizes,
 ) -> list[np.ndarray] | None:
     """Boxes ``(5,)``, the selected one first: one across every cut passage, then decoys off
     the route (None: a passage box does not fit, or too few boxes fit)."""
-    n, passages = plan.maze.n, plan.passages
-    wall_near = geo.inflate(walls, max(MARGIN / frame.metres_per_pixel, 1.5))
+    n, passages, lengths = plan.maze.n, plan.passages, sizes.lengths
+    cell, margin = lengths.cell, sizes.margin
+    wall_near = geo.inflate(walls, max(margin / frame.metres_per_pixel, 1.5))
     boxes: list[np.ndarray] = []
     taken = near.copy()  # where a passage box may not be
     for index in plan.cut:
-        box = grid.passage_box(rng, plan.maze, passages[index])
+        box = grid.passage_box(rng, plan.maze, passages[index], lengths)
         if (frame.box_mask(*box) & (taken | walls)).any():
             return None
         boxes.append(box)
-        taken |= frame.box_mask(*_grown(box, MARGIN))
-    cells = [frame.box_mask(*_cell_center(c, n), CELL, CELL, 0.0) for c in plan.route]
+        taken |= frame.box_mask(*_grown(box, margin))
+    cells = [frame.box_mask(*_cell_center(c, n, cell), cell, cell, 0.0) for c in plan.route]
     zone = np.any(cells, axis=0)
     total = int(rng.integers(max(options.boxes[0], len(boxes)), options.boxes[1] + 1))
     on_route = np.zeros(n * n, dtype=bool)
@@ -154,32 +176,40 @@ def _place_boxes(
             break
         if rng.random() < DECOY_PASSAGE and len(decoy_passages):
             which = decoy_passages[rng.integers(len(decoy_passages))]
-            box, blocked = grid.passage_box(rng, plan.maze, passages[which]), taken | walls | zone
+            box = grid.passage_box(rng, plan.maze, passages[which], lengths)
+            blocked = taken | walls | zone
         else:
-            corner = np.array(divmod(int(free_cells[rng.integers(len(free_cells))]), n)) * CELL
-            box = np.array([*(corner + rng.uniform(0, CELL, 2)), *rng.uniform(*BOX_EXTENT, 2), 0])
+            corner = np.array(divmod(int(free_cells[rng.integers(len(free_cells))]), n)) * cell
+            centre = corner + rng.uniform(0, cell, 2)
+            box = np.array([*centre, *rng.uniform(*lengths.box_extent, 2), 0])
             box[4], blocked = rng.uniform(-np.pi / 2, np.pi / 2), taken | wall_near | zone
         if not (frame.box_mask(*box) & blocked).any():
             boxes.append(box)
-            taken |= frame.box_mask(*_grown(box, MARGIN))
+            taken |= frame.box_mask(*_grown(box, margin))
     return boxes if len(boxes) >= options.boxes[0] else None
 
 
-def _attempt(rng: np.random.Generator, size: int, options: MazeOptions) -> dict | str:
+def attempt(
+    rng: np.random.Generator, size: int, options: MazeOptions, sizes: Sizes | None = None
+) -> dict | str:
     """One layout: the scene's arrays, or the name of the check it failed (``REASONS``)."""
-    plan = grid.plan(rng, options.grid_size, options.deletion, options.boxes[1])
+    sizes = sizes or Sizes()
+    lengths, margin, radius = sizes.lengths, sizes.margin, sizes.robot_radius
+    plan = grid.plan(rng, options.grid_size, options.deletion, options.boxes[1], lengths)
     if plan is None:
         return "cut"
-    n, walls = plan.maze.n, plan.maze.walls()
+    n, walls, cell = plan.maze.n, plan.maze.walls(), lengths.cell
     frame = geo.NamoFrame.from_geometry(walls, size)
     mpp = frame.metres_per_pixel
     wall_mask = np.any([frame.box_mask(*w) for w in walls], axis=0)
-    slack = 0.5 - plan.maze.t / 2 - MARGIN
-    robot_xy = _cell_center(plan.robot_cell, n) + rng.uniform(-1, 1, 2) * (slack - ROBOT_DRAWN)
-    goal_xy = _cell_center(plan.goal_cell, n) + rng.uniform(-1, 1, 2) * (slack - GOAL_RADIUS)
-    near = frame.disk_mask(robot_xy, ROBOT_DRAWN + MARGIN)
-    near |= frame.disk_mask(goal_xy, GOAL_RADIUS + MARGIN)
-    boxes = _place_boxes(rng, plan, frame, wall_mask, near, options)
+    slack = cell / 2 - plan.maze.t / 2 - margin
+    robot_xy = _cell_center(plan.robot_cell, n, cell)
+    robot_xy += rng.uniform(-1, 1, 2) * (slack - sizes.robot_keep)
+    goal_xy = _cell_center(plan.goal_cell, n, cell)
+    goal_xy += rng.uniform(-1, 1, 2) * (slack - sizes.goal_radius)
+    near = frame.disk_mask(robot_xy, sizes.robot_keep + margin)
+    near |= frame.disk_mask(goal_xy, sizes.goal_radius + margin)
+    boxes = _place_boxes(rng, plan, frame, wall_mask, near, options, sizes)
     if boxes is None:
         return "placement"
 
@@ -190,7 +220,7 @@ def _attempt(rng: np.random.Generator, size: int, options: MazeOptions) -> dict 
     clearance = geo.distance_to(obstacles)
     start = tuple(int(v) for v in frame.world_to_pixel(robot_xy))
     end = tuple(int(v) for v in frame.world_to_pixel(goal_xy))
-    thin, fat = (ROBOT_RADIUS - DELTA) / mpp, (ROBOT_RADIUS + DELTA) / mpp
+    thin, fat = (radius - sizes.thin) / mpp, (radius + sizes.fat) / mpp
     if geo.cspace_connected((clearance <= thin) | geo.inflate(target, thin), start, end):
         return "not_blocked"
     fat_obstacles = clearance <= fat
@@ -201,10 +231,11 @@ def _attempt(rng: np.random.Generator, size: int, options: MazeOptions) -> dict 
     labels, _ = ndimage.label(~(fat_obstacles | swollen), structure=np.ones((3, 3), bool))
     if labels[start] == 0 or not (ring & (labels == labels[start])).any():
         return "unreachable"
-    keep_out = (clearance <= max(MARGIN / mpp, 1.5)) | near
-    search = feasible.Search(MAX_PUSH, MAX_PUSH + NEAR_SLACK * frame.side, CANDIDATE_STEP)
+    keep_out = (clearance <= max(margin / mpp, 1.5)) | near
+    reach = sizes.max_push + NEAR_SLACK * frame.side
+    search = feasible.Search(sizes.max_push, reach, sizes.candidate_step)
     problem = feasible.Problem(
-        frame, boxes[0], obstacles, keep_out, ~fat_obstacles, fat, start, end, ROBOT_RADIUS
+        frame, boxes[0], obstacles, keep_out, ~fat_obstacles, fat, start, end, radius
     )
     result = feasible.solve(problem, search)
     goal_box = None if result is None else _verified_goal(result, problem, boxes[0])
@@ -224,8 +255,8 @@ def _attempt(rng: np.random.Generator, size: int, options: MazeOptions) -> dict 
         "geometry_bounds": np.array(geo.padded_bounds(walls), dtype=f),
         "robot_pose": robot_xy.astype(f),
         "goal_pose": goal_xy.astype(f),
-        "robot_radius": np.array(ROBOT_RADIUS, dtype=f),
-        "goal_radius": np.array(GOAL_RADIUS, dtype=f),
+        "robot_radius": np.array(radius, dtype=f),
+        "goal_radius": np.array(sizes.goal_radius, dtype=f),
         "robot_mask_radius": np.array(ROBOT_DRAWN, dtype=f),
         "goal_mask_radius": np.array(GOAL_DRAWN, dtype=f),
         "movable_boxes": np.array([boxes[i] for i in order], dtype=f),
@@ -233,7 +264,7 @@ def _attempt(rng: np.random.Generator, size: int, options: MazeOptions) -> dict 
         "target_goal_box": goal_box.astype(f),
         "static_walls": walls,
         "grid_size": np.array(n, dtype=np.int64),
-        "cell_size": np.array(CELL, dtype=f),
+        "cell_size": np.array(cell, dtype=f),
         "wall_thickness": np.array(plan.maze.t, dtype=f),
         "deletion_rate": np.array(plan.deletion, dtype=f),
         "feasible_poses": result.poses.astype(f),
@@ -242,7 +273,7 @@ def _attempt(rng: np.random.Generator, size: int, options: MazeOptions) -> dict 
         "num_modes": np.array(int(result.modes.max()) + 1, dtype=np.int64),
         "push_field": feasible.field_to_file(result.field),
         "push_field_step": np.array(result.field_step, dtype=f),
-        "push_search_radius": np.array(MAX_PUSH, dtype=f),
+        "push_search_radius": np.array(sizes.max_push, dtype=f),
         "feasible_lattice_step": np.array(result.lattice_step, dtype=f),
         "generator_version": np.array(VERSION, dtype=np.int64),
     }
@@ -295,7 +326,7 @@ def generate_with_stats(
     if problem is not None:
         raise ValueError(problem)
     return feasible.rejection_sample(
-        "maze", seq, lambda rng: _attempt(rng, size, options), MAX_ATTEMPTS
+        "maze", seq, lambda rng: attempt(rng, size, options), MAX_ATTEMPTS
     )
 
 
