@@ -282,3 +282,19 @@ def test_demo_generates_into_an_empty_folder_but_never_over_user_scenes(tmp_path
     assert [p.name for p in user.iterdir()] == ["scene_00007.npz"]
     with pytest.raises(ValueError, match="data.synthetic generates one folder"):
         ensure([str(user), str(tmp_path / "new")])
+
+
+def test_a_recipe_generates_its_mix_of_families(tmp_path):
+    """data.synthetic's maze and arena shares reach the generator (experiment=planner_mix)."""
+    from omegaconf import OmegaConf
+
+    from goalgen.train.entry import _ensure_synthetic_data
+
+    mix = {"num_scenes": 3, "seed": 0, "family": "mixed", "maze_share": 0.0, "arena_share": 1.0}
+    cfg = OmegaConf.create({"data": {"data_dir": str(tmp_path / "mix"), "synthetic": mix}})
+    _ensure_synthetic_data(cfg, True, lambda: None)
+    stamp = json.loads((tmp_path / "mix" / synth.STAMP_NAME).read_text())
+    assert stamp["arena_share"] == 1.0 and stamp["maze_share"] == 0.0
+    for path in sorted((tmp_path / "mix").glob("*.npz")):
+        with np.load(path) as scene:
+            assert "arena_side" in scene.files, path.name

@@ -49,16 +49,17 @@ THRESHOLD = 0.5
 CLEARANCE = 0.025
 MAX_PUSH = 2.0  # m: the push search radius (maze files search feasible goals within 1.5 m)
 # Room beyond the clearance the route is checked for (ranking): these metres for a robot of
-# radius 0.15 m or more (mazes, rooms), these shares of its radius for a smaller one (arenas:
+# radius ROOM_RADIUS or more (mazes, rooms), in proportion to a smaller one's radius (arenas:
 # 5 cm more room is a third of a 0.15 m robot and more than a 0.03 m robot's whole radius).
 ROOM_LEVELS = (0.025, 0.05)
-ROOM_SHARES = (1 / 6, 1 / 3)
+ROOM_RADIUS = 0.15
 
 
 def room_levels(robot_radius: float) -> tuple[float, ...]:
     """Metres of room beyond the clearance the ranking asks of the route of a robot of
-    ``robot_radius`` m (:data:`ROOM_LEVELS`, scaled down for robots under 0.15 m)."""
-    return tuple(min(m, s * robot_radius) for m, s in zip(ROOM_LEVELS, ROOM_SHARES, strict=True))
+    ``robot_radius`` m: :data:`ROOM_LEVELS`, scaled by ``robot_radius / ROOM_RADIUS`` below it."""
+    scale = min(1.0, robot_radius / ROOM_RADIUS)
+    return ROOM_LEVELS if scale == 1.0 else tuple(level * scale for level in ROOM_LEVELS)
 
 
 @dataclass
