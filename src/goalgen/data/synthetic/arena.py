@@ -9,9 +9,10 @@ machinery (:func:`.maze.attempt`: the minimum cut, passage boxes, decoys, the ch
 ground truth, every feasible pose and the push field, :mod:`.feasible`), with its lengths
 scaled (:func:`sizes`):
 
-- with the cell ``c``: wall thickness ``(0.06, 0.10) c``, box sides ``(0.5, 0.94) c``,
-  passage box depth ``(0.5, 0.7) c``, its offset ``0.1 c``, the push search radius ``1.5 c``
-  and the candidate lattice ``0.1 c`` (the maze family's values at ``c`` = 1 m);
+- with the cell ``c``: wall thickness ``(0.06, 0.10) c``, box sides ``(0.5, 0.94) c``, its
+  offset ``0.1 c``, the push search radius ``1.5 c`` and the candidate lattice ``0.1 c`` (the
+  maze family's values at ``c`` = 1 m); passage boxes are thinner than the maze's, ``(0.25,
+  0.5) c`` across the passage (the maze's ``(0.5, 0.7)``), so that turning one can open it;
 - with the robot: the gaps a passage box leaves at its ends, ``(0.2, 0.8) r`` (narrower than
   the robot ``r / 3`` thinner, the blocked check's robot), the goal's radius ``r``;
 - not at all, because they are the planners' metres: the opened check's robot ``FAT`` 4 cm
@@ -57,7 +58,8 @@ FAT = 0.04  # m the opened check's robot is fatter
 MARGIN = 0.03  # m
 MAX_ATTEMPTS = 300
 # the thinnest wall (6 % of a 0.4 m cell) is a pixel wide in the widest world that has it
-MIN_SIZE = int(np.ceil((GRID[1] * CELL[0] + 2 * geo.NAMO_PAD[1] + 0.1) / (WALL_SHARE[0] * CELL[0])))
+_WIDEST = GRID[1] * CELL[0] + 2 * geo.NAMO_PAD[1] + 0.1  # m: 5 cells of 0.4 m, padding, walls
+MIN_SIZE = int(np.ceil(_WIDEST / (WALL_SHARE[0] * CELL[0])))
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,8 @@ class ArenaOptions:
         """A one-line reason why these options (and mask ``size``) cannot work, or None."""
         s0, s1 = self.side
         if not SIDE[0] <= s0 <= s1 <= SIDE[1]:
-            return f"arena sides must satisfy {SIDE[0]} <= min <= max <= {SIDE[1]}, got {s0}, {s1}"
+            lo, hi = SIDE
+            return f"arena sides must satisfy {lo} <= min <= max <= {hi}, got {s0}, {s1}"
         r0, r1 = self.robot_radius
         if not ROBOT_RADIUS[0] <= r0 <= r1 <= ROBOT_RADIUS[1]:
             lo, hi = ROBOT_RADIUS
@@ -81,7 +84,10 @@ class ArenaOptions:
         if not 1 <= b0 <= b1 <= 10:
             return f"arena box counts must satisfy 1 <= min <= max <= 10, got {b0}, {b1}"
         if size is not None and size < MIN_SIZE:
-            return f"size {size} is too small for arenas (thin walls would have holes): need >= {MIN_SIZE}"
+            return (
+                f"size {size} is too small for arenas (thin walls would have holes): "
+                f"need >= {MIN_SIZE}"
+            )
         return None
 
 

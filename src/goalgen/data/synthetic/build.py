@@ -232,14 +232,15 @@ def generate_dataset(
     """Write ``out_dir/scene_00000.npz`` ... and return their paths, in order.
 
     ``family`` is ``rooms``, ``maze``, ``arena`` or ``mixed`` (a share ``maze_share`` of
-    mazes, ``arena_share`` of arenas, the rest rooms); ``maze_opts`` a :class:`MazeOptions` or a mapping of its fields. Returns at once if
-    ``out_dir`` holds a completed run with the same arguments and generator versions (recorded
-    in ``out_dir/.goalgen_synth.json``, written last). Otherwise writes every scene and removes
-    ``scene_*.npz`` files beyond ``num_scenes``. ``progress`` shows a progress bar on stderr.
+    mazes, ``arena_share`` of arenas, the rest rooms); ``maze_opts`` a :class:`MazeOptions` or
+    a mapping of its fields. Returns at once if ``out_dir`` holds a completed run with the
+    same arguments and generator versions (recorded in ``out_dir/.goalgen_synth.json``,
+    written last). Otherwise writes every scene and removes ``scene_*.npz`` files beyond
+    ``num_scenes``. ``progress`` shows a progress bar on stderr.
     Raises ``ValueError`` for bad options.
     """
-    out, shares = Path(out_dir), (maze_share, maze_opts, arena_share)
-    return _generate(out, num_scenes, seed, workers, size, progress, family, *shares)[0]
+    mix = (family, maze_share, maze_opts, arena_share)
+    return _generate(Path(out_dir), num_scenes, seed, workers, size, progress, *mix)[0]
 
 
 def benchmark(
