@@ -127,12 +127,28 @@ def test_ranking_prefers_a_roomy_pose_to_a_slightly_shorter_tight_one(tmp_path):
     assert by[0].push_distance + 0.05 < by[1].push_distance
 
 
+def _generated_and_verified(tmp_path, family: str, seed: tuple, spread: float, rng, clearance):
+    """A generated scene of ``family`` (``seed``: entropy, spawn key), its arrays, and its
+    verified proposals among its first 40 feasible poses and 60 random poses within ``spread``
+    m of the box."""
+    from goalgen.data.synthetic import generate_scene, save_npz
+
+    arrays = generate_scene(np.random.SeedSequence(seed[0], spawn_key=seed[1:]), 224, family=family)
+    save_npz(tmp_path / f"{family}.npz", arrays)
+    scene = as_scene(tmp_path / f"{family}.npz")
+    w, h = scene.target[2:4]
+    lo, hi = np.array(scene.target[:2]) - spread, np.array(scene.target[:2]) + spread
+    randoms = np.column_stack([rng.uniform(lo, hi, (60, 2)), rng.uniform(0, np.pi, 60)])
+    poses = np.concatenate([arrays["feasible_poses"][:40], randoms])
+    oracle = Oracle(scene.frame, [tuple(p) for p in poses], (w, h))
+    result = propose(oracle, scene, len(poses), clearance=clearance)
+    return scene, arrays, [c for c in result.candidates if c.verified]
+
+
 @pytest.mark.parametrize("clearance", [0.0, CLEARANCE])
 def test_every_verified_proposal_passes_the_independent_judge(tmp_path, clearance):
     """Random poses in the room, and a generated maze's feasible poses with random ones: what
     verifies is collision-free, opens the route and has a push plan the judge accepts."""
-    from goalgen.data.synthetic import generate_scene, save_npz
-
     rng = np.random.default_rng(4)
     room = as_scene(write_scene(tmp_path), object_name=OBJECT)
     poses = np.column_stack(
@@ -143,32 +159,16 @@ def test_every_verified_proposal_passes_the_independent_judge(tmp_path, clearanc
     assert len(verified) >= 5
     assert _judge(room, verified, clearance).all()
 
-    arrays = generate_scene(np.random.SeedSequence(11, spawn_key=(2,)), 224, family="maze")
-    save_npz(tmp_path / "maze.npz", arrays)
-    maze = as_scene(tmp_path / "maze.npz")
-    w, h = maze.target[2:4]
-    lo, hi = np.array(maze.target[:2]) - 1.5, np.array(maze.target[:2]) + 1.5
-    randoms = np.column_stack([rng.uniform(lo, hi, (60, 2)), rng.uniform(0, np.pi, 60)])
-    poses = np.concatenate([arrays["feasible_poses"][:40], randoms])
-    oracle = Oracle(maze.frame, [tuple(p) for p in poses], (w, h))
-    result = propose(oracle, maze, len(poses), clearance=clearance)
-    verified = [c for c in result.candidates if c.verified]
+    maze, _, verified = _generated_and_verified(tmp_path, "maze", (11, 2), 1.5, rng, clearance)
     assert all(np.isfinite(c.push_distance) and c.segments for c in verified)
     assert _judge(maze, verified, clearance).all()
 
     # a small arena: a robot of a few centimetres, drawn as the planners' 0.2 m disk
-    arrays = generate_scene(np.random.SeedSequence(12, spawn_key=(1,)), 224, family="arena")
-    save_npz(tmp_path / "arena.npz", arrays)
-    arena = as_scene(tmp_path / "arena.npz")
+    arena, arrays, verified = _generated_and_verified(
+        tmp_path, "arena", (12, 1), 0.6, rng, clearance
+    )
     radius = float(arrays["robot_radius"])
     assert radius < 0.1 and arena.robot_radius == radius
-    w, h = arena.target[2:4]
-    lo, hi = np.array(arena.target[:2]) - 0.6, np.array(arena.target[:2]) + 0.6
-    randoms = np.column_stack([rng.uniform(lo, hi, (60, 2)), rng.uniform(0, np.pi, 60)])
-    poses = np.concatenate([arrays["feasible_poses"][:40], randoms])
-    oracle = Oracle(arena.frame, [tuple(p) for p in poses], (w, h))
-    result = propose(oracle, arena, len(poses), clearance=clearance)
-    verified = [c for c in result.candidates if c.verified]
     assert len(verified) >= 3 and all(np.isfinite(c.push_distance) for c in verified)
     assert _judge(arena, verified, clearance).all()
     # the ranking asks a small robot for room in proportion to it (mazes: 5 cm beyond)
