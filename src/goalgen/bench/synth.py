@@ -16,7 +16,8 @@ TARGET_SCENES, TARGET_CORES = 10_000, 2  # issue 13: 10,000 maze scenes in <= 30
 def bench_synth(b: Bench) -> dict[str, Any]:
     """Scenes/s per family on one core, the share of drawn layouts rejected (and why), the
     mazes' and arenas' feasible poses and modes per scene, and the minutes ``TARGET_SCENES``
-    maze scenes take on ``TARGET_CORES`` workers (scenes are independent: the workers scale linearly)."""
+    maze scenes take on ``TARGET_CORES`` workers (scenes are independent: the workers scale
+    linearly)."""
     out: dict[str, Any] = {"load_avg": load_avg(), "scenes_per_family": b.synth_scenes}
     out["families"] = benchmark(FAMILIES, num_scenes=b.synth_scenes, seed=0, size=224)
     rate = out["families"]["maze"]["scenes_per_s"]

@@ -59,7 +59,7 @@ def room_levels(robot_radius: float) -> tuple[float, ...]:
     """Metres of room beyond the clearance the ranking asks of the route of a robot of
     ``robot_radius`` m: :data:`ROOM_LEVELS`, scaled by ``robot_radius / ROOM_RADIUS`` below it."""
     scale = min(1.0, robot_radius / ROOM_RADIUS)
-    return ROOM_LEVELS if scale == 1.0 else tuple(level * scale for level in ROOM_LEVELS)
+    return tuple(level * scale for level in ROOM_LEVELS)
 
 
 @dataclass
