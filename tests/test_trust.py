@@ -230,3 +230,33 @@ def test_pushes_keep_the_box_inside_the_map(tmp_path):
     verified = [c for c in result.candidates if c.verified]
     assert len(verified) >= 3
     assert _judge(scene, verified, CLEARANCE).all()
+
+
+def test_a_field_path_grazing_a_wall_is_planned_again_keeping_off_walls():
+    """A cell of the push field is an obstacle's only when its centre lies within half a cell
+    of one, so the field's shortest path may graze a wall and its plan sweep the box into it.
+    Such poses (ground-truth poses of a generated arena) are planned again along the field
+    that keeps whole cells off walls and boxes: the judge accepts those plans, and their push
+    distance is that field's, never shorter than the first field's."""
+    from goalgen.data.synthetic import generate_scene
+    from goalgen.data.world_scene import WorldScene
+
+    arrays = generate_scene(np.random.SeedSequence(20, spawn_key=(1,)), 224, family="arena")
+    scene = as_scene(WorldScene.from_arrays(arrays, "arena"))
+    checker = Checker(scene)
+    w, h = scene.target[2:4]
+    poses = arrays["feasible_poses"][:20]
+    first = checker._push_planner(checker.push)  # the first field's plans alone
+    grazing = [p for p in poses if "sweeps the box" in (first.check(p)[1] or "")]
+    assert len(grazing) >= 3
+    plans, distances = [], []
+    for x, y, yaw in grazing:
+        segments, failure, distance = checker.plan_with_distance(np.array([x, y, w, h, yaw]))
+        assert failure is None
+        plans.append([s.to_dict() for s in segments])
+        distances.append(distance)
+    grazing = np.array(grazing)
+    boxes = np.column_stack([grazing[:, :2], np.tile([w, h], (len(grazing), 1)), grazing[:, 2]])
+    assert (np.array(distances) >= checker.push_distance(boxes) - 1e-9).all()
+    arrays = scene.world.arrays()
+    assert near.push_plan_valid(arrays, grazing, plans, CLEARANCE).all()

@@ -75,7 +75,7 @@ from goalgen.infer.propose_scene import (
     ProposalScene,
     as_scene,
 )
-from goalgen.infer.push_plan import PushSegment
+from goalgen.infer.push_plan import NO_PUSH, PushSegment
 
 MIN_FIT_IOU = 0.3
 # Draws of K samples a call with ``top`` makes at most (max_samples = DRAWS K): on 50 held-out
@@ -545,7 +545,7 @@ def evaluate_samples(
                 + ("" if checker.route_exists else " even without the object")
             )
         if not np.isfinite(push[j]):
-            reasons.append("no push within the search radius")
+            reasons.append(NO_PUSH)
         out.append(
             Proposal(
                 index=first_index + int(i),
@@ -573,11 +573,12 @@ def check_push(checker: Checker, p: Proposal) -> None:
     """Plan the push of a proposal that passes every other check (in place): its segments,
     ``pushable``, why not, and its room (:meth:`Checker.room`)."""
     box = np.array([p.x, p.y, *checker.scene.target[2:4], p.theta])
-    p.segments, failure = checker.plan(box)
+    p.segments, failure, distance = checker.plan_with_distance(box)
     p.pushable = failure is None
     if failure is not None:
         p.reasons.append(failure)
     else:
+        p.push_distance = distance  # the field the plan follows (keeping off walls, if need be)
         p.room = float(checker.room(box[None])[0])
 
 

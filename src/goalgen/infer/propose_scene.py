@@ -39,7 +39,13 @@ from goalgen.data.scenes import load_scene_file
 from goalgen.infer import verify
 from goalgen.infer.fit import period_of
 from goalgen.infer.poses import PIXEL_EXTENT, min_area_rect
-from goalgen.infer.push_plan import CONTACT_GAP, TURN_LEVER, PushPlanner, PushSegment
+from goalgen.infer.push_plan import (
+    CONTACT_GAP,
+    NO_PUSH,
+    TURN_LEVER,
+    PushPlanner,
+    PushSegment,
+)
 
 THRESHOLD = 0.5
 # Metres the robot keeps from walls and boxes on its route and the placed box keeps from walls,
@@ -239,6 +245,7 @@ class Checker:
         self.scene, self.clearance = scene, float(clearance)
         self._exact: verify.ExactReach | None = None
         self._planner: PushPlanner | None = None
+        self._careful: PushPlanner | None = None  # along the field keeping off walls
         self._rooms: dict[float, verify.ReachGrid] = {}
         frame, world, box = scene.frame, scene.world, scene.target
         limit = float(max_push) if scene.units == "m" else np.inf
@@ -277,22 +284,8 @@ class Checker:
                     -1,
                 )
 
-            # a cell is an obstacle's when its centre lies within half a cell of one (its
-            # inscribed disk touches it): between the mask pixels' centre-inside rule of the
-            # ground truth's search and the whole cell touching (too tight for maze corridors)
-            occupied = grid.clear[window] < grid.cell / 2
-            self.push = verify.PushField(
-                occupied,
-                to_cell,
-                lambda a, b: (b * grid.cell, a * grid.cell),
-                grid.cell,
-                box,
-                scene.period,
-                limit=limit,
-                contact=world.robot_radius + CONTACT_GAP,
-                lever=TURN_LEVER,
-                **{k: v[window] for k, v in self._pushers().items()},
-            )
+            self._field_args = (window, to_cell, limit)
+            self.push = self._push_field(grid.cell / 2)
         else:
             masks = scene.masks >= THRESHOLD
             self.static, self.robot, self.goal = masks[3], masks[0], masks[1]
@@ -324,6 +317,27 @@ class Checker:
                 scene.period,
                 limit=limit,
             )
+
+    def _push_field(self, near_wall: float) -> verify.PushField:
+        """The push field on the route grid, a cell taken by an obstacle when its centre lies
+        within ``near_wall`` of one: half a cell (the inscribed disk touches it) lies between
+        the mask pixels' centre-inside rule of the ground truth's search and the whole cell
+        touching (too tight for maze corridors), and its paths may graze walls; a whole cell
+        keeps them off (:meth:`plan` falls back to it)."""
+        grid, world, box = self.reach, self.scene.world, self.scene.target
+        window, to_cell, limit = self._field_args
+        return verify.PushField(
+            grid.clear[window] < near_wall,
+            to_cell,
+            lambda a, b: (b * grid.cell, a * grid.cell),
+            grid.cell,
+            box,
+            self.scene.period,
+            limit=limit,
+            contact=world.robot_radius + CONTACT_GAP,
+            lever=TURN_LEVER,
+            **{k: v[window] for k, v in self._pushers().items()},
+        )
 
     def _pushers(self) -> dict[str, np.ndarray]:
         """Route-grid cells ``(H, W)`` bool where the robot's centre may stand to push (at
@@ -466,33 +480,52 @@ class Checker:
 
     def plan(self, box: np.ndarray) -> tuple[list[PushSegment], str | None]:
         """How the robot pushes the selected box to ``box`` ``(5,)``, and why it cannot
-        (:class:`goalgen.infer.push_plan.PushPlanner`; None: it can). Without world geometry
-        only the push distance is known: a finite one counts, with no segments."""
+        (None: it can); see :meth:`plan_with_distance`."""
+        segments, failure, _ = self.plan_with_distance(box)
+        return segments, failure
+
+    def plan_with_distance(self, box: np.ndarray) -> tuple[list[PushSegment], str | None, float]:
+        """The push plan to ``box`` ``(5,)`` (:class:`goalgen.infer.push_plan.PushPlanner`),
+        why it fails (None: it does not) and the push distance of the field it follows.
+        A plan along the push field's path that fails (a path grazing a wall sweeps the box
+        into it, or leaves the robot no way behind it) is tried again along the path of the
+        field that keeps whole cells off walls and boxes; its distance is then that field's.
+        Without world geometry only the push distance is known: a finite one counts, with no
+        segments."""
         pose = np.asarray(box, dtype=np.float64)[[0, 1, 4]]
+        distance = float(self.push.distance(pose[None])[0])
         if self.scene.world is None:
-            finite = np.isfinite(self.push.distance(pose[None])[0])
-            return [], None if finite else "no push within the search radius"
+            return [], None if np.isfinite(distance) else NO_PUSH, distance
         if self._planner is None:
-            grid, world = self.reach, self.scene.world
+            self._planner = self._push_planner(self.push)
+        segments, failure = self._planner.check(pose)
+        if failure is None or failure == NO_PUSH:
+            return segments, failure, distance
+        if self._careful is None:
+            self._careful = self._push_planner(self._push_field(self.reach.cell))
+        again, why = self._careful.check(pose)
+        if why is not None:
+            return segments, failure, distance
+        return again, None, float(self._careful.field.distance(pose[None])[0])
 
-            lo = self._push_origin
+    def _push_planner(self, field: verify.PushField) -> PushPlanner:
+        grid, world, lo = self.reach, self.scene.world, self._push_origin
 
-            def to_world(rc: np.ndarray) -> np.ndarray:
-                return grid.centres(rc[..., 0] + lo[0], rc[..., 1] + lo[1])
+        def to_world(rc: np.ndarray) -> np.ndarray:
+            return grid.centres(rc[..., 0] + lo[0], rc[..., 1] + lo[1])
 
-            self._planner = PushPlanner(
-                self.push,
-                grid,
-                self.obstacles,
-                self.scene.target,
-                world.robot_xy,
-                world.robot_radius,
-                self.clearance,
-                to_world,
-                self.scene.period,
-                self.scene.frame.bounds,
-            )
-        return self._planner.check(pose)
+        return PushPlanner(
+            field,
+            grid,
+            self.obstacles,
+            self.scene.target,
+            world.robot_xy,
+            world.robot_radius,
+            self.clearance,
+            to_world,
+            self.scene.period,
+            self.scene.frame.bounds,
+        )
 
     @property
     def room_wanted(self) -> float:

@@ -47,6 +47,7 @@ from goalgen.infer.verify import (
 SWEEP_MARGIN = 0.001  # m the swept box keeps from walls and other boxes
 TURN_SAMPLE = np.radians(0.5)  # yaw between the boxes that stand for a turn's sweep
 PATH_STEP = 0.01  # m between the points that stand for the robot's path
+NO_PUSH = "no push within the search radius"
 
 
 @dataclass
@@ -267,7 +268,7 @@ class PushPlanner:
         through every consecutive turn the same way."""
         points = self.waypoints(pose)
         if points is None:
-            return [], "no push within the search radius"
+            return [], NO_PUSH
         where, segments = self.robot_xy, []
         box_radius = self.radius + CONTACT_GAP / 2
         i, n = 0, len(points)
