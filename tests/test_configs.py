@@ -207,7 +207,8 @@ def test_the_planner_student_is_the_planner_network_reflowed_from_its_run():
 
 def test_the_three_family_planner_is_the_planner_run_fine_tuned_then_reflowed():
     """experiment=planner_mix fine-tunes the planner run on rooms, mazes and arenas (one
-    network); planner_mix_student reflows it, starting from the rooms + mazes student."""
+    network); its continuation to 16,000 steps (the README's command) trains on in its own run
+    dir, which planner_mix_student reflows, starting from the rooms + mazes student."""
     planner = compose_config(FM, ["experiment=planner", "run_name=x"])
     mix = compose_config(FM, ["experiment=planner_mix", "run_name=x"])
     student = compose_config(FM, ["experiment=planner_mix_student", "run_name=x"])
@@ -216,6 +217,18 @@ def test_the_three_family_planner_is_the_planner_run_fine_tuned_then_reflowed():
     synth = mix.data.synthetic
     assert synth.family == "mixed" and synth.arena_share > 0 and synth.maze_share > 0
     assert student.data == mix.data
-    assert student.distill.teacher == "outputs/train_fb_flow_matching-planner_mix"
+    last = "outputs/train_fb_flow_matching-planner_mix/checkpoints/last.ckpt"
+    longer = compose_config(
+        FM,
+        [
+            "experiment=planner_mix",
+            "max_steps=16000",
+            "run_path=null",
+            "run_name=train_fb_flow_matching-planner_mix_16k",
+            f"ckpt_path={last}",
+        ],
+    )
+    assert longer.run_path is None and longer.ckpt_path == last and longer.max_steps == 16000
+    assert student.distill.teacher == f"{longer.output_dir}/{longer.run_name}"
     assert student.run_path == "outputs/train_fb_flow_matching-planner_student"
     assert (student.sampling_steps, student.model.sampler.method) == (1, "euler")
