@@ -258,5 +258,4 @@ def test_a_field_path_grazing_a_wall_is_planned_again_keeping_off_walls():
     grazing = np.array(grazing)
     boxes = np.column_stack([grazing[:, :2], np.tile([w, h], (len(grazing), 1)), grazing[:, 2]])
     assert (np.array(distances) >= checker.push_distance(boxes) - 1e-9).all()
-    arrays = scene.world.arrays()
-    assert near.push_plan_valid(arrays, grazing, plans, CLEARANCE).all()
+    assert near.push_plan_valid(scene.world.arrays(), grazing, plans, CLEARANCE).all()

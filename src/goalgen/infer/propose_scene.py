@@ -284,7 +284,8 @@ class Checker:
                     -1,
                 )
 
-            self._field_args = (window, to_cell, limit)
+            pushers = {k: v[window] for k, v in self._pushers().items()}
+            self._field_args = (window, to_cell, limit, pushers)
             self.push = self._push_field(grid.cell / 2)
         else:
             masks = scene.masks >= THRESHOLD
@@ -325,7 +326,7 @@ class Checker:
         touching (too tight for maze corridors), and its paths may graze walls; a whole cell
         keeps them off (:meth:`plan` falls back to it)."""
         grid, world, box = self.reach, self.scene.world, self.scene.target
-        window, to_cell, limit = self._field_args
+        window, to_cell, limit, pushers = self._field_args
         return verify.PushField(
             grid.clear[window] < near_wall,
             to_cell,
@@ -336,7 +337,7 @@ class Checker:
             limit=limit,
             contact=world.robot_radius + CONTACT_GAP,
             lever=TURN_LEVER,
-            **{k: v[window] for k, v in self._pushers().items()},
+            **pushers,
         )
 
     def _pushers(self) -> dict[str, np.ndarray]:
