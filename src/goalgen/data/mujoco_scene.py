@@ -139,7 +139,7 @@ def _warn_no_walls(path: Path, m, bodies: list[str], geoms: list[str], static: l
 
 def load_mujoco_scene(
     xml_path: str | os.PathLike,
-    object_name: str,
+    object_name: str | None,
     state: str | os.PathLike | Mapping[str, Any] | None = None,
     size: int = geo.NAMO_IMAGE_SIZE,
     robot_goal: Sequence[float] | None = None,
@@ -148,7 +148,8 @@ def load_mujoco_scene(
 
     Args:
         xml_path: MuJoCo XML in namo_cpp's naming.
-        object_name: the selected movable object (geom or body name).
+        object_name: the selected movable object (geom or body name); None: the first
+            movable one (for callers that choose the object themselves).
         state: the planner's JSON state (mapping, file or text) overriding the XML's poses.
         size: mask side in pixels (224 in the planner's convention).
         robot_goal: ``(x, y)``; wins over the state's ``robot_goal`` and the ``goal`` site.
@@ -178,7 +179,9 @@ def load_mujoco_scene(
             return [g for g in range(m.ngeom) if m.geom_bodyid[g] == bodies.index(name)]
         return []
 
-    target = resolve(object_name)
+    if object_name is None and not movable:
+        raise PlannerSceneError(f"{path}: no movable object (names with {MOVABLE_TAG!r})")
+    target = resolve(object_name) if object_name is not None else movable[:1]
     if not target:
         raise PlannerSceneError(
             f"{path}: no object named {object_name!r}; movable objects: {movable_names}"

@@ -1,0 +1,423 @@
+"""NAMO episodes in MuJoCo physics: goal strategies judged at the planner's level.
+
+**An episode** (:func:`run_episode`) starts from a scene's robot, boxes and goal and repeats,
+until the robot's goal is reachable with the clearance (success) or ``budget`` pushes are
+spent:
+
+1. *choose an object* (:func:`choose_objects`): among the boxes the robot can walk up to, the
+   one whose removal opens its route to the goal with the shortest remaining route; where no
+   single box opens it, the one whose removal lets the robot get nearest the goal (a box in
+   front of another). Where the strategy has no goal for it, the next such box (up to
+   ``OBJECT_TRIES``), as a planner would. That box's *opening* succeeds when the robot reaches what the box's removal
+   would give it: its goal, or as near the goal as the removal allows (within
+   ``OPENED_SLACK``);
+2. *ask the strategy* for the box's goal pose in the scene as it is now (where the robot
+   stands, where every box really is);
+3. *push it there in physics* (:func:`goalgen.eval.physics.push`: the robot walks to the
+   box's sides and pushes by strokes along the push plan's way points; nothing teleported),
+   read where the box really ended, and check the opening; up to ``pushes_per_opening``
+   pushes per opening (a push that leaves the way closed is followed by another).
+
+**Strategies** (same scenes, same seeds):
+
+- ``proposals``: the model's ranked, verified proposals (:func:`goalgen.infer.proposals.propose`,
+  ``top``), the first one, along its push plan;
+- ``raw``: the model's raw samples as the original system used them: the first single-blob
+  sample, fitted (:func:`goalgen.eval.propose.baseline_boxes`), unverified; pushed along a
+  push plan where one exists, else straight for the pose;
+- ``random_local``: random collision-free poses within the push search radius
+  (:func:`goalgen.eval.near.random_local`) through the same verification and ranking as the
+  proposals (no model);
+- ``random``: one such random pose, unverified (no goal model: namo_cpp's random goals).
+
+Reachability is :class:`goalgen.infer.verify.ExactReach`'s (polygons, the robot grown by the
+clearance; it may start and end closer), as the proposals' route check; route lengths, which
+only rank the boxes, are shortest paths on :class:`goalgen.infer.verify.ReachGrid`'s grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import shapely
+from scipy.sparse import csgraph
+
+from goalgen.data.world_scene import WorldScene
+from goalgen.eval import physics
+from goalgen.eval.near import random_local
+from goalgen.eval.propose import baseline_boxes
+from goalgen.infer.fit import period_of
+from goalgen.infer.proposals import proposals_of_samples
+from goalgen.infer.propose_scene import CLEARANCE, MAX_PUSH, Checker, as_scene
+from goalgen.infer.verify import ExactReach, ReachGrid, box_corners
+
+STRATEGIES = ("proposals", "raw", "random_local", "random")
+BUDGET = 8  # pushes per episode
+PUSHES_PER_OPENING = 3
+OBJECT_TRIES = 3  # boxes an opening asks the strategy about before it gives up
+OPENED_SLACK = 0.05  # m: an opening that gets the robot this near what the removal gives
+TOUCH = 0.02  # m: the robot can walk up to a box its free space comes this near
+RANDOM_DRAWS = 32  # random poses a random_local call ranks (the proposals' samples)
+RANDOM_SIZE = 64  # px: the masks random poses are drawn at without a model (the planner's)
+
+
+# ----------------------------------------------------------------------------- reachability
+def reach(
+    world: WorldScene,
+    boxes: np.ndarray,
+    robot: np.ndarray,
+    clearance: float,
+    without: int | None = None,
+) -> ExactReach:
+    """The robot's free space (polygons, grown by ``clearance``) from ``robot`` with movable
+    ``boxes`` ``(M, 5)`` where they are (box ``without`` taken away)."""
+    keep = np.ones(len(boxes), dtype=bool)
+    if without is not None:
+        keep[without] = False
+    return ExactReach(
+        world.frame.bounds,
+        np.concatenate([world.static.reshape(-1, 5), boxes[keep]]),
+        robot,
+        world.goal_xy,
+        world.robot_radius + clearance,
+        end_slack=clearance,
+    )
+
+
+def nearest_to_goal(space: ExactReach, goal: np.ndarray) -> float:
+    """How near the robot gets to ``goal`` (m; 0 where it reaches it, inf where it is stuck)."""
+    if space.region is None:
+        return np.inf
+    return 0.0 if space.base_connected else float(space.region.distance(shapely.Point(*goal)))
+
+
+def route_length(
+    world: WorldScene, boxes: np.ndarray, robot: np.ndarray, without: int | None = None
+) -> float:
+    """The robot's shortest route to its goal (m) on a grid of ``min(pixel, radius / 3)``
+    with ``boxes`` (box ``without`` taken away); inf where the grid finds none."""
+    keep = np.ones(len(boxes), dtype=bool)
+    if without is not None:
+        keep[without] = False
+    cell = min(world.frame.metres_per_pixel, world.robot_radius / 3)
+    grid = ReachGrid(
+        world.frame.bounds,
+        cell,
+        np.concatenate([world.static.reshape(-1, 5), boxes[keep]]),
+        robot,
+        world.goal_xy,
+        world.robot_radius,
+    )
+    if not grid.base_connected:
+        return np.inf
+    graph, index = physics.grid_graph(grid.free)
+    start, end = grid.start.astype(int), grid.goal.astype(int)
+    lengths = csgraph.dijkstra(graph, directed=False, indices=int(index[start[0, 0], start[0, 1]]))
+    return float(lengths[index[end[:, 0], end[:, 1]]].min() * cell)
+
+
+@dataclass
+class Blocker:
+    """The object an opening moves (see the module docstring)."""
+
+    index: int  # into the world's movable boxes
+    opens_route: bool  # its removal opens the robot's route to the goal
+    nearest: float  # m: how near the goal its removal lets the robot get
+
+
+def choose_objects(
+    world: WorldScene, boxes: np.ndarray, robot: np.ndarray, clearance: float
+) -> list[Blocker]:
+    """The boxes to move next, best first (see the module docstring); none where no box the
+    robot can walk up to lets it nearer its goal when taken away."""
+    goal = np.asarray(world.goal_xy, dtype=np.float64)
+    now = reach(world, boxes, robot, clearance)
+    if now.region is None:
+        return []
+    base = nearest_to_goal(now, goal)
+    options = []
+    for i, box in enumerate(boxes):
+        if now.region.distance(shapely.Polygon(box_corners(box))) > now.grow + TOUCH:
+            continue  # the robot cannot walk up to it
+        space = reach(world, boxes, robot, clearance, without=i)
+        nearest = nearest_to_goal(space, goal)
+        if space.base_connected:
+            options.append((0, route_length(world, boxes, robot, without=i), i, nearest))
+        elif nearest < base - OPENED_SLACK:
+            options.append((1, nearest, i, nearest))
+    return [Blocker(index, kind == 0, nearest) for kind, _, index, nearest in sorted(options)]
+
+
+def opened(
+    world: WorldScene, boxes: np.ndarray, robot: np.ndarray, blocker: Blocker, clearance: float
+) -> bool:
+    """Has the robot got what ``blocker``'s removal would give it?"""
+    space = reach(world, boxes, robot, clearance)
+    if blocker.opens_route or space.base_connected:
+        return space.base_connected
+    return nearest_to_goal(space, world.goal_xy) <= blocker.nearest + OPENED_SLACK
+
+
+# ----------------------------------------------------------------------------- strategies
+@dataclass
+class Goal:
+    """A strategy's answer: the goal pose and the way points to push it through."""
+
+    waypoints: list[np.ndarray]  # (x, y, yaw) each, the goal pose last
+    verified: bool
+
+
+Strategy = Callable[[WorldScene, np.random.Generator, int], "Goal | None"]
+
+
+def _plan_or_straight(world: WorldScene, box: np.ndarray, clearance: float) -> Goal:
+    """An unverified pose pushed along a push plan where one exists, else straight to it."""
+    segments, failure = Checker(as_scene(world), clearance).plan(box)
+    if failure is None and segments:
+        return Goal([np.asarray(s.box_end, dtype=np.float64) for s in segments], False)
+    return Goal([np.asarray(box, dtype=np.float64)[[0, 1, 4]]], False)
+
+
+def _first_verified(result: Any) -> Goal | None:
+    for p in result.proposals:
+        if p.verified:
+            ends = [np.asarray(s.box_end, dtype=np.float64) for s in p.segments]
+            return Goal(ends or [np.array([p.x, p.y, p.theta])], True)
+    return None
+
+
+def _random_masks(
+    world: WorldScene, rng: np.random.Generator, k: int, size: int, radius: float
+) -> np.ndarray:
+    arrays = world.arrays() | {"push_search_radius": np.array(radius)}
+    masks, _ = random_local(arrays, k, rng, size=size)
+    return masks.astype(np.float32)
+
+
+def make_strategy(
+    name: str,
+    predictor: Any = None,
+    *,
+    samples: int = 32,
+    top: int = 8,
+    clearance: float = CLEARANCE,
+    radius: float = MAX_PUSH,
+) -> Strategy:
+    """The strategy ``name`` (see the module docstring); ``predictor`` (a
+    :class:`goalgen.infer.GoalPredictor`) for ``proposals`` and ``raw``; ``radius``: the
+    random poses' push search radius (m)."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    if name in ("proposals", "raw") and predictor is None:
+        raise ValueError(f"strategy {name!r} needs a model")
+    size = int(predictor.image_size) if predictor is not None else RANDOM_SIZE
+
+    def proposals(world: WorldScene, rng: np.random.Generator, seed: int) -> Goal | None:
+        result = predictor.propose(world, samples, top, seed=seed, clearance=clearance)
+        return _first_verified(result)
+
+    def raw(world: WorldScene, rng: np.random.Generator, seed: int) -> Goal | None:
+        result = predictor.propose(world, samples, None, seed=seed, clearance=clearance)
+        boxes, kept = baseline_boxes(result)
+        if not kept.any():
+            return None
+        return _plan_or_straight(world, boxes[int(np.argmax(kept))], clearance)
+
+    def local(world: WorldScene, rng: np.random.Generator, seed: int) -> Goal | None:
+        masks = _random_masks(world, rng, RANDOM_DRAWS, size, radius)
+        return _first_verified(proposals_of_samples(world, masks, clearance=clearance))
+
+    def random(world: WorldScene, rng: np.random.Generator, seed: int) -> Goal | None:
+        masks = _random_masks(world, rng, 1, size, radius)
+        result = proposals_of_samples(world, masks, clearance=clearance, snap=0.0)
+        if not result.candidates:
+            return None
+        p = result.candidates[0]
+        box = np.array([p.x, p.y, *world.target[2:4], p.theta])
+        return _plan_or_straight(world, box, clearance)
+
+    return {"proposals": proposals, "raw": raw, "random_local": local, "random": random}[name]
+
+
+# ----------------------------------------------------------------------------- episodes
+@dataclass
+class Push:
+    """One push of an episode: the strategy's goal and what physics made of it."""
+
+    box: str
+    index: int  # into the world's movable boxes
+    verified: bool
+    outcome: physics.PushOutcome
+    model_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return (
+            {"box": self.box, "verified": self.verified}
+            | self.outcome.to_dict()
+            | {"model_seconds": round(self.model_seconds, 4)}
+        )
+
+
+@dataclass
+class Opening:
+    """The pushes of one chosen object (see the module docstring)."""
+
+    box: str
+    opens_route: bool
+    pushes: int = 0
+    success: bool = False
+    failure: str | None = None
+    wall_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"wall_seconds": round(self.wall_seconds, 4)}
+
+
+@dataclass
+class Episode:
+    """One scene's episode under one strategy."""
+
+    scene: str
+    strategy: str
+    seed: int
+    success: bool = False
+    failure: str | None = None
+    openings: list[Opening] = field(default_factory=list)
+    pushes: list[Push] = field(default_factory=list)
+    robot_path: float = 0.0
+    sim_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    model_seconds: float = 0.0
+    # the boxes (M, 5) and the robot (2,) at the start and after each push
+    frames: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scene": self.scene,
+            "strategy": self.strategy,
+            "seed": self.seed,
+            "success": self.success,
+            "failure": self.failure,
+            "num_pushes": len(self.pushes),
+            "robot_path": round(self.robot_path, 4),
+            "sim_seconds": round(self.sim_seconds, 3),
+            "wall_seconds": round(self.wall_seconds, 4),
+            "model_seconds": round(self.model_seconds, 4),
+            "openings": [o.to_dict() for o in self.openings],
+            "pushes": [p.to_dict() for p in self.pushes],
+        }
+
+
+def run_episode(
+    world: WorldScene,
+    strategy: Strategy,
+    *,
+    name: str = "scene",
+    strategy_name: str = "",
+    seed: int = 0,
+    budget: int = BUDGET,
+    pushes_per_opening: int = PUSHES_PER_OPENING,
+    clearance: float = CLEARANCE,
+) -> Episode:
+    """One episode of ``world`` under ``strategy`` (see the module docstring); the same
+    arguments give the same episode."""
+    started = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    episode = Episode(name, strategy_name, seed)
+    sim = physics.Simulation(world)
+    pusher = physics.Pusher(sim)
+    names = world.movable_names or tuple(f"movable[{i}]" for i in range(len(world.movable)))
+    episode.frames.append((sim.boxes(), sim.robot.copy()))
+    while True:
+        boxes, robot = sim.boxes(), sim.robot
+        if reach(world, boxes, robot, clearance).base_connected:
+            episode.success = True
+            break
+        if len(episode.pushes) >= budget:
+            episode.failure = "push budget spent"
+            break
+        blockers = choose_objects(world, boxes, robot, clearance)[:OBJECT_TRIES]
+        if not blockers:
+            episode.failure = "no box the robot can reach opens the way"
+            break
+        opening_started = time.perf_counter()
+        opening = Opening(names[blockers[0].index], blockers[0].opens_route)
+        episode.openings.append(opening)
+        last_failure = None  # the last push's controller failure
+        while not opening.success:
+            if opening.pushes >= pushes_per_opening or len(episode.pushes) >= budget:
+                opening.failure = last_failure or "pushes ran out"
+                break
+            goal = None
+            # the first push of an opening may pass to the next box where the strategy has
+            # no goal for one (as a planner would); later pushes keep to the opening's box
+            for blocker in blockers if opening.pushes == 0 else blockers[:1]:
+                now = dataclasses.replace(
+                    world, movable=sim.boxes(), robot_xy=sim.robot, target_index=blocker.index
+                )
+                asked = time.perf_counter()
+                goal = strategy(now, rng, seed + len(episode.pushes))
+                model = time.perf_counter() - asked
+                episode.model_seconds += model
+                if goal is not None:
+                    blockers = [blocker]
+                    opening.box, opening.opens_route = names[blocker.index], blocker.opens_route
+                    break
+            if goal is None:
+                opening.failure = "no proposal"
+                break
+            index = blockers[0].index
+            period = period_of(*world.movable[index, 2:4])
+            outcome = physics.push(pusher, index, goal.waypoints, period)
+            episode.pushes.append(Push(names[index], index, goal.verified, outcome, model))
+            episode.frames.append((sim.boxes(), sim.robot.copy()))
+            opening.pushes += 1
+            opening.success = opened(world, sim.boxes(), sim.robot, blockers[0], clearance)
+            last_failure = outcome.failure
+        opening.wall_seconds = time.perf_counter() - opening_started
+        if not opening.success:
+            episode.failure = opening.failure
+            break
+    episode.robot_path = sim.path
+    episode.sim_seconds = float(sim.data.time)
+    episode.wall_seconds = time.perf_counter() - started
+    return episode
+
+
+# ----------------------------------------------------------------------------- tables
+def summarize(episodes: Sequence[Episode]) -> dict[str, Any]:
+    """The planner-level metrics of ``episodes`` (one strategy, any scenes)."""
+    openings = [o for e in episodes for o in e.openings]
+    pushes = [p for e in episodes for p in e.pushes]
+    done = [o.pushes for o in openings if o.success]
+    close = [
+        p.outcome.position_error <= 0.05 and p.outcome.yaw_error <= np.radians(10) for p in pushes
+    ]
+    wall = sum(e.wall_seconds for e in episodes)
+    failures: dict[str, int] = {}
+    for o in openings:
+        if not o.success:
+            failures[o.failure or "?"] = failures.get(o.failure or "?", 0) + 1
+    for e in episodes:
+        if not e.openings and not e.success:
+            failures[e.failure or "?"] = failures.get(e.failure or "?", 0) + 1
+    return {
+        "episodes": len(episodes),
+        "success": float(np.mean([e.success for e in episodes])) if episodes else float("nan"),
+        "openings": len(openings),
+        "opening_success": float(np.mean([o.success for o in openings])) if openings else None,
+        "pushes_per_opening_median": float(np.median(done)) if done else None,
+        "pushes_per_opening_mean": float(np.mean(done)) if done else None,
+        "pushes": len(pushes),
+        "pushes_within_5cm_10deg": float(np.mean(close)) if close else None,
+        "robot_path_mean": float(np.mean([e.robot_path for e in episodes])) if episodes else 0.0,
+        "sim_seconds_mean": float(np.mean([e.sim_seconds for e in episodes])) if episodes else 0.0,
+        "wall_seconds_per_opening": wall / max(len(openings), 1),
+        "model_share": sum(e.model_seconds for e in episodes) / wall if wall else 0.0,
+        "failures": failures,
+    }
