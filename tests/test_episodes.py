@@ -129,8 +129,9 @@ def test_a_push_lands_the_box_near_its_goal_in_physics():
     goal = np.array([-0.3, 1.0, 0.5])
     outcome = physics.push(physics.Pusher(sim), 0, [goal], period=np.pi)
     assert outcome.failure is None
-    assert outcome.position_error <= physics.FINAL_TOLERANCE[0] + 0.01
-    assert outcome.yaw_error <= physics.FINAL_TOLERANCE[1] + np.radians(2)
+    # no corner further off than the tolerance, give or take the settling after the last stroke
+    corners = [geo.box_corners(*p[:2], 0.4, 0.3, p[2]) for p in (outcome.box, goal)]
+    assert np.hypot(*(corners[0] - corners[1]).T).max() <= physics.FINAL_TOLERANCE + 0.005
     assert np.allclose(outcome.box, sim.box_poses()[0])  # what physics says, not the plan
     assert outcome.strokes >= 1 and outcome.sim_seconds > 0
 

@@ -11,12 +11,14 @@ spent:
    ``OBJECT_TRIES``), as a planner would. That box's *opening* succeeds when the robot reaches what the box's removal
    would give it: its goal, or as near the goal as the removal allows (within
    ``OPENED_SLACK``);
-2. *ask the strategy* for the box's goal pose in the scene as it is now (where the robot
-   stands, where every box really is);
+2. *ask the strategy* for the box's goal pose in the scene as it is now (where every box
+   really is; the robot first steps back to ``STEP_BACK`` radii from the box, where it
+   stands clear of the poses it may be asked about);
 3. *push it there in physics* (:func:`goalgen.eval.physics.push`: the robot walks to the
    box's sides and pushes by strokes along the push plan's way points; nothing teleported),
-   read where the box really ended, and check the opening; up to ``pushes_per_opening``
-   pushes per opening (a push that leaves the way closed is followed by another).
+   read where the box really ended, step back from it and check the opening; up to
+   ``pushes_per_opening`` pushes per opening (a push that leaves the way closed is followed
+   by another).
 
 **Strategies** (same scenes, same seeds):
 
@@ -60,6 +62,7 @@ STRATEGIES = ("proposals", "raw", "random_local", "random")
 BUDGET = 8  # pushes per episode
 PUSHES_PER_OPENING = 3
 OBJECT_TRIES = 3  # boxes an opening asks the strategy about before it gives up
+STEP_BACK = 3.0  # robot radii from the box the robot stands when it asks for a goal
 OPENED_SLACK = 0.05  # m: an opening that gets the robot this near what the removal gives
 TOUCH = 0.02  # m: the robot can walk up to a box its free space comes this near
 RANDOM_DRAWS = 32  # random poses a random_local call ranks (the proposals' samples)
@@ -357,6 +360,7 @@ def run_episode(
             # the first push of an opening may pass to the next box where the strategy has
             # no goal for one (as a planner would); later pushes keep to the opening's box
             for blocker in blockers if opening.pushes == 0 else blockers[:1]:
+                pusher.walker.step_back(sim.boxes()[blocker.index], STEP_BACK * world.robot_radius)
                 now = dataclasses.replace(
                     world, movable=sim.boxes(), robot_xy=sim.robot, target_index=blocker.index
                 )
@@ -377,6 +381,8 @@ def run_episode(
             episode.pushes.append(Push(names[index], index, goal.verified, outcome, model))
             episode.frames.append((sim.boxes(), sim.robot.copy()))
             opening.pushes += 1
+            # the robot may end squeezed between the box and a wall: it steps back first
+            pusher.walker.step_back(sim.boxes()[index], STEP_BACK * world.robot_radius)
             opening.success = opened(world, sim.boxes(), sim.robot, blockers[0], clearance)
             last_failure = outcome.failure
         opening.wall_seconds = time.perf_counter() - opening_started

@@ -21,11 +21,11 @@ to a point behind one side of the box and drives it straight at ``PUSH_SPEED`` f
 pushing model (:func:`predict_strokes`: an ellipsoidal limit surface, sticking or sliding
 contact), dropping strokes whose box would hit a wall or box and strokes starting where the
 robot cannot stand or get to, and taking the one that brings the box nearest the goal pose
-(metres / ``POSE_SCALE`` plus the walk to it); where no single stroke helps, two strokes ahead.
+(:func:`pose_cost`, plus the walk to it); where no single stroke helps, two strokes ahead.
 The prediction is off by about a centimetre per 15 cm stroke in open space (against MuJoCo);
 the closed loop (predict, push, look again) absorbs it. A push plan's segments are followed as
-way points (the box held within ``WAYPOINT_TOLERANCE`` of each, one skipped once the box is
-nearer the next) and its last pose to ``FINAL_TOLERANCE``.
+way points (the box's corners brought within ``WAYPOINT_TOLERANCE`` of each, one skipped once
+the box is nearer the next) and its last pose to ``FINAL_TOLERANCE``.
 """
 
 from __future__ import annotations
@@ -57,10 +57,10 @@ OFFSETS = (-0.9, -0.6, -0.3, 0.0, 0.3, 0.6, 0.9)  # along a side, shares of its 
 ANGLES = (0.0, -0.4, 0.4)  # rad off the side's normal a stroke drives
 APPROACH = 0.025  # m before contact a stroke starts (it closes in at pushing speed)
 BACK_OFF = 0.02  # m the robot backs away after a stroke, so walking does not drag the box
-POSE_SCALE = (0.05, np.radians(10.0))  # one unit of pose error: 5 cm, 10 degrees
+POSE_UNIT = 0.05  # m: one unit of pose error (the box's corners moved 5 cm)
 WALK_COST = 0.05  # pose-error units per metre walked to a stroke's start
-WAYPOINT_TOLERANCE = (0.06, np.radians(15.0))
-FINAL_TOLERANCE = (0.03, np.radians(5.0))
+WAYPOINT_TOLERANCE = 0.08  # m the box's corners may be off a way point
+FINAL_TOLERANCE = 0.02  # m they may be off the goal (4.5 cm in yaw would close tight routes)
 MAX_STROKES = 30  # per way point
 LOOKAHEAD = 6  # best first strokes tried two ahead when no single stroke helps
 PREDICT_STEP = 0.002  # m of robot travel per step of the quasi-static prediction
@@ -120,11 +120,16 @@ def pose_error(pose: np.ndarray, goal: np.ndarray, period: float) -> tuple[float
     return d, float(abs(turn))
 
 
-def pose_cost(poses: np.ndarray, goal: np.ndarray, period: float) -> np.ndarray:
-    """``(...)`` error of poses ``(..., 3)`` to ``goal`` in :data:`POSE_SCALE` units."""
+def pose_cost(
+    poses: np.ndarray, goal: np.ndarray, period: float, arm: float, bound: bool = False
+) -> np.ndarray:
+    """``(...)`` error of a box's poses ``(..., 3)`` to ``goal``, in :data:`POSE_UNIT`: the
+    centre's offset and the turn times ``arm`` (the box's half diagonal: how far its corners
+    swing) as ``hypot`` (smooth, for choosing strokes) or, with ``bound``, summed (in metres:
+    a bound on how far any corner is off)."""
     d = np.hypot(poses[..., 0] - goal[0], poses[..., 1] - goal[1])
-    turn = (poses[..., 2] - goal[2] + period / 2) % period - period / 2
-    return np.hypot(d / POSE_SCALE[0], turn / POSE_SCALE[1])
+    swing = arm * np.abs((poses[..., 2] - goal[2] + period / 2) % period - period / 2)
+    return d + swing if bound else np.hypot(d, swing) / POSE_UNIT
 
 
 def grid_graph(free: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray]:
@@ -320,6 +325,22 @@ class Walker:
         keep.append(len(points) - 1)
         return points[keep]
 
+    def step_back(self, box: np.ndarray, distance: float) -> str | None:
+        """Walk to the nearest spot the robot can reach whose centre is ``distance`` from
+        ``box`` ``(5,)`` (none to do where it already is); why not, or None."""
+        if point_box_distance(self.sim.robot, box[None])[0] >= distance:
+            return None
+        self.update()
+        spots = (self.labels == self.mine) & (self.mine > 0)
+        window = self._window(box)
+        near = np.zeros_like(spots)
+        near[window] = point_box_distance(self.centres[window], box[None])[..., 0] < distance
+        rows, cols = np.nonzero(spots & ~near)
+        if not len(rows):
+            return "robot cannot step back"
+        points = self.centres[rows, cols]
+        return self.walk(points[np.argmin(np.hypot(*(points - self.sim.robot).T))])
+
     def walk(self, goal: np.ndarray) -> str | None:
         """Walk the robot to ``goal``; why not, or None."""
         points = self.path(goal)
@@ -460,20 +481,18 @@ class Pusher:
         poses[np.maximum.accumulate(hit, axis=1)] = np.nan
         return poses
 
-    def push_to(
-        self, index: int, goal: np.ndarray, period: float, tolerance: tuple[float, float]
-    ) -> str | None:
-        """Push movable box ``index`` to ``goal`` ``(x, y, yaw)`` within ``tolerance`` (m, rad);
-        why it stopped short, or None."""
+    def push_to(self, index: int, goal: np.ndarray, period: float, tolerance: float) -> str | None:
+        """Push movable box ``index`` to ``goal`` ``(x, y, yaw)`` until no corner is more than
+        ``tolerance`` (m) off; why it stopped short, or None."""
         sim = self.sim
         goal = np.asarray(goal, dtype=np.float64)
+        arm = float(np.hypot(*sim.world.movable[index, 2:4])) / 2
         for _ in range(MAX_STROKES):
             boxes = sim.boxes()
             box = boxes[index]
-            error = pose_error(box[[0, 1, 4]], goal, period)
-            if error[0] <= tolerance[0] and error[1] <= tolerance[1]:
+            if pose_cost(box[[0, 1, 4]], goal, period, arm, bound=True) <= tolerance:
                 return None
-            now = float(pose_cost(box[[0, 1, 4]], goal, period))
+            now = float(pose_cost(box[[0, 1, 4]], goal, period, arm))
             self.walker.update()
             obstacles = np.concatenate(
                 [sim.world.static.reshape(-1, 5), np.delete(boxes, index, 0)]
@@ -482,7 +501,7 @@ class Pusher:
             if not len(starts):
                 return "robot cannot get to the box"
             poses = self._predicted(box, starts, directions, obstacles)
-            cost = pose_cost(poses, goal, period)
+            cost = pose_cost(poses, goal, period, arm)
             cost += WALK_COST * np.hypot(*(starts - sim.robot).T)[:, None]
             cost = np.where(np.isnan(cost), np.inf, cost)
             first, length = np.unravel_index(int(np.argmin(cost)), cost.shape)
@@ -497,7 +516,8 @@ class Pusher:
                     s2, d2 = self._candidates(mid, obstacles, reach=False)
                     if not len(s2):
                         continue
-                    after = pose_cost(self._predicted(mid, s2, d2, obstacles), goal, period)
+                    predicted = self._predicted(mid, s2, d2, obstacles)
+                    after = pose_cost(predicted, goal, period, arm)
                     after = np.where(np.isnan(after), np.inf, after)
                     if after.min() < best:
                         best, first, length = float(after.min()), i, j
@@ -556,11 +576,12 @@ def push(
     sim = pusher.sim
     started, sim_started, strokes = time.perf_counter(), float(sim.data.time), pusher.strokes
     ends = [np.asarray(w, dtype=np.float64) for w in waypoints]
+    arm = float(np.hypot(*sim.world.movable[index, 2:4])) / 2
     failure, i = None, 0
     while i < len(ends) and failure is None:
         here = sim.box_poses()[index]
-        while i + 1 < len(ends) and pose_cost(here, ends[i + 1], period) <= pose_cost(
-            ends[i], ends[i + 1], period
+        while i + 1 < len(ends) and pose_cost(here, ends[i + 1], period, arm) <= pose_cost(
+            ends[i], ends[i + 1], period, arm
         ):
             i += 1  # the box is already past this way point
         last = i == len(ends) - 1
