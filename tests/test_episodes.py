@@ -16,7 +16,7 @@ from data_helpers import write_scene
 from goalgen.data import geometry as geo
 from goalgen.data.world_scene import WorldScene
 from goalgen.eval import episodes, physics
-from goalgen.eval.episodes_cli import main as episodes_main
+from goalgen.run_episodes import main as episodes_main
 
 pytest.importorskip("mujoco")
 
@@ -225,3 +225,19 @@ def test_goalgen_episodes_names_a_scene_without_geometry(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert code == 1 and "masks_only.npz" in err and "no world geometry" in err
+
+
+def test_goalgen_episodes_runs_a_planner_xml_and_opens_its_doorway(tmp_path, capsys):
+    """namo_cpp's naming (walls under ``walls``, ``*_movable`` boxes on free joints): the
+    episode chooses the box in the doorway itself and pushes it out of the way."""
+    from test_planner_scene import write_scene as write_xml
+
+    xml = write_xml(tmp_path)
+    out = tmp_path / "xml.json"
+    code = episodes_main(
+        ["planner", "--xml", str(xml), "--strategy", "random_local", "--json", str(out)]
+    )
+    assert code == 0, capsys.readouterr().err
+    [episode] = json.loads(out.read_text())["episodes"]
+    assert episode["success"], episode
+    assert [o["box"] for o in episode["openings"]] == ["obstacle_1_movable"]

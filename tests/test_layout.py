@@ -17,7 +17,7 @@ LAYERS = [
     {"infer", "compat"},
     {"eval"},
     {"train"},
-    {"launch", "bench", "sweep"},
+    {"launch", "bench", "sweep", "run_episodes"},
 ]
 
 

@@ -122,6 +122,69 @@ class TrainJob:
 
 
 # --------------------------------------------------------------------------- the CLI
+def add_cluster_arguments(
+    p: argparse.ArgumentParser,
+    *,
+    parallel: bool = True,
+    gpus_per_node: int = 1,
+    cpus_per_task: int = 8,
+    time: int = 24 * 60,
+) -> None:
+    """The cluster options every submitting command shares (``parallel``: ``--nodes`` and
+    ``--tasks-per-node`` too; without them a job is one task on one node)."""
+    p.add_argument(
+        "--cluster",
+        choices=CLUSTERS,
+        default="slurm",
+        help="slurm (sbatch), local (subprocesses here), debug (in this process)",
+    )
+    if parallel:
+        p.add_argument("--nodes", type=int, default=1)
+    p.add_argument(
+        "--gpus-per-node", type=int, default=gpus_per_node, help="0 on CPU-only partitions"
+    )
+    if parallel:
+        p.add_argument(
+            "--tasks-per-node",
+            type=int,
+            default=None,
+            help="training processes per node (default: one per GPU, at least 1)",
+        )
+    p.add_argument("--cpus-per-task", type=int, default=cpus_per_task)
+    p.add_argument("--mem-gb", type=int, default=None, help="memory per node (default: Slurm's)")
+    p.add_argument("--partition", default=None)
+    p.add_argument("--account", default=None)
+    p.add_argument("--qos", default=None)
+    p.add_argument("--time", type=int, default=time, help="time limit in minutes")
+    p.add_argument(
+        "--signal-delay-s",
+        type=int,
+        default=120,
+        help="USR2 this many seconds before the time limit (save, requeue)",
+    )
+    p.add_argument(
+        "--max-requeues",
+        type=int,
+        default=20,
+        help="requeues submitit itself may do on time-outs (submitit's "
+        "max_num_timeout; stops inside training requeue through Slurm)",
+    )
+    p.add_argument(
+        "--slurm-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra sbatch option, e.g. --slurm-arg constraint=a100 (repeatable)",
+    )
+    p.add_argument(
+        "--setup",
+        action="append",
+        default=[],
+        metavar="CMD",
+        help="shell line run in the batch script before srun (repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="goalgen-submit",
@@ -137,59 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="train_fb_flow_matching",
         help="primary config (train_fb_flow_matching | train_hf_diffusion)",
     )
-    p.add_argument(
-        "--cluster",
-        choices=CLUSTERS,
-        default="slurm",
-        help="slurm (sbatch), local (subprocesses here), debug (in this process)",
-    )
-    p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--gpus-per-node", type=int, default=1, help="0 on CPU-only partitions")
-    p.add_argument(
-        "--tasks-per-node",
-        type=int,
-        default=None,
-        help="training processes per node (default: one per GPU, at least 1)",
-    )
-    p.add_argument("--cpus-per-task", type=int, default=8)
-    p.add_argument("--mem-gb", type=int, default=None, help="memory per node (default: Slurm's)")
-    p.add_argument("--partition", default=None)
-    p.add_argument("--account", default=None)
-    p.add_argument("--qos", default=None)
-    p.add_argument("--time", type=int, default=24 * 60, help="time limit in minutes")
-    p.add_argument(
-        "--signal-delay-s",
-        type=int,
-        default=120,
-        help="USR2 this many seconds before the time limit (save, requeue)",
-    )
-    p.add_argument(
-        "--max-requeues",
-        type=int,
-        default=20,
-        help="requeues submitit itself may do on time-outs (submitit's "
-        "max_num_timeout; stops inside training requeue through Slurm)",
-    )
+    add_cluster_arguments(p)
     p.add_argument(
         "--folder",
         default=None,
         help="submitit folder for pickles and logs (default: RUN_DIR/submitit)",
     )
     p.add_argument("--name", default=None, help="Slurm job name (default: the run name)")
-    p.add_argument(
-        "--slurm-arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra sbatch option, e.g. --slurm-arg constraint=a100 (repeatable)",
-    )
-    p.add_argument(
-        "--setup",
-        action="append",
-        default=[],
-        metavar="CMD",
-        help="shell line run in the batch script before srun (repeatable)",
-    )
     p.add_argument(
         "--wait",
         action="store_true",
@@ -234,11 +251,12 @@ def plan(args: argparse.Namespace) -> tuple[list[str], Path]:
 
 def executor_parameters(args: argparse.Namespace, run_name: str) -> dict[str, Any]:
     """Parameters for ``AutoExecutor.update_parameters`` (generic names + ``slurm_*``)."""
-    tasks = args.tasks_per_node if args.tasks_per_node is not None else max(1, args.gpus_per_node)
+    tasks = getattr(args, "tasks_per_node", 1)
+    tasks = tasks if tasks is not None else max(1, args.gpus_per_node)
     params: dict[str, Any] = {
         "name": args.name or run_name,
         "timeout_min": int(args.time),
-        "nodes": args.nodes,
+        "nodes": getattr(args, "nodes", 1),
         "tasks_per_node": tasks,
         "cpus_per_task": args.cpus_per_task,
     }
@@ -265,20 +283,22 @@ def executor_parameters(args: argparse.Namespace, run_name: str) -> dict[str, An
     return params
 
 
-def _check(args: argparse.Namespace) -> None:
-    positive = {"--nodes": args.nodes, "--cpus-per-task": args.cpus_per_task, "--time": args.time}
+def check_cluster_arguments(args: argparse.Namespace) -> None:
+    """Raise ValueError naming the first cluster option out of range."""
+    nodes, tasks = getattr(args, "nodes", 1), getattr(args, "tasks_per_node", None)
+    positive = {"--nodes": nodes, "--cpus-per-task": args.cpus_per_task, "--time": args.time}
     for flag, value in positive.items():
         if value < 1:
             raise ValueError(f"{flag}={value}; it must be >= 1")
-    if args.gpus_per_node < 0 or (args.tasks_per_node is not None and args.tasks_per_node < 1):
+    if args.gpus_per_node < 0 or (tasks is not None and tasks < 1):
         raise ValueError("--gpus-per-node must be >= 0 and --tasks-per-node >= 1")
     if args.signal_delay_s < 0 or args.max_requeues < 0:
         raise ValueError("--signal-delay-s and --max-requeues must be >= 0")
-    if args.cluster == "debug" and (args.nodes > 1 or (args.tasks_per_node or 1) > 1):
+    if args.cluster == "debug" and (nodes > 1 or (tasks or 1) > 1):
         raise ValueError(
             "--cluster debug runs one process here: use --cluster local for several tasks"
         )
-    if args.cluster == "local" and args.nodes > 1:
+    if args.cluster == "local" and nodes > 1:
         raise ValueError("--cluster local runs on this machine: --nodes must be 1")
     for item in args.slurm_arg:
         if not item.partition("=")[0].lstrip("-"):
@@ -302,7 +322,7 @@ def sbatch_script(executor) -> str:
 
 def submit(args: argparse.Namespace):
     """Validate, then submit; returns the submitit job (None for a dry run)."""
-    _check(args)
+    check_cluster_arguments(args)
     overrides, run_dir = plan(args)
     compose(args.config_name, overrides)  # fail here, not in the queue, on a bad override
     folder = args.folder or str(run_dir / "submitit")

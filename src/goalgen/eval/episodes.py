@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -396,34 +396,37 @@ def run_episode(
 
 
 # ----------------------------------------------------------------------------- tables
-def summarize(episodes: Sequence[Episode]) -> dict[str, Any]:
-    """The planner-level metrics of ``episodes`` (one strategy, any scenes)."""
-    openings = [o for e in episodes for o in e.openings]
-    pushes = [p for e in episodes for p in e.pushes]
-    done = [o.pushes for o in openings if o.success]
-    close = [
-        p.outcome.position_error <= 0.05 and p.outcome.yaw_error <= np.radians(10) for p in pushes
-    ]
-    wall = sum(e.wall_seconds for e in episodes)
+def summarize(episodes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The planner-level metrics of ``episodes`` (:meth:`Episode.to_dict` records; one
+    strategy, any scenes). Pushes per opening count the openings that succeeded (``_all``:
+    every opening, failed ones with the pushes they spent)."""
+    openings = [o for e in episodes for o in e["openings"]]
+    pushes = [p for e in episodes for p in e["pushes"]]
+    done = [o["pushes"] for o in openings if o["success"]]
+    close = [p["position_error"] <= 0.05 and p["yaw_error_deg"] <= 10.0 for p in pushes]
+    wall = sum(e["wall_seconds"] for e in episodes)
     failures: dict[str, int] = {}
-    for o in openings:
-        if not o.success:
-            failures[o.failure or "?"] = failures.get(o.failure or "?", 0) + 1
-    for e in episodes:
-        if not e.openings and not e.success:
-            failures[e.failure or "?"] = failures.get(e.failure or "?", 0) + 1
+    for why in [o["failure"] for o in openings if not o["success"]] + [
+        e["failure"] for e in episodes if not e["openings"] and not e["success"]
+    ]:
+        failures[why or "?"] = failures.get(why or "?", 0) + 1
+
+    def mean(values: Sequence[float]) -> float | None:
+        return float(np.mean(values)) if len(values) else None
+
     return {
         "episodes": len(episodes),
-        "success": float(np.mean([e.success for e in episodes])) if episodes else float("nan"),
+        "success": mean([e["success"] for e in episodes]),
         "openings": len(openings),
-        "opening_success": float(np.mean([o.success for o in openings])) if openings else None,
+        "opening_success": mean([o["success"] for o in openings]),
         "pushes_per_opening_median": float(np.median(done)) if done else None,
-        "pushes_per_opening_mean": float(np.mean(done)) if done else None,
+        "pushes_per_opening_mean": mean(done),
+        "pushes_per_opening_all_mean": mean([o["pushes"] for o in openings]),
         "pushes": len(pushes),
-        "pushes_within_5cm_10deg": float(np.mean(close)) if close else None,
-        "robot_path_mean": float(np.mean([e.robot_path for e in episodes])) if episodes else 0.0,
-        "sim_seconds_mean": float(np.mean([e.sim_seconds for e in episodes])) if episodes else 0.0,
+        "pushes_within_5cm_10deg": mean(close),
+        "robot_path_mean": mean([e["robot_path"] for e in episodes]),
+        "sim_seconds_mean": mean([e["sim_seconds"] for e in episodes]),
         "wall_seconds_per_opening": wall / max(len(openings), 1),
-        "model_share": sum(e.model_seconds for e in episodes) / wall if wall else 0.0,
+        "model_share": sum(e["model_seconds"] for e in episodes) / wall if wall else 0.0,
         "failures": failures,
     }
