@@ -241,3 +241,34 @@ def test_goalgen_episodes_runs_a_planner_xml_and_opens_its_doorway(tmp_path, cap
     [episode] = json.loads(out.read_text())["episodes"]
     assert episode["success"], episode
     assert [o["box"] for o in episode["openings"]] == ["obstacle_1_movable"]
+
+
+def two_doors_world() -> WorldScene:
+    """Walls along x = -0.5 and x = +0.5, each with a doorway at y = 0 closed by a box: the
+    boxes block in series."""
+    world = door_world([(-0.5, 0.0, 0.4, 0.4, 0.0), (0.5, 0.0, 0.4, 0.4, 0.0)])
+    walls = np.concatenate([world.static + (x, 0, 0, 0, 0) for x in (-0.5, 0.5)])
+    return dataclasses.replace(world, static=walls, robot_xy=np.array([-1.5, 0.0]))
+
+
+def test_boxes_in_series_are_opened_one_region_at_a_time():
+    world = two_doors_world()
+    [first] = episodes.choose_objects(world, world.movable, world.robot_xy, 0.025)
+    assert first.index == 0 and not first.opens_route
+    # the first opening's goal: by the second box, in the region between the walls
+    assert -0.5 < first.goal[0] < 0.5 and abs(first.goal[1]) < 0.5
+    asked = []
+
+    def through_and_aside(now: WorldScene, rng, seed) -> episodes.Goal:
+        asked.append((now.target_index, now.goal_xy.copy()))
+        box = now.target
+        return episodes.Goal([np.array([box[0] + 0.45, 0.75, 0.0])], verified=False)
+
+    episode = episodes.run_episode(world, through_and_aside, budget=4)
+    assert episode.success, episode.to_dict()
+    assert [i for i, _ in asked] == [0, 1] and len(episode.openings) == 2
+    assert np.allclose(asked[1][1], world.goal_xy)  # the second opening aims at the real goal
+    boxes, robot = episode.frames[-1]
+    assert raster_route_open(world, boxes, robot, 0.025)
+    _, middle = episode.frames[1]
+    assert not raster_route_open(world, episode.frames[1][0], middle, 0.025)

@@ -5,14 +5,14 @@ until the robot's goal is reachable with the clearance (success) or ``budget`` p
 spent:
 
 1. *choose an object* (:func:`choose_objects`): among the boxes the robot can walk up to, the
-   one whose removal opens its route to the goal with the shortest remaining route; where no
-   single box opens it, the one whose removal lets the robot get nearest the goal (a box in
-   front of another). Where the strategy has no goal for it, the next such box (up to
-   ``OBJECT_TRIES``), as a planner would. That box's *opening* succeeds when the robot reaches what the box's removal
-   would give it: its goal, or as near the goal as the removal allows (within
-   ``OPENED_SLACK``);
+   one whose removal opens its route to the goal, shortest remaining route first. Where no
+   single box does, one whose removal lets the robot walk up to a box whose removal then
+   opens it (two boxes in series); that opening's goal for the robot is the spot by the
+   second box (namo_cpp's region goals). Where the strategy has no goal for the box, the
+   next one (up to ``OBJECT_TRIES``), as a planner would. The *opening* succeeds when the
+   robot can reach its goal (with the clearance);
 2. *ask the strategy* for the box's goal pose in the scene as it is now (where every box
-   really is; the robot first steps back to ``STEP_BACK`` radii from the box, where it
+   really is, with the opening's goal as the robot's; the robot first steps back to ``STEP_BACK`` radii from the box, where it
    stands clear of the poses it may be asked about);
 3. *push it there in physics* (:func:`goalgen.eval.physics.push`: the robot walks to the
    box's sides and pushes by strokes along the push plan's way points; nothing teleported),
@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 import shapely
+import shapely.ops
 from scipy.sparse import csgraph
 
 from goalgen.data.world_scene import WorldScene
@@ -63,7 +64,6 @@ BUDGET = 8  # pushes per episode
 PUSHES_PER_OPENING = 3
 OBJECT_TRIES = 3  # boxes an opening asks the strategy about before it gives up
 STEP_BACK = 3.0  # robot radii from the box the robot stands when it asks for a goal
-OPENED_SLACK = 0.05  # m: an opening that gets the robot this near what the removal gives
 TOUCH = 0.02  # m: the robot can walk up to a box its free space comes this near
 RANDOM_DRAWS = 32  # random poses a random_local call ranks (the proposals' samples)
 RANDOM_SIZE = 64  # px: the masks random poses are drawn at without a model (the planner's)
@@ -75,38 +75,31 @@ def reach(
     boxes: np.ndarray,
     robot: np.ndarray,
     clearance: float,
-    without: int | None = None,
+    without: Sequence[int] = (),
+    goal: np.ndarray | None = None,
 ) -> ExactReach:
-    """The robot's free space (polygons, grown by ``clearance``) from ``robot`` with movable
-    ``boxes`` ``(M, 5)`` where they are (box ``without`` taken away)."""
+    """The robot's free space (polygons, grown by ``clearance``) from ``robot`` to ``goal``
+    (default: its own) with movable ``boxes`` ``(M, 5)`` where they are, those ``without``
+    taken away."""
     keep = np.ones(len(boxes), dtype=bool)
-    if without is not None:
-        keep[without] = False
+    keep[list(without)] = False
     return ExactReach(
         world.frame.bounds,
         np.concatenate([world.static.reshape(-1, 5), boxes[keep]]),
         robot,
-        world.goal_xy,
+        world.goal_xy if goal is None else goal,
         world.robot_radius + clearance,
         end_slack=clearance,
     )
 
 
-def nearest_to_goal(space: ExactReach, goal: np.ndarray) -> float:
-    """How near the robot gets to ``goal`` (m; 0 where it reaches it, inf where it is stuck)."""
-    if space.region is None:
-        return np.inf
-    return 0.0 if space.base_connected else float(space.region.distance(shapely.Point(*goal)))
-
-
 def route_length(
-    world: WorldScene, boxes: np.ndarray, robot: np.ndarray, without: int | None = None
+    world: WorldScene, boxes: np.ndarray, robot: np.ndarray, without: Sequence[int] = ()
 ) -> float:
     """The robot's shortest route to its goal (m) on a grid of ``min(pixel, radius / 3)``
-    with ``boxes`` (box ``without`` taken away); inf where the grid finds none."""
+    with ``boxes``, those ``without`` taken away; inf where the grid finds none."""
     keep = np.ones(len(boxes), dtype=bool)
-    if without is not None:
-        keep[without] = False
+    keep[list(without)] = False
     cell = min(world.frame.metres_per_pixel, world.robot_radius / 3)
     grid = ReachGrid(
         world.frame.bounds,
@@ -126,44 +119,63 @@ def route_length(
 
 @dataclass
 class Blocker:
-    """The object an opening moves (see the module docstring)."""
+    """The object an opening moves and where the robot must then get (see the module
+    docstring)."""
 
     index: int  # into the world's movable boxes
-    opens_route: bool  # its removal opens the robot's route to the goal
-    nearest: float  # m: how near the goal its removal lets the robot get
+    goal: np.ndarray  # (2,) the robot's goal, or a point by the next box in the way
+    opens_route: bool  # its removal alone opens the robot's route to its goal
+
+
+def _touches(region: Any, box: np.ndarray, grow: float) -> bool:
+    """Can a robot in ``region`` (free-space polygon of its centre) walk up to ``box``?"""
+    return region.distance(shapely.Polygon(box_corners(box))) <= grow + TOUCH
 
 
 def choose_objects(
     world: WorldScene, boxes: np.ndarray, robot: np.ndarray, clearance: float
 ) -> list[Blocker]:
     """The boxes to move next, best first (see the module docstring); none where no box the
-    robot can walk up to lets it nearer its goal when taken away."""
-    goal = np.asarray(world.goal_xy, dtype=np.float64)
+    robot can walk up to opens its route, alone or with one more."""
     now = reach(world, boxes, robot, clearance)
     if now.region is None:
         return []
-    base = nearest_to_goal(now, goal)
-    options = []
-    for i, box in enumerate(boxes):
-        if now.region.distance(shapely.Polygon(box_corners(box))) > now.grow + TOUCH:
-            continue  # the robot cannot walk up to it
-        space = reach(world, boxes, robot, clearance, without=i)
-        nearest = nearest_to_goal(space, goal)
+    near = [i for i, box in enumerate(boxes) if _touches(now.region, box, now.grow)]
+    alone, paired = [], []
+    for i in near:
+        space = reach(world, boxes, robot, clearance, without=[i])
         if space.base_connected:
-            options.append((0, route_length(world, boxes, robot, without=i), i, nearest))
-        elif nearest < base - OPENED_SLACK:
-            options.append((1, nearest, i, nearest))
-    return [Blocker(index, kind == 0, nearest) for kind, _, index, nearest in sorted(options)]
+            alone.append((route_length(world, boxes, robot, [i]), i))
+            continue
+        if alone or space.region is None:
+            continue  # a box that opens the route alone comes first
+        for j, box in enumerate(boxes):
+            if j in near or not _touches(space.region, box, space.grow):
+                continue
+            if reach(world, boxes, robot, clearance, without=[i, j]).base_connected:
+                # the robot's goal for this opening: where it stands by the next box
+                inside = space.region.buffer(-TOUCH / 2)
+                inside = inside if not inside.is_empty else space.region
+                point = shapely.ops.nearest_points(inside, shapely.Polygon(box_corners(box)))[0]
+                length = route_length(world, boxes, robot, [i, j])
+                paired.append((length, i, np.array([point.x, point.y])))
+    if alone:
+        return [
+            Blocker(i, np.asarray(world.goal_xy, dtype=np.float64), True) for _, i in sorted(alone)
+        ]
+    best: dict[int, tuple[float, np.ndarray]] = {}
+    for length, i, point in paired:
+        if i not in best or length < best[i][0]:
+            best[i] = (length, point)
+    order = sorted(best, key=lambda i: best[i][0])
+    return [Blocker(i, best[i][1], False) for i in order]
 
 
 def opened(
     world: WorldScene, boxes: np.ndarray, robot: np.ndarray, blocker: Blocker, clearance: float
 ) -> bool:
-    """Has the robot got what ``blocker``'s removal would give it?"""
-    space = reach(world, boxes, robot, clearance)
-    if blocker.opens_route or space.base_connected:
-        return space.base_connected
-    return nearest_to_goal(space, world.goal_xy) <= blocker.nearest + OPENED_SLACK
+    """Can the robot now get where ``blocker``'s opening had to let it?"""
+    return reach(world, boxes, robot, clearance, goal=blocker.goal).base_connected
 
 
 # ----------------------------------------------------------------------------- strategies
@@ -362,7 +374,11 @@ def run_episode(
             for blocker in blockers if opening.pushes == 0 else blockers[:1]:
                 pusher.walker.step_back(sim.boxes()[blocker.index], STEP_BACK * world.robot_radius)
                 now = dataclasses.replace(
-                    world, movable=sim.boxes(), robot_xy=sim.robot, target_index=blocker.index
+                    world,
+                    movable=sim.boxes(),
+                    robot_xy=sim.robot,
+                    target_index=blocker.index,
+                    goal_xy=blocker.goal,
                 )
                 asked = time.perf_counter()
                 goal = strategy(now, rng, seed + len(episode.pushes))
