@@ -2,10 +2,11 @@
 
 :func:`add_second_blocker` takes a scene whose selected box closes the robot's route and puts
 a box of its size (or down to ``SCALES[-1]`` of it, where it does not fit) across the route
-the robot would take once the first is gone, further along it, so that the two block in series: the route opens only when both are moved, and
-moving the second alone opens nothing. Kept are placements that overlap no wall or box
-(``MARGIN`` apart), leave the robot and its goal ``KEEP`` robot radii of room, and block as
-said, judged by :class:`goalgen.infer.verify.ExactReach`.
+the robot would take once the first is gone, elsewhere along it, so that the two block in
+series: the route opens only when both are moved, and moving either alone opens nothing.
+Kept are placements that overlap no wall or box (``MARGIN`` apart), leave the robot and its
+goal ``KEEP`` robot radii of room, and block as said, judged by
+:class:`goalgen.infer.verify.ExactReach`.
 
     python -m goalgen.eval.episode_scenes HELDOUT_DIR OUT_DIR [--seed N]
 

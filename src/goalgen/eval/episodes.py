@@ -5,15 +5,16 @@ until the robot's goal is reachable with the clearance (success) or ``budget`` p
 spent:
 
 1. *choose an object* (:func:`choose_objects`): among the boxes the robot can walk up to, the
-   one whose removal opens its route to the goal, shortest remaining route first. Where no
-   single box does, one whose removal lets the robot walk up to a box whose removal then
-   opens it (two boxes in series); that opening's goal for the robot is the spot by the
-   second box (namo_cpp's region goals). Where the strategy has no goal for the box, the
-   next one (up to ``OBJECT_TRIES``), as a planner would. The *opening* succeeds when the
-   robot can reach its goal (with the clearance);
+   one whose removal opens its route to the goal, shortest remaining route first; after
+   those, one whose removal lets the robot walk up to a box whose removal then opens it (two
+   boxes in series), whose opening's goal for the robot is the spot by the second box
+   (namo_cpp's region goals). Where the strategy has no goal for the box, the next one (up
+   to ``OBJECT_TRIES``), as a planner would. The *opening* succeeds when the robot can
+   reach its goal (with the clearance);
 2. *ask the strategy* for the box's goal pose in the scene as it is now (where every box
-   really is, with the opening's goal as the robot's; the robot first steps back to ``STEP_BACK`` radii from the box, where it
-   stands clear of the poses it may be asked about);
+   really is, with the opening's goal as the robot's; the robot first steps back to
+   ``STEP_BACK`` radii from the box, where it stands clear of the poses it may be asked
+   about);
 3. *push it there in physics* (:func:`goalgen.eval.physics.push`: the robot walks to the
    box's sides and pushes by strokes along the push plan's way points; nothing teleported),
    read where the box really ended, step back from it and check the opening; up to
@@ -147,8 +148,8 @@ def choose_objects(
         if space.base_connected:
             alone.append((route_length(world, boxes, robot, [i]), i))
             continue
-        if alone or space.region is None:
-            continue  # a box that opens the route alone comes first
+        if space.region is None:
+            continue
         for j, box in enumerate(boxes):
             if j in near or not _touches(space.region, box, space.grow):
                 continue
@@ -159,16 +160,14 @@ def choose_objects(
                 point = shapely.ops.nearest_points(inside, shapely.Polygon(box_corners(box)))[0]
                 length = route_length(world, boxes, robot, [i, j])
                 paired.append((length, i, np.array([point.x, point.y])))
-    if alone:
-        return [
-            Blocker(i, np.asarray(world.goal_xy, dtype=np.float64), True) for _, i in sorted(alone)
-        ]
+    goal = np.asarray(world.goal_xy, dtype=np.float64)
     best: dict[int, tuple[float, np.ndarray]] = {}
     for length, i, point in paired:
         if i not in best or length < best[i][0]:
             best[i] = (length, point)
-    order = sorted(best, key=lambda i: best[i][0])
-    return [Blocker(i, best[i][1], False) for i in order]
+    return [Blocker(i, goal, True) for _, i in sorted(alone)] + [
+        Blocker(i, best[i][1], False) for i in sorted(best, key=lambda i: best[i][0])
+    ]
 
 
 def opened(
