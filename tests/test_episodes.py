@@ -50,8 +50,10 @@ def raster_route_open(world: WorldScene, boxes: np.ndarray, robot, clearance: fl
     """Independent judge: a 1 cm raster of the walls and boxes (the frame's own rasteriser),
     grown by the robot's radius + ``clearance`` with a Euclidean distance transform; are the
     robot and its goal in one free component?"""
-    frame = geo.NamoFrame((world.frame.cx, world.frame.cy), world.frame.side, 440)
-    blocked = np.zeros((440, 440), dtype=bool)
+    x0, y0, x1, y1 = world.frame.bounds
+    size = int(np.ceil(max(x1 - x0, y1 - y0) / 0.01))
+    frame = geo.NamoFrame.from_bounds(world.frame.bounds, size)
+    blocked = np.zeros((size, size), dtype=bool)
     for box in np.concatenate([world.static, boxes]):
         blocked |= frame.box_mask(*box)
     free = ndimage.distance_transform_edt(~blocked) * frame.metres_per_pixel
@@ -272,3 +274,27 @@ def test_boxes_in_series_are_opened_one_region_at_a_time():
     assert raster_route_open(world, boxes, robot, 0.025)
     _, middle = episode.frames[1]
     assert not raster_route_open(world, episode.frames[1][0], middle, 0.025)
+
+
+def test_a_second_blocker_closes_the_route_in_series_on_the_raster():
+    from goalgen.data.synthetic import generate_scene
+    from goalgen.eval.episode_scenes import add_second_blocker
+
+    made = 0
+    for seed in range(4):
+        arrays = generate_scene(np.random.SeedSequence(seed, spawn_key=(7,)), 64, family="rooms")
+        world = WorldScene.from_arrays(arrays, "rooms")
+        two = add_second_blocker(world, np.random.default_rng(0))
+        if two is None:
+            continue
+        made += 1
+        first, second = world.target_index, len(two.movable) - 1
+
+        def open_without(*gone: int, scene: WorldScene = two) -> bool:
+            boxes = np.delete(scene.movable, list(gone), 0)
+            return raster_route_open(scene, boxes, scene.robot_xy, 0.0)
+
+        assert not open_without() and not open_without(first) and not open_without(second)
+        assert open_without(first, second)
+        assert np.allclose(two.movable[:-1], world.movable)  # the scene's own boxes unmoved
+    assert made >= 2
