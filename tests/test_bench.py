@@ -207,6 +207,23 @@ def test_quick_synth_and_propose_figures_agree(quick_results):
     assert "synth:" in lines and "scenes/s" in lines and "propose:" in lines
 
 
+def test_quick_episodes_figures_agree(quick_results):
+    e = quick_results["episodes"]
+    assert e["strategy"] == "random_local" and e["scenes_per_family"] == 1  # untrained weights
+    assert set(e["families"]) == {"maze", "rooms", "arena"}
+    for f in e["families"].values():
+        # one episode: its median and 95th percentile are the same opening time
+        assert f["episodes"] == 1 and f["opening_s_p50"] == f["opening_s_p95"] > 0
+        assert f["model_s_mean"] >= 0 and f["physics_s_mean"] >= 0
+        assert close(
+            f["opening_s_p50"], f["model_s_mean"] + f["physics_s_mean"] + f["other_s_mean"]
+        )
+    by_name = {row["target"]: row for row in quick_results["targets"]}
+    row = by_name["episodes: s per opening p50 (max over families)"]
+    assert row["value"] == e["opening_s_p50_max"] and row["threshold"] == 1.0
+    assert "episodes: random_local" in "\n".join(cli.summary_lines(quick_results))
+
+
 def test_peak_memory_sees_an_allocation():
     with measure.PeakMemory(torch.device("cpu")) as mem:
         x = torch.ones(16 * 2**20)  # 64 MiB, every page touched

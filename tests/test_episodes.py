@@ -216,7 +216,7 @@ def test_goalgen_episodes_writes_a_table_of_strategies(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert set(report["summary"]["doors"]) == {"proposals", "random"}
     assert [e["strategy"] for e in report["episodes"]] == ["proposals", "random"]
-    assert (tmp_path / "png" / "door_proposals.png").exists()
+    assert (tmp_path / "png" / "doors_door_proposals.png").exists()
     assert "pushes/opening" in capsys.readouterr().out
 
 

@@ -79,7 +79,9 @@ def _parser() -> OneLineParser:
     parser.add_argument("--checkpoint", default="best", help="best (default), last or a path")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--json", required=True, type=Path, help="output JSON file")
-    parser.add_argument("--png-dir", type=Path, help="a PNG strip per episode in this folder")
+    parser.add_argument(
+        "--png-dir", type=Path, help="a PNG strip per episode: FAMILY_SCENE_STRATEGY.png"
+    )
     parser.add_argument("--merge", action="store_true", help="only read the parts into --json")
     slurm = parser.add_argument_group("Slurm (an array job through submitit)")
     slurm.add_argument("--slurm", action="store_true", help="run the parts as an array job")

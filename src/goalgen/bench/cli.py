@@ -14,6 +14,7 @@ import torch
 
 from goalgen.bench.checkpoint import bench_checkpoint
 from goalgen.bench.data import bench_data
+from goalgen.bench.episodes import bench_episodes
 from goalgen.bench.measure import release
 from goalgen.bench.propose import bench_propose
 from goalgen.bench.report import device_info, summary_lines, targets, versions
@@ -40,7 +41,8 @@ def _parser() -> OneLineParser:
         "items",
         nargs="*",
         metavar="SECTION|OVERRIDE",
-        help="sections (train, data, sample, checkpoint, synth, propose, all; default all), then "
+        help="sections (train, data, sample, checkpoint, synth, propose, episodes, all; default "
+        "all), then "
         "Hydra overrides of the training config (key=value)",
     )
     p.add_argument("--config-name", default="train_fb_flow_matching")
@@ -102,6 +104,12 @@ def _parser() -> OneLineParser:
         help="propose: scenes per family, one call each (default 10; quick 1)",
     )
     p.add_argument(
+        "--episode-scenes",
+        type=int,
+        help="episodes: scenes per family, one episode each (default 5; quick 1); the "
+        "proposals of --ckpt or --run, else random_local",
+    )
+    p.add_argument(
         "--baseline",
         type=Path,
         help="propose: also time these weights (e.g. the previous planner.pt) on the same scenes",
@@ -158,6 +166,7 @@ def build_bench(args: argparse.Namespace, overrides: list[str]) -> Bench:
         propose_samples=args.propose_samples or (4 if args.quick else 32),
         propose_scenes=args.propose_scenes or (1 if args.quick else 10),
         baseline=args.baseline,
+        episode_scenes=args.episode_scenes or (1 if args.quick else 5),
     )
 
 
@@ -179,6 +188,7 @@ def run(b: Bench, sections: list[str]) -> dict[str, Any]:
         "checkpoint": bench_checkpoint,
         "synth": bench_synth,
         "propose": bench_propose,
+        "episodes": bench_episodes,
     }
     for name in sections:
         start = time.perf_counter()
@@ -203,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         "synth_scenes",
         "propose_samples",
         "propose_scenes",
+        "episode_scenes",
     ):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")

@@ -164,6 +164,16 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
                     f"{s['baseline']['call_ms_p95']:7.1f} ms: new / baseline "
                     f"{s['call_p50_over_baseline']:.2f}"
                 )
+    if "episodes" in results:
+        e = results["episodes"]
+        lines.append(f"episodes: {e['strategy']} ({e['weights']} weights), s per opening")
+        for family, f in e["families"].items():
+            lines.append(
+                f"  {family:>6} p50 {f['opening_s_p50']:.2f} s  p95 {f['opening_s_p95']:.2f} s "
+                f"(mean model {f['model_s_mean']:.2f} + physics {f['physics_s_mean']:.2f} + "
+                f"other {f['other_s_mean']:.2f} s); success {f['success']:.2f}, "
+                f"{f['pushes_mean']:.1f} pushes"
+            )
     for row in results.get("targets", []):
         lines.append(
             f"target {'met' if row['met'] else 'MISSED'}: {row['target']} = "
@@ -224,4 +234,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
         add("propose: call p50 (s, max over families)", p["call_ms_p50_max"] / 1e3, "<", 0.25)
         add("propose: call p95 (s, max over families)", p["call_ms_p95_max"] / 1e3, "<", 0.5)
+    if "episodes" in results:
+        e = results["episodes"]
+        add("episodes: s per opening p50 (max over families)", e["opening_s_p50_max"], "<", 1.0)
     return rows

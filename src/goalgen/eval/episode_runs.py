@@ -199,7 +199,8 @@ def run_part(
                 os.fsync(f.fileno())
             done.append(record)
             if options.png_dir is not None:
-                png = Path(options.png_dir) / f"{Path(scene).stem}_{strategy_name}.png"
+                name = f"{options.families[i]}_{Path(scene).stem}_{strategy_name}.png"
+                png = Path(options.png_dir) / name
                 save_png(strip(world, episode), png, scale=2)
             if on_episode is not None:
                 on_episode(record)

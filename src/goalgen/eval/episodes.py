@@ -23,14 +23,15 @@ spent:
 
 **Strategies** (same scenes, same seeds):
 
-- ``proposals``: the model's ranked, verified proposals (:func:`goalgen.infer.proposals.propose`,
-  ``top``), the first one, along its push plan;
+- ``proposals``: the model's ranked proposals (:func:`goalgen.infer.proposals.propose`,
+  ``top``): the first verified one, along its push plan; where none verifies, the first
+  collision-free one (unverified, as ``raw`` pushes its poses);
 - ``raw``: the model's raw samples as the original system used them: the first single-blob
   sample, fitted (:func:`goalgen.eval.propose.baseline_boxes`), unverified; pushed along a
   push plan where one exists, else straight for the pose;
 - ``random_local``: random collision-free poses within the push search radius
-  (:func:`goalgen.eval.near.random_local`) through the same verification and ranking as the
-  proposals (no model);
+  (:func:`goalgen.eval.near.random_local`) through the same verification, ranking and
+  choice as the proposals (no model);
 - ``random``: one such random pose, unverified (no goal model: namo_cpp's random goals).
 
 Reachability is :class:`goalgen.infer.verify.ExactReach`'s (polygons, the robot grown by the
@@ -197,11 +198,17 @@ def _plan_or_straight(world: WorldScene, box: np.ndarray, clearance: float) -> G
     return Goal([np.asarray(box, dtype=np.float64)[[0, 1, 4]]], False)
 
 
-def _first_verified(result: Any) -> Goal | None:
+def _best_goal(result: Any, world: WorldScene, clearance: float) -> Goal | None:
+    """The top verified proposal of ``result`` along its push plan; where none verifies, the
+    top collision-free one (a planner's best guess: its route or push did not check out)."""
     for p in result.proposals:
         if p.verified:
             ends = [np.asarray(s.box_end, dtype=np.float64) for s in p.segments]
             return Goal(ends or [np.array([p.x, p.y, p.theta])], True)
+    for p in result.proposals:
+        if p.collision_free:
+            box = np.array([p.x, p.y, *world.target[2:4], p.theta])
+            return _plan_or_straight(world, box, clearance)
     return None
 
 
@@ -233,7 +240,7 @@ def make_strategy(
 
     def proposals(world: WorldScene, rng: np.random.Generator, seed: int) -> Goal | None:
         result = predictor.propose(world, samples, top, seed=seed, clearance=clearance)
-        return _first_verified(result)
+        return _best_goal(result, world, clearance)
 
     def raw(world: WorldScene, rng: np.random.Generator, seed: int) -> Goal | None:
         result = predictor.propose(world, samples, None, seed=seed, clearance=clearance)
@@ -244,7 +251,8 @@ def make_strategy(
 
     def local(world: WorldScene, rng: np.random.Generator, seed: int) -> Goal | None:
         masks = _random_masks(world, rng, RANDOM_DRAWS, size, radius)
-        return _first_verified(proposals_of_samples(world, masks, clearance=clearance))
+        result = proposals_of_samples(world, masks, clearance=clearance)
+        return _best_goal(result, world, clearance)
 
     def random(world: WorldScene, rng: np.random.Generator, seed: int) -> Goal | None:
         masks = _random_masks(world, rng, 1, size, radius)
