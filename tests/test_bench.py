@@ -313,7 +313,7 @@ def test_run_without_checkpoints_is_refused(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_quick_targets_restate_the_section_figures(quick_results):
-    assert len(quick_results["targets"]) == 10
+    assert len(quick_results["targets"]) == 11
     by_name = {row["target"]: row for row in quick_results["targets"]}
     data = by_name["data: packed cache / per-file load+resize"]
     assert data["value"] == quick_results["data"]["speedup"] and data["threshold"] == 50

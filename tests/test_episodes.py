@@ -216,6 +216,9 @@ def test_goalgen_episodes_writes_a_table_of_strategies(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert set(report["summary"]["doors"]) == {"proposals", "random"}
     assert [e["strategy"] for e in report["episodes"]] == ["proposals", "random"]
+    for e in report["episodes"]:  # each push names its box and says where it ended
+        assert {p["box"] for p in e["pushes"]} <= {"box_0_movable"}
+        assert all(len(p["end"]) == 3 and len(p["goal"]) == 3 for p in e["pushes"])
     assert (tmp_path / "png" / "doors_door_proposals.png").exists()
     assert "pushes/opening" in capsys.readouterr().out
 

@@ -555,7 +555,7 @@ class PushOutcome:
     def to_dict(self) -> dict[str, Any]:
         return {
             "goal": [round(float(v), 5) for v in self.goal],
-            "box": [round(float(v), 5) for v in self.box],
+            "end": [round(float(v), 5) for v in self.box],
             "failure": self.failure,
             "strokes": self.strokes,
             "sim_seconds": round(self.sim_seconds, 3),
