@@ -301,3 +301,18 @@ def test_a_second_blocker_closes_the_route_in_series_on_the_raster():
         assert open_without(first, second)
         assert np.allclose(two.movable[:-1], world.movable)  # the scene's own boxes unmoved
     assert made >= 2
+
+
+def test_stepping_back_leaves_the_robot_clear_of_the_box():
+    world = dataclasses.replace(
+        door_world([(-0.6, 0.6, 0.6, 0.4, 0.3)]), robot_xy=np.array([-0.6, 0.23])
+    )
+    sim = physics.Simulation(world)
+    walker = physics.Walker(sim)
+    box = sim.boxes()[0]
+    outline = shapely.Polygon(geo.box_corners(*box))
+    assert outline.distance(shapely.Point(*sim.robot)) < RADIUS + 0.02  # it starts by the box
+    assert walker.step_back(box, 3 * RADIUS) is None
+    gap = outline.distance(shapely.Point(*sim.robot))
+    assert 3 * RADIUS - physics.REACHED <= gap <= 3 * RADIUS + 0.1  # clear, and no further
+    assert np.allclose(sim.boxes()[0], box, atol=1e-3)  # it did not drag the box along

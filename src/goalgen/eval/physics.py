@@ -238,8 +238,10 @@ class Walker:
             )
         self.update()
 
-    def _window(self, box: np.ndarray) -> tuple[slice, slice]:
-        reach = float(np.hypot(box[2], box[3])) / 2 + self.radius + self.cell
+    def _window(self, box: np.ndarray, pad: float | None = None) -> tuple[slice, slice]:
+        """The cells within ``pad`` (default: the walking radius and a cell) of ``box``."""
+        pad = self.radius + self.cell if pad is None else pad + self.cell
+        reach = float(np.hypot(box[2], box[3])) / 2 + pad
         lo = np.floor((box[[1, 0]] - reach - (self.y0, self.x0)) / self.cell).astype(int)
         hi = np.ceil((box[[1, 0]] + reach - (self.y0, self.x0)) / self.cell).astype(int) + 1
         lo = np.clip(lo, 0, self.shape)
@@ -332,7 +334,7 @@ class Walker:
             return None
         self.update()
         spots = (self.labels == self.mine) & (self.mine > 0)
-        window = self._window(box)
+        window = self._window(box, distance)
         near = np.zeros_like(spots)
         near[window] = point_box_distance(self.centres[window], box[None])[..., 0] < distance
         rows, cols = np.nonzero(spots & ~near)
