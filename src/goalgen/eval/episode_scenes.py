@@ -21,12 +21,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy.sparse import csgraph
 
 from goalgen.data.world_scene import WorldScene
 from goalgen.eval.episode_runs import load_world
-from goalgen.eval.physics import grid_graph
-from goalgen.infer.verify import ExactReach, ReachGrid, boxes_overlap, point_box_distance
+from goalgen.eval.episodes import reach, shortest_route
+from goalgen.infer.verify import boxes_overlap, point_box_distance
 
 MARGIN = 0.02  # m between the new box and walls or boxes
 KEEP = 3.0  # robot radii the new box stays from the robot and its goal
@@ -34,40 +33,8 @@ TRIES = 60  # route points tried
 SCALES = (1.0, 0.85, 0.7, 0.55)  # of the first box's size, largest that fits first
 
 
-def _route(world: WorldScene, boxes: np.ndarray) -> np.ndarray | None:
-    """Centres ``(n, 2)`` of the robot's shortest grid route to its goal among ``boxes``."""
-    cell = min(world.frame.metres_per_pixel, world.robot_radius / 3)
-    grid = ReachGrid(
-        world.frame.bounds,
-        cell,
-        np.concatenate([world.static.reshape(-1, 5), boxes]),
-        world.robot_xy,
-        world.goal_xy,
-        world.robot_radius,
-    )
-    if not grid.base_connected:
-        return None
-    graph, index = grid_graph(grid.free)
-    start, goal = grid.start.astype(int)[0], grid.goal.astype(int)[0]
-    _, pred = csgraph.dijkstra(
-        graph, directed=False, indices=int(index[start[0], start[1]]), return_predecessors=True
-    )
-    node, chain = int(index[goal[0], goal[1]]), []
-    while node >= 0:
-        chain.append(node)
-        node = int(pred[node])
-    rows, cols = np.divmod(np.array(chain[::-1]), grid.shape[1])
-    return grid.centres(rows, cols)
-
-
 def _open(world: WorldScene, boxes: np.ndarray) -> bool:
-    return ExactReach(
-        world.frame.bounds,
-        np.concatenate([world.static.reshape(-1, 5), boxes]),
-        world.robot_xy,
-        world.goal_xy,
-        world.robot_radius,
-    ).base_connected
+    return reach(world, boxes, world.robot_xy, 0.0).base_connected
 
 
 def add_second_blocker(world: WorldScene, rng: np.random.Generator) -> WorldScene | None:
@@ -76,8 +43,8 @@ def add_second_blocker(world: WorldScene, rng: np.random.Generator) -> WorldScen
     target, others = world.target, world.others
     if _open(world, world.movable):
         return None  # nothing blocks to begin with
-    route = _route(world, others)
-    if route is None:
+    _, route = shortest_route(world, others, world.robot_xy)
+    if not len(route):
         return None
     keep = KEEP * world.robot_radius
     far = (np.hypot(*(route - target[:2]).T) > keep + np.hypot(*target[2:4])) & (

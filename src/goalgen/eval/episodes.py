@@ -72,6 +72,13 @@ RANDOM_SIZE = 64  # px: the masks random poses are drawn at without a model (the
 
 
 # ----------------------------------------------------------------------------- reachability
+def _obstacles(world: WorldScene, boxes: np.ndarray, without: Sequence[int]) -> np.ndarray:
+    """The walls and the movable ``boxes`` but those ``without``, ``(K, 5)``."""
+    keep = np.ones(len(boxes), dtype=bool)
+    keep[list(without)] = False
+    return np.concatenate([world.static.reshape(-1, 5), boxes[keep]])
+
+
 def reach(
     world: WorldScene,
     boxes: np.ndarray,
@@ -83,11 +90,9 @@ def reach(
     """The robot's free space (polygons, grown by ``clearance``) from ``robot`` to ``goal``
     (default: its own) with movable ``boxes`` ``(M, 5)`` where they are, those ``without``
     taken away."""
-    keep = np.ones(len(boxes), dtype=bool)
-    keep[list(without)] = False
     return ExactReach(
         world.frame.bounds,
-        np.concatenate([world.static.reshape(-1, 5), boxes[keep]]),
+        _obstacles(world, boxes, without),
         robot,
         world.goal_xy if goal is None else goal,
         world.robot_radius + clearance,
@@ -95,28 +100,35 @@ def reach(
     )
 
 
-def route_length(
+def shortest_route(
     world: WorldScene, boxes: np.ndarray, robot: np.ndarray, without: Sequence[int] = ()
-) -> float:
-    """The robot's shortest route to its goal (m) on a grid of ``min(pixel, radius / 3)``
-    with ``boxes``, those ``without`` taken away; inf where the grid finds none."""
-    keep = np.ones(len(boxes), dtype=bool)
-    keep[list(without)] = False
+) -> tuple[float, np.ndarray]:
+    """The robot's shortest route to its goal on a grid of ``min(pixel, radius / 3)`` with
+    ``boxes``, those ``without`` taken away: its length (m) and its cells' centres ``(n, 2)``;
+    ``(inf, (0, 2))`` where the grid finds none."""
     cell = min(world.frame.metres_per_pixel, world.robot_radius / 3)
     grid = ReachGrid(
         world.frame.bounds,
         cell,
-        np.concatenate([world.static.reshape(-1, 5), boxes[keep]]),
+        _obstacles(world, boxes, without),
         robot,
         world.goal_xy,
         world.robot_radius,
     )
     if not grid.base_connected:
-        return np.inf
+        return np.inf, np.zeros((0, 2))
     graph, index = physics.grid_graph(grid.free)
-    start, end = grid.start.astype(int), grid.goal.astype(int)
-    lengths = csgraph.dijkstra(graph, directed=False, indices=int(index[start[0, 0], start[0, 1]]))
-    return float(lengths[index[end[:, 0], end[:, 1]]].min() * cell)
+    start, ends = grid.start.astype(int)[0], grid.goal.astype(int)
+    lengths, pred = csgraph.dijkstra(
+        graph, directed=False, indices=int(index[start[0], start[1]]), return_predecessors=True
+    )
+    reached = lengths[index[ends[:, 0], ends[:, 1]]]
+    node, chain = int(index[ends[0, 0], ends[0, 1]]), []
+    while node >= 0:
+        chain.append(node)
+        node = int(pred[node])
+    rows, cols = np.divmod(np.array(chain[::-1]), grid.shape[1])
+    return float(reached.min() * cell), grid.centres(rows, cols)
 
 
 @dataclass
@@ -147,7 +159,7 @@ def choose_objects(
     for i in near:
         space = reach(world, boxes, robot, clearance, without=[i])
         if space.base_connected:
-            alone.append((route_length(world, boxes, robot, [i]), i))
+            alone.append((shortest_route(world, boxes, robot, [i])[0], i))
             continue
         if space.region is None:
             continue
@@ -159,7 +171,7 @@ def choose_objects(
                 inside = space.region.buffer(-TOUCH / 2)
                 inside = inside if not inside.is_empty else space.region
                 point = shapely.ops.nearest_points(inside, shapely.Polygon(box_corners(box)))[0]
-                length = route_length(world, boxes, robot, [i, j])
+                length = shortest_route(world, boxes, robot, [i, j])[0]
                 paired.append((length, i, np.array([point.x, point.y])))
     goal = np.asarray(world.goal_xy, dtype=np.float64)
     best: dict[int, tuple[float, np.ndarray]] = {}
