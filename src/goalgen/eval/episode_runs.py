@@ -154,13 +154,9 @@ def run_part(
     path = part_path(parts, index)
     done = read_part(path, options)
     parts.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or not done:
-        path.write_text(json.dumps({"options": options.key()}) + "\n")
-    else:  # drop a line a kill cut short
-        path.write_text(
-            "\n".join([json.dumps({"options": options.key()})] + [json.dumps(e) for e in done])
-            + "\n"
-        )
+    # the header and the episodes read back: a line a kill cut short is dropped
+    lines = [json.dumps({"options": options.key()})] + [json.dumps(e) for e in done]
+    path.write_text("\n".join(lines) + "\n")
     have = {(e["scene"], e["strategy"]) for e in done}
     mine = range(index, len(options.scenes), count)
     if all((options.scenes[i], s) in have for i in mine for s in options.strategies):

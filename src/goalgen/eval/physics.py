@@ -270,22 +270,24 @@ class Walker:
             here = (int(ii[k] + max(r - 3, 0)), int(jj[k] + max(c - 3, 0)))
         self.entry = here
         self.mine = int(self.labels[here])
+        # cells within one cell of the robot's component (where :meth:`reachable` says yes)
+        mine = self.labels == self.mine if self.mine else np.zeros_like(free)
+        self.near_mine = ndimage.binary_dilation(mine, structure=np.ones((3, 3), dtype=bool))
+
+    def cells_of(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and columns ``(K,)`` of the cells of ``points`` ``(K, 2)``, clipped to the grid."""
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        rows = np.clip((points[:, 1] - self.y0) // self.cell, 0, self.shape[0] - 1)
+        cols = np.clip((points[:, 0] - self.x0) // self.cell, 0, self.shape[1] - 1)
+        return rows.astype(int), cols.astype(int)
 
     def cell_of(self, point: np.ndarray) -> tuple[int, int]:
-        return (
-            int(np.clip((point[1] - self.y0) // self.cell, 0, self.shape[0] - 1)),
-            int(np.clip((point[0] - self.x0) // self.cell, 0, self.shape[1] - 1)),
-        )
+        rows, cols = self.cells_of(point)
+        return int(rows[0]), int(cols[0])
 
     def reachable(self, points: np.ndarray) -> np.ndarray:
         """``(K,)`` bool: can the robot walk to within a cell of ``points`` ``(K, 2)``?"""
-        out = np.zeros(len(points), dtype=bool)
-        if self.mine == 0:
-            return out
-        for k, point in enumerate(points):
-            r, c = self.cell_of(point)
-            out[k] = (self.labels[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2] == self.mine).any()
-        return out
+        return self.near_mine[self.cells_of(points)]
 
     def straight_clear(self, a: np.ndarray, b: np.ndarray) -> bool:
         n = int(np.ceil(np.hypot(*(b - a)) / 0.01)) + 1
