@@ -24,12 +24,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from goalgen.cli import USER_ERRORS, OneLineParser, one_line, want_traceback, warnings_as_lines
+from goalgen.cli import (
+    RUN_HELP,
+    USER_ERRORS,
+    OneLineParser,
+    one_line,
+    want_traceback,
+    warnings_as_lines,
+)
 from goalgen.eval.episode_runs import EpisodeOptions, report, run_part, scene_paths, table
 from goalgen.eval.episodes import BUDGET, STRATEGIES
 from goalgen.infer.propose_scene import CLEARANCE
 from goalgen.io import atomic_write_text
 from goalgen.launch import add_cluster_arguments, check_cluster_arguments, make_executor
+from goalgen.train.entry import set_threads
 
 PROG = "goalgen-episodes"
 
@@ -41,6 +49,7 @@ class EpisodesPart:
         self.options, self.parts, self.count = options, parts, count
 
     def __call__(self, index: int) -> int:
+        set_threads(1)  # the element's own cores, not the node's (pitfalls: threads)
         return len(run_part(self.options, Path(self.parts), index, self.count))
 
     def checkpoint(self, index: int) -> Any:
@@ -61,10 +70,7 @@ def _parser() -> OneLineParser:
         description="NAMO episodes in MuJoCo physics: the robot pushes boxes until its goal is "
         "reachable; goal strategies side by side on the same scenes and seeds.",
     )
-    parser.add_argument(
-        "run_dir",
-        help="training run directory, a .ckpt or weights file, or shipped weights (planner)",
-    )
+    parser.add_argument("run_dir", help=RUN_HELP)
     parser.add_argument("scenes", nargs="*", help=".npz scene files or folders of them")
     parser.add_argument("--xml", type=Path, help="MuJoCo scene XML (namo_cpp naming)")
     parser.add_argument("--state", type=Path, help="the planner's JSON state (with --xml)")

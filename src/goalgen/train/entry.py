@@ -123,7 +123,7 @@ def _generate_if_ours(out: Path, synth: DictConfig) -> None:
     )
 
 
-def _set_threads(local_world_size: int) -> None:
+def set_threads(local_world_size: int) -> None:
     """torchrun sets OMP_NUM_THREADS=1; our own spawn and srun paths split the cores here."""
     if "OMP_NUM_THREADS" in os.environ:
         return
@@ -135,7 +135,7 @@ def run(cfg: DictConfig, run_dir: Path) -> TrainResult:
     """Train in ``run_dir`` as the process(es) the environment describes."""
     ignore_early_stop_signals()
     ctx = init_distributed(cfg.trainer.accelerator, cfg.trainer.process_group_timeout_s)
-    _set_threads(ctx.local_world_size)
+    set_threads(ctx.local_world_size)
     completed = False
     try:
         _ensure_synthetic_data(cfg, ctx.local_rank == 0, ctx.barrier)
