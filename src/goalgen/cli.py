@@ -14,6 +14,7 @@ from typing import NoReturn
 # values (SceneError and CheckpointError are ValueErrors; FileNotFoundError is an OSError)
 USER_ERRORS = (ValueError, OSError)
 METHOD_HELP = "flow: an ODE method or ancestral; diffusion: ddim or ddpm"  # every --method
+RUN_HELP = "training run directory, a .ckpt or weights file, or shipped weights (planner)"
 TRACEBACK_ENV = "GOALGEN_TRACEBACK"  # set it (=1) to get tracebacks instead of one-line errors
 
 

@@ -31,7 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from goalgen.checkpoint import shipped
-from goalgen.cli import METHOD_HELP, USER_ERRORS, OneLineParser, one_line, warnings_as_lines
+from goalgen.cli import (
+    METHOD_HELP,
+    RUN_HELP,
+    USER_ERRORS,
+    OneLineParser,
+    one_line,
+    warnings_as_lines,
+)
 from goalgen.data.dataset import split_indices
 from goalgen.data.scenes import find_scene_files
 from goalgen.eval import near
@@ -215,7 +222,7 @@ def _parser() -> OneLineParser:
     add(
         "run_dir",
         nargs="?",
-        help="training run directory, a .ckpt or weights file, or shipped weights (planner)",
+        help=RUN_HELP,
     )
     add("--data", help="scene folder or .npz (default: the run's own data)")
     add("--samples", type=int, default=16, help="samples per scene K (16)")

@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from goalgen.cli import METHOD_HELP, USER_ERRORS, OneLineParser, one_line, warnings_as_lines
+from goalgen.cli import (
+    METHOD_HELP,
+    RUN_HELP,
+    USER_ERRORS,
+    OneLineParser,
+    one_line,
+    warnings_as_lines,
+)
 from goalgen.eval.visualize import sample_grid, save_png, trajectory_strip
 from goalgen.infer.predictor import GoalPredictor, Prediction
 
@@ -58,10 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Sample goal masks for the selected object of each scene and fit poses. "
         "Writes <stem>_masks.npz, <stem>_poses.json and <stem>_grid.png per scene.",
     )
-    parser.add_argument(
-        "run_dir",
-        help="training run directory, a .ckpt or weights file, or shipped weights (planner)",
-    )
+    parser.add_argument("run_dir", help=RUN_HELP)
     parser.add_argument("scenes", nargs="+", help=".npz scene files")
     parser.add_argument("--samples", type=int, default=32, help="samples per scene (32)")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the run's)")

@@ -16,7 +16,14 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from goalgen.cli import METHOD_HELP, USER_ERRORS, OneLineParser, one_line, warnings_as_lines
+from goalgen.cli import (
+    METHOD_HELP,
+    RUN_HELP,
+    USER_ERRORS,
+    OneLineParser,
+    one_line,
+    warnings_as_lines,
+)
 from goalgen.data.pack import resize_masks
 from goalgen.eval import metrics
 from goalgen.eval.visualize import save_png, scene_rgb
@@ -128,10 +135,7 @@ def _parser() -> OneLineParser:
         description="Ranked, verified goal proposals for the selected object of one scene: an "
         ".npz scene file, or a MuJoCo XML with --object (and --state).",
     )
-    parser.add_argument(
-        "run_dir",
-        help="training run directory, a .ckpt or weights file, or shipped weights (planner)",
-    )
+    parser.add_argument("run_dir", help=RUN_HELP)
     parser.add_argument("scene", nargs="?", help=".npz scene file")
     parser.add_argument("--xml", type=Path, help="MuJoCo scene XML (namo_cpp naming)")
     parser.add_argument("--state", type=Path, help="the planner's JSON state (with --xml)")
