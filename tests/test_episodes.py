@@ -138,6 +138,36 @@ def test_a_push_lands_the_box_near_its_goal_in_physics():
     assert outcome.strokes >= 1 and outcome.sim_seconds > 0
 
 
+def test_holding_the_boxes_at_rest_changes_nothing_physics_would_do():
+    """Holding what a stroke cannot touch (the simulation's speed-up) against simulating
+    every box. Box 2 rests far off. Alone, box 0 ends where it would have ended. Shoved into
+    box 1, that chain is woken and moves. It ends within the spread of MuJoCo's own solver:
+    a far box that is not there at all moves the chain's end by about 2 cm too."""
+    far = (-1.0, 1.5, 0.3, 0.3, 0.3)
+    travel, direction = 0.35, np.array([1.0, 0.0])
+    for chain in (False, True):
+        boxes = [(-0.8, 0.0, 0.3, 0.3, 0.0)] + [(-0.45, 0.05, 0.2, 0.2, 0.0)] * chain + [far]
+        world = door_world(boxes)
+        poses = []
+        for hold in (True, False):
+            sim = physics.Simulation(world)
+            if hold:
+                sim.wake(sim.robot, sim.robot + direction * travel, travel)
+                assert set(sim.held) == {len(boxes) - 1}
+            for _ in range(int(round(travel / physics.PUSH_SPEED / physics.TIMESTEP))):
+                sim.step(direction * physics.PUSH_SPEED)
+            sim.settle(0.3)
+            poses.append(sim.box_poses())
+        held, full = poses
+        assert np.array_equal(held[-1], world.movable[-1, [0, 1, 4]])  # held where it rested
+        if not chain:
+            assert np.abs(held - full).max() < 1e-6
+        else:
+            assert np.hypot(*(full[1, :2] - world.movable[1, :2])) > 0.05  # really shoved
+            assert np.hypot(*(held[:, :2] - full[:, :2]).T).max() < 0.03
+            assert np.abs(held[:, 2] - full[:, 2]).max() < np.radians(3)
+
+
 def test_the_object_chosen_is_the_one_on_the_shortest_route():
     """Two boxes each block a doorway: the one in the door on the straight line is chosen;
     a box that blocks nothing is not."""

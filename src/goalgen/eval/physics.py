@@ -9,6 +9,14 @@ and ``condim`` 4; the robot is a sphere of mass 5 and friction 1 on the slide jo
 on the floor (friction 1) and sticks to the robot: it stops within millimetres when the robot
 stops, i.e. it is pushed quasi-statically.
 
+**Resting boxes are held** (:meth:`Simulation.wake`): before each move of the robot (a leg of
+a walk, a stroke) every box it cannot touch, nor a box it touches shove, loses its contacts
+and is held where it rests until a later move comes near it. Most of a step's cost is the
+floor contacts of resting boxes (in a maze of 17 boxes 380 us a step, 24 us without any
+contact). Held or simulated, the pushed boxes of the benchmark's episodes end within 1e-7 m of
+each other. A box shoved into another ends within the spread of MuJoCo's own solver (about
+2 cm: a far box removed from the scene moves that end by as much).
+
 **Walking** (:class:`Walker`): a shortest path on a grid of cells ``min(PATH_CELL, r / 3)``
 wide whose centres keep the robot's radius ``r`` plus ``PATH_MARGIN`` from walls and boxes
 where they are now, shortened by string pulling (a way point is kept only where the straight
@@ -64,6 +72,7 @@ FINAL_TOLERANCE = 0.02  # m they may be off the goal (4.5 cm in yaw would close 
 MAX_STROKES = 30  # per way point
 LOOKAHEAD = 6  # best first strokes tried two ahead when no single stroke helps
 PREDICT_STEP = 0.002  # m of robot travel per step of the quasi-static prediction
+WAKE_MARGIN = 0.05  # m: boxes this near what may move are simulated, the rest held at rest
 
 
 def physics_xml(world: WorldScene) -> str:
@@ -165,10 +174,11 @@ class Simulation:
         mujoco.mj_forward(self.model, self.data)
         model = self.model
         self._robot = [int(model.jnt_qposadr[model.joint(n).id]) for n in ("joint_x", "joint_y")]
-        self._boxes = [
-            int(model.jnt_qposadr[model.body(f"box_{i}").jntadr[0]])
-            for i in range(len(world.movable))
-        ]
+        bodies = [model.body(f"box_{i}") for i in range(len(world.movable))]
+        self._boxes = [int(model.jnt_qposadr[b.jntadr[0]]) for b in bodies]
+        self._dofs = [int(model.jnt_dofadr[b.jntadr[0]]) for b in bodies]
+        self._geoms = [int(b.geomadr[0]) for b in bodies]
+        self.held: dict[int, np.ndarray] = {}  # box index -> its qpos while held at rest
         self.path = 0.0  # m the robot travelled
 
     @property
@@ -189,11 +199,48 @@ class Simulation:
         poses = self.box_poses()
         return np.column_stack([poses[:, :2], self.world.movable[:, 2:4], poses[:, 2]])
 
+    def wake(self, start: np.ndarray, end: np.ndarray, travel: float) -> None:
+        """Before the robot moves from ``start`` to ``end`` ``(2,)``: wake the boxes it may
+        touch (within its radius and ``WAKE_MARGIN`` of the segment) and, in turn, those
+        within ``travel`` (m the woken boxes may be pushed) and ``WAKE_MARGIN`` of a woken
+        box; hold the rest where they rest (see the module docstring)."""
+        boxes = self.boxes()
+        n = int(np.ceil(np.hypot(*(end - start)) / 0.02)) + 1
+        points = start + np.linspace(0.0, 1.0, n)[:, None] * (end - start)
+        reach = float(self.world.robot_radius) + WAKE_MARGIN
+        awake = (point_box_distance(points, boxes) <= reach).any(0)
+        grow = travel + WAKE_MARGIN
+        while True:
+            more = ~awake & boxes_overlap(boxes, boxes[awake], grow).any(1)
+            if not more.any():
+                break
+            awake |= more
+        self.hold(np.flatnonzero(~awake))
+
+    def hold(self, indices: Sequence[int]) -> None:
+        """Hold boxes ``indices`` still where they are, without contacts; wake the others."""
+        model, data = self.model, self.data
+        indices = {int(i) for i in indices}
+        for i in range(len(self._boxes)):
+            adr, dof, geom = self._boxes[i], self._dofs[i], self._geoms[i]
+            if i in indices and i not in self.held:
+                self.held[i] = data.qpos[adr : adr + 7].copy()
+                model.geom_contype[geom] = model.geom_conaffinity[geom] = 0
+            elif i not in indices and i in self.held:
+                del self.held[i]
+                model.geom_contype[geom] = model.geom_conaffinity[geom] = 1
+            if i in self.held:
+                data.qvel[dof : dof + 6] = 0.0
+
     def step(self, velocity: np.ndarray | None = None) -> None:
         """One physics step with the robot's joint velocity command (m/s; None: stand)."""
         here = self.robot
         self.data.ctrl[:] = 0.0 if velocity is None else velocity
         self.mujoco.mj_step(self.model, self.data)
+        for i, qpos in self.held.items():
+            adr, dof = self._boxes[i], self._dofs[i]
+            self.data.qpos[adr : adr + 7] = qpos
+            self.data.qvel[dof : dof + 6] = 0.0
         self.path += float(np.hypot(*(self.robot - here)))
 
     def settle(self, seconds: float = 0.5) -> None:
@@ -205,6 +252,7 @@ class Simulation:
         """Drive the robot's centre straight to ``point`` at ``speed``, slowing over the last
         5 cm; False if it is not within ``REACHED`` by ``timeout`` simulated seconds."""
         point = np.asarray(point, dtype=np.float64)
+        self.wake(self.robot, point, 0.0)
         for _ in range(int(np.ceil(timeout / TIMESTEP))):
             gap = point - self.robot
             dist = float(np.hypot(*gap))
@@ -537,7 +585,9 @@ class Pusher:
         if why is not None:
             return why
         self.strokes += 1
-        for _ in range(int(np.ceil((APPROACH + length) / PUSH_SPEED / TIMESTEP))):
+        travel = APPROACH + length
+        self.sim.wake(self.sim.robot, self.sim.robot + direction * travel, travel)
+        for _ in range(int(np.ceil(travel / PUSH_SPEED / TIMESTEP))):
             self.sim.step(direction * PUSH_SPEED)
         self.sim.drive_to(self.sim.robot - direction * BACK_OFF, PUSH_SPEED, 1.0)
         return None
