@@ -346,3 +346,33 @@ def test_stepping_back_leaves_the_robot_clear_of_the_box():
     gap = outline.distance(shapely.Point(*sim.robot))
     assert 3 * RADIUS - physics.REACHED <= gap <= 3 * RADIUS + 0.1  # clear, and no further
     assert np.allclose(sim.boxes()[0], box, atol=1e-3)  # it did not drag the box along
+
+
+def test_the_summary_counts_landings_of_verified_pushes_apart():
+    def push(verified: bool, position: float, yaw: float) -> dict:
+        return {"verified": verified, "position_error": position, "yaw_error_deg": yaw}
+
+    def episode(pushes: list[dict], seconds: float, openings: int) -> dict:
+        opened = {"success": True, "pushes": len(pushes), "failure": None}
+        return {
+            "success": True,
+            "failure": None,
+            "openings": [opened] * openings,
+            "pushes": pushes,
+            "wall_seconds": seconds,
+            "model_seconds": 0.0,
+            "robot_path": 1.0,
+            "sim_seconds": 1.0,
+        }
+
+    summary = episodes.summarize(
+        [
+            episode([push(True, 0.01, 2.0), push(False, 0.3, 40.0)], 3.0, 1),
+            episode([push(True, 0.04, 12.0)], 1.0, 2),  # off by 12 degrees: not landed
+            episode([push(False, 0.02, 1.0)], 0.5, 1),
+        ]
+    )
+    assert summary["pushes_within_5cm_10deg"] == 0.5  # 2 of 4
+    assert summary["verified_pushes"] == 2 and summary["verified_pushes_within_5cm_10deg"] == 0.5
+    assert summary["wall_seconds_per_opening"] == 4.5 / 4
+    assert summary["wall_seconds_per_opening_p50"] == 0.5  # of 3.0, 0.5 and 0.5

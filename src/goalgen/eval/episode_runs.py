@@ -237,16 +237,21 @@ def table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
     lines = [
         f"{'family':12s} {'strategy':13s} {'episodes':>8s} {'success':>7s} {'openings':>8s} "
         f"{'opened':>6s} {'pushes/opening median':>21s} {'mean':>5s} {'all':>5s} "
-        f"{'within 5cm/10deg':>16s} {'s/opening':>9s} {'model share':>11s}"
+        f"{'within 5cm/10deg (verified)':>27s} {'s/opening':>9s} {'p50':>5s} "
+        f"{'model share':>11s}"
     ]
     for family, rows in summary.items():
         for strategy, s in rows.items():
+            landed = (
+                f"{f(s['pushes_within_5cm_10deg'])} ({f(s['verified_pushes_within_5cm_10deg'])})"
+            )
             lines.append(
                 f"{family[:12]:12s} {strategy:13s} {s['episodes']:8d} {f(s['success']):>7s} "
                 f"{s['openings']:8d} {f(s['opening_success']):>6s} "
                 f"{f(s['pushes_per_opening_median'], '{:.1f}'):>21s} "
                 f"{f(s['pushes_per_opening_mean']):>5s} {f(s['pushes_per_opening_all_mean']):>5s} "
-                f"{f(s['pushes_within_5cm_10deg']):>16s} "
-                f"{f(s['wall_seconds_per_opening']):>9s} {f(s['model_share']):>11s}"
+                f"{landed:>27s} "
+                f"{f(s['wall_seconds_per_opening']):>9s} "
+                f"{f(s['wall_seconds_per_opening_p50']):>5s} {f(s['model_share']):>11s}"
             )
     return "\n".join(lines)
