@@ -376,3 +376,19 @@ def test_the_summary_counts_landings_of_verified_pushes_apart():
     assert summary["verified_pushes"] == 2 and summary["verified_pushes_within_5cm_10deg"] == 0.5
     assert summary["wall_seconds_per_opening"] == 4.5 / 4
     assert summary["wall_seconds_per_opening_p50"] == 0.5  # of 3.0, 0.5 and 0.5
+
+
+def test_a_push_that_stops_getting_nearer_gives_up(monkeypatch):
+    """The model promises every stroke lands the box on its goal, behind a wall: once the
+    box is against the wall no stroke brings it nearer, and the push ends there instead of
+    spending all its strokes."""
+    world = door_world([(-0.21, 1.0, 0.3, 0.3, 0.0)])  # 1 cm off the wall
+    goal = np.array([0.6, 1.0, 0.0])
+    monkeypatch.setattr(
+        physics,
+        "predict_strokes",
+        lambda box, starts, directions, marks, radius: np.tile(goal, (len(starts), len(marks), 1)),
+    )
+    pusher = physics.Pusher(physics.Simulation(world))
+    assert pusher.push_to(0, goal, np.pi / 2, physics.FINAL_TOLERANCE) == "no progress"
+    assert pusher.strokes <= physics.STALL + 8 < physics.MAX_STROKES

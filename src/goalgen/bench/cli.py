@@ -106,7 +106,7 @@ def _parser() -> OneLineParser:
     p.add_argument(
         "--episode-scenes",
         type=int,
-        help="episodes: scenes per family, one episode each (default 5; quick 1); the "
+        help="episodes: scenes per family, one episode each (default 10; quick 1); the "
         "proposals of --ckpt or --run, else random_local",
     )
     p.add_argument(
@@ -166,7 +166,7 @@ def build_bench(args: argparse.Namespace, overrides: list[str]) -> Bench:
         propose_samples=args.propose_samples or (4 if args.quick else 32),
         propose_scenes=args.propose_scenes or (1 if args.quick else 10),
         baseline=args.baseline,
-        episode_scenes=args.episode_scenes or (1 if args.quick else 5),
+        episode_scenes=args.episode_scenes or (1 if args.quick else 10),
     )
 
 

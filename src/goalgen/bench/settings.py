@@ -94,5 +94,5 @@ class Bench:
     propose_samples: int = 32  # propose: samples (proposals) per scene
     propose_scenes: int = 10  # propose: scenes per family (one call each)
     baseline: Path | None = None  # propose: the previous weights, timed on the same scenes
-    episode_scenes: int = 5  # episodes: scenes per family (one episode each)
+    episode_scenes: int = 10  # episodes: scenes per family (one episode each)
     shared: dict[str, Any] = field(default_factory=dict)  # figures one section hands another

@@ -33,7 +33,10 @@ robot cannot stand or get to, and taking the one that brings the box nearest the
 The prediction is off by about a centimetre per 15 cm stroke in open space (against MuJoCo);
 the closed loop (predict, push, look again) absorbs it. A push plan's segments are followed as
 way points (the box's corners brought within ``WAYPOINT_TOLERANCE`` of each, one skipped once
-the box is nearer the next) and its last pose to ``FINAL_TOLERANCE``.
+the box is nearer the next) and its last pose to ``FINAL_TOLERANCE``. A way point is given up
+("no progress") after ``STALL`` strokes in a row that leave the box no nearer than it has
+been: against walls and boxes the model can promise what physics does not give (on 60 dev
+scenes, the same successes with 15 % less time than spending all ``MAX_STROKES``).
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ WALK_COST = 0.05  # pose-error units per metre walked to a stroke's start
 WAYPOINT_TOLERANCE = 0.08  # m the box's corners may be off a way point
 FINAL_TOLERANCE = 0.02  # m they may be off the goal (4.5 cm in yaw would close tight routes)
 MAX_STROKES = 30  # per way point
+STALL = 10  # strokes a way point may go without bringing the box nearer than it has been
 LOOKAHEAD = 6  # best first strokes tried two ahead when no single stroke helps
 PREDICT_STEP = 0.002  # m of robot travel per step of the quasi-static prediction
 WAKE_MARGIN = 0.05  # m: boxes this near what may move are simulated, the rest held at rest
@@ -539,12 +543,16 @@ class Pusher:
         sim = self.sim
         goal = np.asarray(goal, dtype=np.float64)
         arm = float(np.hypot(*sim.world.movable[index, 2:4])) / 2
+        best, since = np.inf, 0
         for _ in range(MAX_STROKES):
             boxes = sim.boxes()
             box = boxes[index]
             if pose_cost(box[[0, 1, 4]], goal, period, arm, bound=True) <= tolerance:
                 return None
             now = float(pose_cost(box[[0, 1, 4]], goal, period, arm))
+            best, since = (now, 0) if now < best - 0.01 else (best, since + 1)
+            if since > STALL:
+                return "no progress"
             self.walker.update()
             obstacles = np.concatenate(
                 [sim.world.static.reshape(-1, 5), np.delete(boxes, index, 0)]
