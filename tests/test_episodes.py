@@ -391,4 +391,5 @@ def test_a_push_that_stops_getting_nearer_gives_up(monkeypatch):
     )
     pusher = physics.Pusher(physics.Simulation(world))
     assert pusher.push_to(0, goal, np.pi / 2, physics.FINAL_TOLERANCE) == "no progress"
+    # a few strokes while it still nears the wall, then STALL + 1 that do not
     assert pusher.strokes <= physics.STALL + 8 < physics.MAX_STROKES

@@ -182,6 +182,9 @@ class Simulation:
         self._boxes = [int(model.jnt_qposadr[b.jntadr[0]]) for b in bodies]
         self._dofs = [int(model.jnt_dofadr[b.jntadr[0]]) for b in bodies]
         self._geoms = [int(b.geomadr[0]) for b in bodies]
+        self._contacts = [
+            (int(model.geom_contype[g]), int(model.geom_conaffinity[g])) for g in self._geoms
+        ]
         self.held: dict[int, np.ndarray] = {}  # box index -> its qpos while held at rest
         self.path = 0.0  # m the robot travelled
 
@@ -232,7 +235,7 @@ class Simulation:
                 model.geom_contype[geom] = model.geom_conaffinity[geom] = 0
             elif i not in indices and i in self.held:
                 del self.held[i]
-                model.geom_contype[geom] = model.geom_conaffinity[geom] = 1
+                model.geom_contype[geom], model.geom_conaffinity[geom] = self._contacts[i]
             if i in self.held:
                 data.qvel[dof : dof + 6] = 0.0
 
