@@ -186,6 +186,8 @@ class Simulation:
             (int(model.geom_contype[g]), int(model.geom_conaffinity[g])) for g in self._geoms
         ]
         self.held: dict[int, np.ndarray] = {}  # box index -> its qpos while held at rest
+        # the same as flat indices and values, set by hold(): step() restores them each step
+        self._pinned = (np.zeros(0, dtype=int), np.zeros(0), np.zeros(0, dtype=int))
         self.path = 0.0  # m the robot travelled
 
     @property
@@ -238,16 +240,21 @@ class Simulation:
                 model.geom_contype[geom], model.geom_conaffinity[geom] = self._contacts[i]
             if i in self.held:
                 data.qvel[dof : dof + 6] = 0.0
+        order = sorted(self.held)
+        self._pinned = (
+            np.array([self._boxes[i] + k for i in order for k in range(7)], dtype=int),
+            np.concatenate([self.held[i] for i in order]) if order else np.zeros(0),
+            np.array([self._dofs[i] + k for i in order for k in range(6)], dtype=int),
+        )
 
     def step(self, velocity: np.ndarray | None = None) -> None:
         """One physics step with the robot's joint velocity command (m/s; None: stand)."""
         here = self.robot
         self.data.ctrl[:] = 0.0 if velocity is None else velocity
         self.mujoco.mj_step(self.model, self.data)
-        for i, qpos in self.held.items():
-            adr, dof = self._boxes[i], self._dofs[i]
-            self.data.qpos[adr : adr + 7] = qpos
-            self.data.qvel[dof : dof + 6] = 0.0
+        positions, values, velocities = self._pinned
+        self.data.qpos[positions] = values
+        self.data.qvel[velocities] = 0.0
         self.path += float(np.hypot(*(self.robot - here)))
 
     def settle(self, seconds: float = 0.5) -> None:
